@@ -1,0 +1,225 @@
+"""The results store: one typed Parquet file per trial, queried with filters or SQL (DuckDB).
+
+Appends are atomic and safe with many writers: a row is written under a staging name that no reader
+globs (``.staging-*.tmp``), then renamed to ``trials/<config_hash>-<id>.parquet``. On object stores
+(S3, GCS) a single PUT is already all-or-nothing, so the file is written under its final name.
+
+>>> store = ResultsStore("results/")                  # doctest: +SKIP
+>>> store.query(where=["task=demo_pos", "n_kept_layers<=3"]).num_rows  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import fs as pafs
+
+from frugalray._registry import FrugalrayError
+
+SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("config_hash", pa.string()),
+    ("status", pa.string()),  # "ok" or "failed"
+    ("error", pa.string()),
+    ("reused_from", pa.string()),  # trial_id whose training this row reports (same layer set)
+    ("sweep", pa.string()),
+    ("stage", pa.string()),
+    ("task", pa.string()),
+    ("task_fingerprint", pa.string()),
+    ("model", pa.string()),
+    ("num_layers", pa.int32()),  # layer count of the unpruned model
+    ("strategy", pa.string()),
+    ("strategy_n", pa.int32()),
+    ("kept_layers", pa.list_(pa.int32())),
+    ("n_kept_layers", pa.int32()),
+    ("lora", pa.bool_()),
+    ("lora_r", pa.int32()),
+    ("lora_alpha", pa.float64()),
+    ("lora_dropout", pa.float64()),
+    ("lora_target_modules", pa.list_(pa.string())),
+    ("lora_train_head", pa.bool_()),
+    ("learning_rate", pa.float64()),  # the rate actually used (LoRA's when LoRA is on)
+    ("epochs", pa.int32()),
+    ("batch_size", pa.int32()),
+    ("max_length", pa.int32()),
+    ("length_grouping", pa.bool_()),
+    ("dtype", pa.string()),
+    ("seed", pa.int64()),
+    ("accuracy", pa.float64()),
+    ("precision", pa.float64()),
+    ("recall", pa.float64()),
+    ("f1", pa.float64()),
+    ("f1_macro", pa.float64()),
+    ("eval_loss", pa.float64()),
+    ("dev_accuracy", pa.float64()),
+    ("dev_f1", pa.float64()),
+    ("dev_eval_loss", pa.float64()),
+    ("train_seconds", pa.float64()),
+    ("seconds_per_epoch", pa.float64()),
+    ("eval_seconds", pa.float64()),
+    ("total_seconds", pa.float64()),
+    ("train_tokens", pa.int64()),
+    ("train_tokens_per_second", pa.float64()),
+    ("model_mib", pa.float64()),
+    ("total_params", pa.int64()),
+    ("trainable_params", pa.int64()),
+    ("peak_memory_mib", pa.float64()),
+    ("peak_memory_kind", pa.string()),  # "cuda_allocated" or "cpu_rss"
+    ("latency_ms", pa.float64()),
+    ("latency_batch_size", pa.int32()),
+    ("latency_seq_len", pa.int32()),
+    ("device", pa.string()),
+    ("hardware", pa.string()),
+    ("torch_version", pa.string()),
+    ("transformers_version", pa.string()),
+    ("peft_version", pa.string()),
+    ("frugalray_version", pa.string()),
+    ("code_version", pa.string()),
+    ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("config_json", pa.string()),
+])
+COLUMNS = SCHEMA.names
+_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
+
+
+def _filesystem(location: str) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, path, is_local) for a plain path or a URI (s3://, gs://, file://)."""
+    if "://" in location:
+        try:
+            filesystem, path = pafs.FileSystem.from_uri(location)
+        except Exception as error:
+            raise FrugalrayError(f"Results location {location!r} cannot be opened: {error}") from None
+        return filesystem, path, isinstance(filesystem, pafs.LocalFileSystem)
+    return pafs.LocalFileSystem(), str(Path(location).resolve()), True
+
+
+class ResultsStore:
+    def __init__(self, location: str | os.PathLike):
+        self.location = str(location)
+        self.fs, self.root, self.local = _filesystem(self.location)
+        self.trials_dir = f"{self.root}/trials"
+
+    def check_writable(self) -> "ResultsStore":
+        """Create the store and prove it takes a file; a clear error otherwise."""
+        probe = f"{self.trials_dir}/.staging-probe-{uuid.uuid4().hex}.tmp"
+        try:
+            self.fs.create_dir(self.trials_dir, recursive=True)
+            with self.fs.open_output_stream(probe) as out:
+                out.write(b"ok")
+            self.fs.delete_file(probe)
+        except Exception as error:
+            raise FrugalrayError(
+                f"Results location {self.location!r} is not writable ({type(error).__name__}: {error}); "
+                f"give a folder you can write to, or an s3://, gs:// or NFS path"
+            ) from None
+        return self
+
+    def append(self, row: dict) -> str:
+        """Write one row atomically; returns the file path."""
+        unknown = sorted(set(row) - set(COLUMNS))
+        if unknown:
+            raise FrugalrayError(f"Result row has unknown columns {unknown}; schema columns: {', '.join(COLUMNS)}")
+        table = pa.Table.from_pylist([row], schema=SCHEMA)
+        final = f"{self.trials_dir}/{row.get('config_hash') or 'nohash'}-{uuid.uuid4().hex[:12]}.parquet"
+        self.fs.create_dir(self.trials_dir, recursive=True)
+        if not self.local:
+            pq.write_table(table, final, filesystem=self.fs)
+            return final
+        staging = f"{self.trials_dir}/.staging-{uuid.uuid4().hex}.tmp"
+        try:
+            pq.write_table(table, staging)
+            with open(staging, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(staging, final)  # atomic on POSIX: readers see all of the file or none
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
+        return final
+
+    def files(self) -> list[str]:
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.trials_dir, allow_not_found=True))
+        except Exception as error:
+            raise FrugalrayError(f"Results location {self.location!r} cannot be read: {error}") from None
+        return sorted(
+            i.path for i in infos
+            if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not i.base_name.startswith(".")
+        )
+
+    def table(self, require: bool = False) -> pa.Table:
+        files = self.files()
+        if not files:
+            if require:
+                raise FrugalrayError(
+                    f"No results in {self.location!r} (no trials/*.parquet there); run a trial or a sweep first"
+                )
+            return SCHEMA.empty_table()
+        import pyarrow.dataset as ds
+
+        return ds.dataset(files, schema=SCHEMA, filesystem=self.fs, format="parquet").to_table()
+
+    def query(self, where: list[str] | None = None, sql: str | None = None, require: bool = True) -> pa.Table:
+        """Rows matching every ``where`` filter (``col=value``, ``col<=3``...), or the result of ``sql``
+        over the view ``trials``."""
+        import duckdb
+
+        trials = self.table(require=require)
+        connection = duckdb.connect()
+        connection.register("trials", trials)
+        if sql:
+            try:
+                return connection.execute(sql).fetch_arrow_table()
+            except duckdb.Error as error:
+                raise FrugalrayError(
+                    f"SQL failed: {error}. Query the view 'trials'; its columns: {', '.join(COLUMNS)}"
+                ) from None
+        clauses, params = _where(where or [])
+        query = "SELECT * FROM trials" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+        return connection.execute(query + " ORDER BY task, model, n_kept_layers, strategy, seed", params).fetch_arrow_table()
+
+    def completed_hashes(self) -> set[str]:
+        """Config hashes that already have a successful row (for skipping and resuming)."""
+        if not self.files():
+            return set()
+        table = self.table().select(["config_hash", "status"]).to_pylist()
+        return {row["config_hash"] for row in table if row["status"] == "ok"}
+
+
+def _where(filters: list[str]) -> tuple[list[str], list]:
+    clauses, params = [], []
+    for text in filters:
+        match = _FILTER.match(text)
+        if not match:
+            raise FrugalrayError(f"Filter {text!r} is not 'column<op>value' with op one of = != < <= > >=")
+        column, op, value = match.groups()
+        if column not in COLUMNS:
+            from frugalray._registry import did_you_mean
+
+            raise FrugalrayError(did_you_mean("column", column, COLUMNS))
+        kind = SCHEMA.field(column).type
+        if pa.types.is_list(kind):
+            raise FrugalrayError(f"Filter on list column {column!r} is not supported; use --sql with list_contains")
+        clauses.append(f'"{column}" {op} ?')
+        params.append(_typed(value, kind, column))
+    return clauses, params
+
+
+def _typed(value: str, kind: pa.DataType, column: str):
+    try:
+        if pa.types.is_integer(kind):
+            return int(value)
+        if pa.types.is_floating(kind):
+            return float(value)
+        if pa.types.is_boolean(kind):
+            if value.lower() not in {"true", "false", "1", "0"}:
+                raise ValueError(value)
+            return value.lower() in {"true", "1"}
+    except ValueError:
+        raise FrugalrayError(f"Filter on {column!r}: {value!r} is not a valid {kind}") from None
+    return value

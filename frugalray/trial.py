@@ -1,0 +1,299 @@
+"""One trial: (task, model, kept layers, LoRA, training settings, seed) -> one result row.
+
+No Ray here: a trial runs the same from a test, a notebook, the CLI and inside Ray Tune.
+
+>>> row = execute_trial(TrialConfig(task="demo_pos", strategy="first", n=2), ResultsStore("results"))  # doctest: +SKIP
+>>> row["status"], row["kept_layers"]  # doctest: +SKIP
+('ok', [0, 1])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from frugalray._config import from_dict
+from frugalray._registry import FrugalrayError
+from frugalray.lora import LoraSettings
+from frugalray.results import ResultsStore
+from frugalray.strategies import STRATEGIES, kept_layers
+from frugalray.tasks import TaskData, load_task, resolve_task
+from frugalray.training import TrainingSettings
+
+__version__ = "0.1.0"
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    task: str = field(metadata={"help": "Registered task name or a task JSON file."})
+    model: str = field(default="minilm", metadata={"help": "Alias, local folder or HF hub id."})
+    strategy: str = field(default="full", metadata={"help": "Pruning strategy name (frugalray strategies)."})
+    n: int | None = field(default=None, metadata={"help": "N for first/last/best/drop_*, k for single."})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "Explicit layers for 'mask'."})
+    scores: tuple[float, ...] | None = field(
+        default=None, metadata={"help": "Per-layer scores for best/drop_worst (single(k) results)."}
+    )
+    lora: LoraSettings | None = field(default=None, metadata={"help": "LoRA settings; None: full fine-tuning."})
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
+    data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
+    sweep: str = field(default="", metadata={"help": "Label grouping the trials of one sweep."})
+    stage: str = field(default="", metadata={"help": "Sweep stage that scheduled the trial."})
+
+    def __post_init__(self) -> None:
+        STRATEGIES.get(self.strategy)  # unknown names fail here, with a did-you-mean
+        for name in ("layers", "scores"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(value))
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "trial config") -> "TrialConfig":
+        values = dict(values)
+        if isinstance(values.get("lora"), dict):
+            values["lora"] = LoraSettings.from_dict(values["lora"], f"{source}: lora")
+        if isinstance(values.get("training"), dict):
+            values["training"] = TrainingSettings.from_dict(values["training"], f"{source}: training")
+        return from_dict(cls, values, source)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @property
+    def learning_rate(self) -> float:
+        return self.training.lora_learning_rate if self.lora else self.training.learning_rate
+
+
+@dataclass(frozen=True)
+class PreparedTrial:
+    """A validated trial: data read, layer count known, kept layers resolved, hash computed."""
+
+    config: TrialConfig
+    task: TaskData
+    num_layers: int
+    kept_layers: tuple[int, ...]
+    config_hash: str
+
+
+def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: str) -> str:
+    """Hash of everything that changes a trial's result (not its strategy name: same layers, same run)."""
+    training = dataclasses.asdict(config.training)
+    training.pop("eval_batch_size")  # changes speed, not results
+    identity = {
+        "task": resolve_task(config.task).name,
+        "data": task_fingerprint,
+        "model": config.model,
+        "kept_layers": list(kept),
+        "lora": config.lora.as_record() if config.lora else None,
+        "training": training,
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> PreparedTrial:
+    """Validate a config without training: raises FrugalrayError on any bad input."""
+    from frugalray.models import load_model_config
+    from frugalray.surgery import num_layers
+
+    task = task or load_task(config.task, config.data_dir)
+    count = num_layers(load_model_config(config.model))
+    kept = kept_layers(config.strategy, count, n=config.n, layers=config.layers, scores=config.scores)
+    return PreparedTrial(config, task, count, kept, config_hash(config, kept, task.fingerprint))
+
+
+def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None) -> dict:
+    """Train and evaluate one prepared trial; returns its result row (raises on failure)."""
+    import torch
+    from transformers import set_seed
+
+    from frugalray.encoding import encode_examples
+    from frugalray.lora import apply_lora
+    from frugalray.models import load_model, load_tokenizer
+    from frugalray.surgery import parameter_count, parameter_mib, prune_layers
+    from frugalray.training import evaluate, measure_latency, train
+
+    config, task = prepared.config, prepared.task
+    started = time.perf_counter()
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda":
+        if gpu_memory_fraction:  # a trial that shares a GPU keeps to its share
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, target)
+        torch.cuda.reset_peak_memory_stats(target)
+    set_seed(config.seed)
+
+    tokenizer = load_tokenizer(config.model)
+    label2id = {label: i for i, label in enumerate(task.labels)}
+    max_length = config.training.max_length
+    train_data = encode_examples(task.train, tokenizer, label2id, max_length)
+    dev_data = encode_examples(task.dev, tokenizer, label2id, max_length)
+    test_data = encode_examples(task.test, tokenizer, label2id, max_length)
+
+    model = load_model(config.model, task.spec.head, task.labels)
+    if list(prepared.kept_layers) != list(range(prepared.num_layers)):
+        prune_layers(model, prepared.kept_layers)  # prune first, then wrap with LoRA
+    if config.lora:
+        model = apply_lora(model, config.lora)
+    model.to(target)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed)
+    eval_start = time.perf_counter()
+    settings = (config.training.eval_batch_size, pad_id, target, config.training.dtype)
+    test_metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
+    dev_metrics = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
+    eval_seconds = time.perf_counter() - eval_start
+    latency = measure_latency(model, test_data, 32, pad_id, target, config.training.dtype)
+
+    if target.type == "cuda":
+        peak, peak_kind = torch.cuda.max_memory_allocated(target) / 2**20, "cuda_allocated"
+    else:
+        peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"
+    return {
+        **test_metrics,
+        "dev_accuracy": dev_metrics["accuracy"],
+        "dev_f1": dev_metrics["f1"],
+        "dev_eval_loss": dev_metrics["eval_loss"],
+        "train_seconds": stats.train_seconds,
+        "seconds_per_epoch": stats.train_seconds / len(stats.epoch_seconds),
+        "eval_seconds": eval_seconds,
+        "total_seconds": time.perf_counter() - started,
+        "train_tokens": stats.train_tokens,
+        "train_tokens_per_second": stats.train_tokens / stats.train_seconds,
+        "model_mib": parameter_mib(model),
+        "total_params": parameter_count(model),
+        "trainable_params": parameter_count(model, trainable_only=True),
+        "peak_memory_mib": peak,
+        "peak_memory_kind": peak_kind,
+        **latency,
+        "device": _device_name(target),
+    }
+
+
+def base_row(config: TrialConfig, prepared: PreparedTrial | None) -> dict:
+    """The row's identity columns, from the config (and the prepared trial when there is one)."""
+    lora = config.lora
+    return {
+        "trial_id": None,
+        "config_hash": prepared.config_hash if prepared else None,
+        "sweep": config.sweep,
+        "stage": config.stage,
+        "task": _task_name(config),
+        "task_fingerprint": prepared.task.fingerprint if prepared else None,
+        "model": config.model,
+        "num_layers": prepared.num_layers if prepared else None,
+        "strategy": config.strategy,
+        "strategy_n": config.n,
+        "kept_layers": list(prepared.kept_layers) if prepared else (list(config.layers) if config.layers else None),
+        "n_kept_layers": len(prepared.kept_layers) if prepared else None,
+        "lora": lora is not None,
+        "lora_r": lora.r if lora else None,
+        "lora_alpha": float(lora.alpha) if lora else None,
+        "lora_dropout": lora.dropout if lora else None,
+        "lora_target_modules": list(lora.target_modules) if lora else None,
+        "lora_train_head": lora.train_head if lora else None,
+        "learning_rate": config.learning_rate,
+        "epochs": config.training.epochs,
+        "batch_size": config.training.batch_size,
+        "max_length": config.training.max_length,
+        "length_grouping": config.training.length_grouping,
+        "dtype": config.training.dtype,
+        "seed": config.seed,
+        "config_json": json.dumps(config.to_dict(), sort_keys=True),
+        **environment(),
+    }
+
+
+def execute_trial(
+    config: TrialConfig,
+    store: ResultsStore | None = None,
+    *,
+    prepared: PreparedTrial | None = None,
+    raise_input_errors: bool = False,
+    device: str | None = None,
+    gpu_memory_fraction: float | None = None,
+) -> dict:
+    """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error.
+
+    With ``raise_input_errors`` a bad input (FrugalrayError) is raised instead, and nothing is written.
+    """
+    started_at = datetime.now(timezone.utc)
+    row: dict
+    try:
+        prepared = prepared or prepare_trial(config)
+        row = base_row(config, prepared) | run_trial(prepared, device, gpu_memory_fraction)
+        row["status"], row["error"] = "ok", None
+    except FrugalrayError as error:
+        if raise_input_errors:
+            raise
+        row = base_row(config, prepared) | {"status": "failed", "error": f"FrugalrayError: {error}"}
+    except Exception as error:  # a trial never takes its caller down: it becomes a failed row
+        tail = "".join(traceback.format_exception(error)[-3:])
+        row = base_row(config, prepared) | {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
+    row["config_hash"] = row.get("config_hash") or _fallback_hash(config)
+    row["trial_id"] = f"{row['config_hash']}-{started_at.strftime('%Y%m%dT%H%M%S%f')}"
+    row["started_at"], row["finished_at"] = started_at, datetime.now(timezone.utc)
+    if store is not None:
+        store.append(row)
+    return row
+
+
+def _fallback_hash(config: TrialConfig) -> str:
+    """A failed preparation has no data fingerprint; hash the config itself."""
+    return "x" + hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:15]
+
+
+def _task_name(config: TrialConfig) -> str:
+    try:
+        return resolve_task(config.task).name
+    except FrugalrayError:
+        return config.task
+
+
+def _device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return "cpu"
+
+
+@functools.cache
+def environment() -> dict:
+    import peft
+    import torch
+    import transformers
+
+    return {
+        "hardware": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cpus"
+        + (f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "peft_version": peft.__version__,
+        "frugalray_version": __version__,
+        "code_version": _code_version(),
+    }
+
+
+def _code_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
