@@ -174,14 +174,15 @@ class ResultsStore:
         connection.register("trials", trials)
         if sql:
             try:
-                return connection.execute(sql).fetch_arrow_table()
+                return connection.sql(sql).to_arrow_table()
             except duckdb.Error as error:
                 raise FrugalrayError(
                     f"SQL failed: {error}. Query the view 'trials'; its columns: {', '.join(COLUMNS)}"
                 ) from None
         clauses, params = _where(where or [])
         query = "SELECT * FROM trials" + (" WHERE " + " AND ".join(clauses) if clauses else "")
-        return connection.execute(query + " ORDER BY task, model, n_kept_layers, strategy, seed", params).fetch_arrow_table()
+        order = " ORDER BY task, model, n_kept_layers, strategy, seed"
+        return connection.sql(query + order, params=params).to_arrow_table()
 
     def completed_hashes(self) -> set[str]:
         """Config hashes that already have a successful row (for skipping and resuming)."""

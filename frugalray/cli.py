@@ -1,0 +1,150 @@
+"""Command line: ``frugalray trial``, ``frugalray results``, ``frugalray tasks``, ``frugalray strategies``.
+
+    frugalray trial --task demo_pos --model minilm --strategy first --n 4 --epochs 3 --results results/
+    frugalray results results/ --where task=demo_pos --where "n_kept_layers<=3"
+    frugalray results results/ --sql "SELECT strategy, avg(f1) FROM trials GROUP BY strategy"
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from frugalray._registry import FrugalrayError
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer indices, e.g. 0,2,5")
+
+
+def _scores(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="frugalray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    trial = commands.add_parser("trial", help="train, evaluate and record one pruned model")
+    trial.add_argument("--task", required=True, help="registered task (frugalray tasks) or a task .json file")
+    trial.add_argument("--model", default="minilm", help="alias, local folder or HF hub id (default: minilm)")
+    trial.add_argument("--strategy", default="full", help="pruning strategy (frugalray strategies)")
+    trial.add_argument("--n", type=int, help="N for first/last/best/drop_*/drop_every, k for single")
+    trial.add_argument("--layers", type=_layers, help="layers to keep, for --strategy mask: 0,2,5")
+    trial.add_argument("--scores", type=_scores,
+                       help="per-layer scores for best/drop_worst; default: the store's single(k) results")
+    trial.add_argument("--lora", action="store_true", help="fine-tune with LoRA instead of fully")
+    trial.add_argument("--lora-config", help="LoRA settings JSON (r, alpha, dropout, target_modules, train_head)")
+    trial.add_argument("--freeze-head", action="store_true", help="LoRA: keep the classification head frozen")
+    trial.add_argument("--epochs", type=int, default=3)
+    trial.add_argument("--lr", type=float, default=5e-5, help="full fine-tuning learning rate")
+    trial.add_argument("--lora-lr", type=float, default=5e-4, help="LoRA learning rate")
+    trial.add_argument("--batch-size", type=int, default=16)
+    trial.add_argument("--max-length", type=int, default=256)
+    trial.add_argument("--no-length-grouping", action="store_true", help="plain shuffled batches")
+    trial.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
+    trial.add_argument("--seed", type=int, default=0)
+    trial.add_argument("--data-dir", help="folder with the task's files (FTB tasks need it)")
+    trial.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    trial.add_argument("--results", required=True, help="results location: folder, s3://..., gs://...")
+
+    results = commands.add_parser("results", help="query a results store")
+    results.add_argument("location", help="results location")
+    results.add_argument("--where", action="append", default=[], help="filter, e.g. task=demo_pos or 'f1>=0.9'")
+    results.add_argument("--sql", help="DuckDB SQL over the view 'trials'")
+    results.add_argument("--columns", help="comma-separated columns to show")
+    results.add_argument("--format", default="table", help="table, csv or markdown")
+
+    commands.add_parser("tasks", help="list registered tasks")
+    commands.add_parser("strategies", help="list pruning strategies")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except FrugalrayError as error:
+        print(f"frugalray: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _trial(args) -> int:
+    from frugalray.lora import LoraSettings
+    from frugalray.results import ResultsStore
+    from frugalray.strategies import STRATEGIES
+    from frugalray.tables import render
+    from frugalray.training import TrainingSettings
+    from frugalray.trial import TrialConfig, execute_trial, prepare_trial
+
+    store = ResultsStore(args.results).check_writable()
+    lora = None
+    if args.lora or args.lora_config:
+        lora = LoraSettings.from_json(args.lora_config) if args.lora_config else LoraSettings()
+        if args.freeze_head:
+            lora = LoraSettings(**{**lora.as_record(), "train_head": False})
+    training = TrainingSettings(
+        epochs=args.epochs, learning_rate=args.lr, lora_learning_rate=args.lora_lr, batch_size=args.batch_size,
+        max_length=args.max_length, length_grouping=not args.no_length_grouping, dtype=args.dtype,
+    )
+    config = TrialConfig(
+        task=args.task, model=args.model, strategy=args.strategy, n=args.n, layers=args.layers,
+        scores=args.scores, lora=lora, training=training, seed=args.seed, data_dir=args.data_dir,
+    )
+    if STRATEGIES.get(args.strategy).needs_scores and args.scores is None:
+        from frugalray.scores import single_layer_scores
+
+        config = dataclasses.replace(config, scores=single_layer_scores(store, config.task, config.model))
+    prepared = prepare_trial(config)  # bad input fails here, before anything is written
+    row = execute_trial(config, store, prepared=prepared, raise_input_errors=True, device=args.device)
+    import pyarrow as pa
+
+    from frugalray.results import SCHEMA
+
+    print(render(pa.Table.from_pylist([row], schema=SCHEMA)))
+    if row["status"] != "ok":
+        print(f"frugalray: trial failed (recorded in {args.results}): {row['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _results(args) -> int:
+    from frugalray.results import ResultsStore
+    from frugalray.tables import render
+
+    table = ResultsStore(args.location).query(where=args.where, sql=args.sql)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    print(render(table, columns, args.format))
+    return 0
+
+
+def _tasks(args) -> int:
+    from frugalray.tasks import TASKS
+
+    for name in TASKS:
+        spec = TASKS.get(name)
+        print(f"{name:16} {spec.head:8} {spec.metric:14} {spec.description}")
+    return 0
+
+
+def _strategies(args) -> int:
+    from frugalray.strategies import STRATEGIES
+
+    for name in STRATEGIES:
+        spec = STRATEGIES.get(name)
+        param = f"--{spec.param}" if spec.param else ""
+        print(f"{name:12} {param:9} {spec.doc}")
+    return 0
+
+
+COMMANDS = {"trial": _trial, "results": _results, "tasks": _tasks, "strategies": _strategies}
+
+if __name__ == "__main__":
+    sys.exit(main())
