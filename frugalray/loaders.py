@@ -47,7 +47,8 @@ def read_conll(
     ('Marie', 'Dupont')
     """
     path = _existing(path, "CoNLL reader")
-    needed = max(token_column, tag_column) + 1 if tag_column >= 0 else max(token_column + 1, -tag_column)
+    # The tag must sit in a column of its own: with tag_column=-1 a one-column line is malformed.
+    needed = max(token_column, tag_column) + 1 if tag_column >= 0 else max(token_column + 2, -tag_column)
     examples: list[Example] = []
     words: list[str] = []
     tags: list[str] = []

@@ -69,11 +69,16 @@ def prune_layers(model: nn.Module, kept: Sequence[int]) -> nn.Module:
     for parent, name in lists:
         layers = getattr(parent, name)
         setattr(parent, name, nn.ModuleList([layers[i] for i in kept]))
-    parent, name = lists[0]
-    for new_index, layer in enumerate(getattr(parent, name)):
-        for module in layer.modules():
-            if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new_index  # attention caches index by position, not by original layer
+    for parent, name in lists:
+        for new_index, layer in enumerate(getattr(parent, name)):
+            for module in layer.modules():
+                for attribute in ("layer_idx", "layer_id"):  # caches index layers by position
+                    if isinstance(getattr(module, attribute, None), int):
+                        setattr(module, attribute, new_index)
+    for module in getattr(model, "base_model", model).modules():
+        for attribute in ("n_layers", "num_layers", "num_hidden_layers"):  # FlauBERT loops over self.n_layers
+            if getattr(module, attribute, None) == current and not isinstance(module, nn.ModuleList):
+                setattr(module, attribute, len(kept))
     before = original_layers(config)
     config.frugalray_kept_layers = [before[i] for i in kept]
     config.frugalray_original_num_layers = getattr(config, "frugalray_original_num_layers", current)

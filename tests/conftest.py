@@ -1,0 +1,35 @@
+import os
+
+# Before transformers/datasets are imported anywhere: a stray download must fail loudly.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from frugalray.testing import conll_words, tiny_model_dir
+
+DATA = Path(__file__).parent / "data"
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def ner_task_file() -> str:
+    return str(DATA / "ner_task.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A 4-layer CamemBERT-architecture model (hidden 32) whose tokenizer knows the fixture words."""
+    words = conll_words(*DATA.glob("ner_*.conll")) | {"un", "une", "film", "histoire", "magnifique",
+                                                         "ennuyeux", "touchante", "plate"}
+    return str(tiny_model_dir(tmp_path_factory.mktemp("tiny_camembert"), words, "camembert", num_layers=4))

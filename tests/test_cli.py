@@ -1,0 +1,88 @@
+import pytest
+
+from frugalray.cli import main
+from frugalray.results import ResultsStore
+
+FAST = ["--epochs", "1", "--batch-size", "2", "--max-length", "32"]
+
+
+def test_trial_then_results(tmp_path, tiny_model, ner_task_file, capsys):
+    results = str(tmp_path / "results")
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "first", "--n", "2",
+                 *FAST, "--results", results]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny_ner" in printed and "first" in printed
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "mask", "--layers", "1,3",
+                 "--lora", *FAST, "--results", results]) == 0
+    capsys.readouterr()
+    assert main(["results", results, "--where", "lora=true", "--columns", "strategy,kept_layers,lora"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["strategy", "kept_layers", "lora"]
+    assert lines[2].split() == ["mask", "1,3", "yes"]
+    assert main(["results", results, "--sql", "SELECT count(*) AS n FROM trials", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.strip() == "n\n2"
+
+
+def test_best_uses_the_stores_single_layer_scores(tmp_path, tiny_model, ner_task_file, capsys):
+    results = str(tmp_path / "results")
+    store = ResultsStore(results)
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "best", "--n", "2",
+                 *FAST, "--results", results]) == 2
+    assert "Single-layer scores are missing for layer(s) [0, 1, 2, 3]" in capsys.readouterr().err
+    for k in range(4):
+        assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "single", "--n", str(k),
+                     *FAST, "--results", results]) == 0
+    singles = {row["kept_layers"][0]: row["dev_f1"] for row in store.table().to_pylist()}
+    expected = sorted(sorted(singles, key=lambda k: (-singles[k], k))[:2])
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "best", "--n", "2",
+                 *FAST, "--results", results]) == 0
+    [best] = store.query(where=["strategy=best"]).to_pylist()
+    assert best["kept_layers"] == expected
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "demo_po"], "Unknown task 'demo_po'. Did you mean 'demo_pos'?"),
+    (["--task", "demo_pos", "--strategy", "frist"], "Unknown strategy 'frist'. Did you mean 'first'?"),
+    (["--task", "demo_pos", "--model", "minilmm"], "Unknown model 'minilmm'. Did you mean 'minilm'?"),
+    (["--task", "demo_pos", "--strategy", "first", "--n", "7"], "valid N: 1..6"),
+    (["--task", "demo_pos", "--strategy", "mask", "--layers", "1,1"], "repeats layer(s) [1]"),
+    (["--task", "demo_pos", "--strategy", "mask", "--layers", "0,6"], "out of range"),
+    (["--task", "ftb_pos"], "licensed"),
+    (["--task", "demo_pos", "--lora-config", "missing.json"], "LoRA settings file 'missing.json' does not exist"),
+])
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
+    results = tmp_path / "results"
+    assert main(["trial", *args, "--results", str(results)]) == 2
+    assert message in capsys.readouterr().err
+    assert ResultsStore(results).files() == []
+
+
+def test_malformed_data_reports_file_and_line(tmp_path, tiny_model, data_dir, capsys):
+    task = tmp_path / "task.json"
+    task.write_text('{"name": "bad", "head": "token", "metric": "ner", "format": "conll", '
+                    f'"data_dir": "{data_dir}", "train": "ner_malformed.conll"}}')
+    assert main(["trial", "--task", str(task), "--model", tiny_model, "--results", str(tmp_path / "r")]) == 2
+    assert "ner_malformed.conll:3: malformed CoNLL line 'habite'" in capsys.readouterr().err
+
+
+def test_lora_target_not_in_model(tmp_path, tiny_model, ner_task_file, capsys):
+    config = tmp_path / "lora.json"
+    config.write_text('{"target_modules": ["q_proj", "v_proj"]}')
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--lora-config", str(config), *FAST,
+                 "--results", str(tmp_path / "r")]) == 2
+    assert "LoRA target module(s) ['q_proj', 'v_proj'] are not in" in capsys.readouterr().err
+    assert ResultsStore(tmp_path / "r").files() == []
+
+
+def test_unwritable_results_location(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["trial", "--task", "demo_pos", "--results", str(tmp_path / "file" / "r")]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_listing_commands(capsys):
+    assert main(["tasks"]) == 0
+    assert "wikiner" in capsys.readouterr().out
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert "drop_worst" in out and "--n" in out

@@ -1,0 +1,225 @@
+import dataclasses
+import json
+
+import pytest
+
+from frugalray import FrugalrayError, TaskSpec, load_task
+from frugalray.encoding import align_labels, encode_examples, length_grouped_batches, collate
+from frugalray.loaders import read_conll, read_text_classification
+from frugalray.metrics import METRICS
+from frugalray.models import load_tokenizer
+from frugalray.tasks import TASKS
+
+
+def test_conll_sentences_documents_and_columns(data_dir):
+    sentences = read_conll(data_dir / "ner_train.conll")
+    assert [len(s.words) for s in sentences] == [6, 7, 8, 5]
+    assert sentences[0].words[:2] == ("Marie", "Dupont")
+    assert sentences[0].labels[:2] == ("B-PER", "I-PER")
+    assert sentences[1].origin.endswith("ner_train.conll:10")
+
+
+def test_conll_with_chosen_columns_and_comments(data_dir):
+    sentences = read_conll(data_dir / "pos_multi.conll", token_column=1, tag_column=3, separator="\t",
+                           comment_prefix="#")
+    assert [s.words for s in sentences] == [("Le", "chat", "dort"), ("Le", "chien", "mange")]
+    assert sentences[1].labels == ("DET", "NOUN", "VERB")
+
+
+def test_malformed_conll_names_file_and_line(data_dir):
+    with pytest.raises(FrugalrayError, match=r"ner_malformed.conll:3: malformed CoNLL line 'habite'"):
+        read_conll(data_dir / "ner_malformed.conll")
+
+
+def test_unseen_dev_label_names_file_and_line(data_dir):
+    spec = TaskSpec(name="t", head="token", metric="ner", format="conll", data_dir=str(data_dir),
+                    train="ner_train.conll", dev="ner_unseen_dev.conll", test="ner_test.conll")
+    with pytest.raises(FrugalrayError, match=r"ner_unseen_dev.conll:4: dev label 'B-GPE' .* never occurs in train"):
+        load_task(spec)
+
+
+def test_non_iob_tags_are_refused_for_ner(data_dir):
+    spec = TaskSpec(name="t", head="token", metric="ner", format="conll", data_dir=str(data_dir),
+                    train="pos_multi.conll", dev="pos_multi.conll", test="pos_multi.conll", token_column=1,
+                    tag_column=2, comment_prefix="#", separator="\t")
+    with pytest.raises(FrugalrayError, match="not an IOB"):
+        load_task(spec)
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    with pytest.raises(FrugalrayError, match="licensed"):
+        load_task("ftb_pos", data_dir=str(tmp_path))
+    with pytest.raises(FrugalrayError, match="does not exist"):
+        load_task("ftb_ner", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_unknown_task_suggests_the_closest():
+    with pytest.raises(FrugalrayError, match="Unknown task 'wikiner_ner'. Did you mean 'wikiner'"):
+        load_task("wikiner_ner")
+
+
+def test_task_file_reads_relative_paths(ner_task_file):
+    task = load_task(ner_task_file)
+    assert task.name == "tiny_ner"
+    assert (len(task.train), len(task.dev), len(task.test)) == (4, 1, 2)
+    assert task.labels == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-MISC", "I-PER", "O"]
+
+
+def test_task_file_with_unknown_key_fails(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"name": "x", "head": "token", "metric": "ner", "format": "conll",
+                                "train": "a.conll", "tag_col": 2}))
+    with pytest.raises(FrugalrayError, match="unknown key 'tag_col'.*Did you mean 'tag_column'"):
+        load_task(str(path))
+
+
+def test_seeded_split_when_only_train_is_given(data_dir):
+    spec = TaskSpec(name="t", head="sequence", metric="classification", format="jsonl", data_dir=str(data_dir),
+                    train="sentiment.jsonl", dev_fraction=0.25, test_fraction=0.25, split_seed=3)
+    first, again = load_task(spec), load_task(spec)
+    assert (len(first.train), len(first.dev), len(first.test)) == (2, 1, 1)
+    assert [e.text for e in first.test] == [e.text for e in again.test]
+    texts = {e.text for part in (first.train, first.dev, first.test) for e in part}
+    assert len(texts) == 4
+
+
+def test_jsonl_csv_readers(data_dir):
+    rows = read_text_classification(data_dir / "sentiment.jsonl", "text", "label")
+    assert (rows[0].text, rows[0].labels) == ("un film magnifique", "positive")
+    rows = read_text_classification(data_dir / "sentiment.csv", "review", "polarity")
+    assert [r.labels for r in rows] == ["positive", "negative"]
+    assert rows[1].origin.endswith("sentiment.csv:3")
+    with pytest.raises(FrugalrayError, match=r"sentiment_bad.jsonl:2: not valid JSON"):
+        read_text_classification(data_dir / "sentiment_bad.jsonl", "text", "label")
+    with pytest.raises(FrugalrayError, match="missing field 'text'"):
+        read_text_classification(data_dir / "sentiment.csv", "text", "polarity")
+
+
+def test_parquet_reader(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["bon", "mauvais"], "label": [1, 0]}), tmp_path / "d.parquet")
+    rows = read_text_classification(tmp_path / "d.parquet", "text", "label")
+    assert [(r.text, r.labels) for r in rows] == [("bon", "1"), ("mauvais", "0")]
+
+
+def test_hf_dataset_task_maps_class_labels_and_samples(monkeypatch):
+    import datasets
+
+    features = datasets.Features({"review": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    splits = {
+        "train": datasets.Dataset.from_dict({"review": [f"r{i}" for i in range(40)], "label": [i % 2 for i in range(40)]},
+                                            features=features),
+        "validation": datasets.Dataset.from_dict({"review": ["v"], "label": [1]}, features=features),
+        "test": datasets.Dataset.from_dict({"review": ["t"], "label": [0]}, features=features),
+    }
+    calls = []
+
+    def fake_load(name, config=None, split=None):
+        calls.append((name, split))
+        return splits[split]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    task = load_task(dataclasses.replace(TASKS.get("allocine"), train_fraction=0.25))
+    assert calls == [("tblard/allocine", "train"), ("tblard/allocine", "validation"), ("tblard/allocine", "test")]
+    assert len(task.train) == 10  # a seeded 25% sample
+    assert task.labels == ["neg", "pos"]
+    assert task.test[0].labels == "neg"
+    assert task.fingerprint.startswith("hf:")
+
+
+def test_hub_task_offline_says_what_to_do():
+    with pytest.raises(FrugalrayError, match="Could not load the Hugging Face dataset 'tblard/allocine'.*local files"):
+        load_task("allocine")
+
+
+def test_builtin_study_tasks_are_registered():
+    assert {"wikiner", "ftb_ner", "ftb_pos", "allocine"} <= set(TASKS.names())
+    assert TASKS.get("allocine").train_fraction == 0.1
+
+
+def test_demo_tasks_load_with_disjoint_splits():
+    for name in ("demo_pos", "demo_ner", "demo_sentiment"):
+        task = load_task(name)
+        assert len(task.train) > 100 and len(task.dev) > 20 and len(task.test) > 20
+        train_text = {e.words or e.text for e in task.train}
+        assert not train_text & {e.words or e.text for e in task.test}
+
+
+def test_first_subtoken_gets_the_label():
+    assert align_labels([None, 0, 0, 1, 2, 2, 2, None], [5, 6, 7]) == (
+        [-100, 5, -100, 6, 7, -100, -100, -100], [1, 3, 4])
+
+
+def test_alignment_with_a_real_wordpiece_tokenizer():
+    from frugalray.loaders import Example
+
+    tokenizer = load_tokenizer("minilm")
+    example = Example(labels=("B-PER", "O", "B-LOC"), origin="x:1", words=("Dupont", "habite", "Boulogne-Billancourt"))
+    [encoded] = encode_examples([example], tokenizer, {"O": 0, "B-PER": 1, "B-LOC": 2}, max_length=64)
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids)
+    labelled = [(t, l) for t, l in zip(tokens, encoded.labels) if l != -100]
+    assert [l for _, l in labelled] == [1, 0, 2]
+    assert [t for t, _ in labelled] == [tokens[p] for p in encoded.word_positions]
+    assert len(tokens) > 5  # the place name splits into several sub-tokens, only the first is labelled
+    assert tokens[0] == "[CLS]" and encoded.labels[0] == -100
+
+
+def test_truncated_words_have_no_position():
+    from frugalray.loaders import Example
+
+    tokenizer = load_tokenizer("minilm")
+    example = Example(labels=("O",) * 20, origin="x:1", words=("le",) * 20)
+    [encoded] = encode_examples([example], tokenizer, {"O": 0}, max_length=8)
+    assert len(encoded.input_ids) == 8
+    assert encoded.word_positions[:6] == [1, 2, 3, 4, 5, 6] and encoded.word_positions[6:] == [None] * 14
+
+
+def test_length_grouped_batches_cover_everything_once_and_group_lengths():
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47] * 4
+    batches = length_grouped_batches(lengths, 4, seed=1)
+    assert sorted(i for b in batches for i in b) == list(range(32))
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 3 for b in batches)
+    assert batches == length_grouped_batches(lengths, 4, seed=1)
+    plain = length_grouped_batches(lengths, 4, seed=1, group=False)
+    assert sorted(i for b in plain for i in b) == list(range(32))
+
+
+def test_collate_pads_to_the_longest_in_the_batch():
+    from frugalray.encoding import Encoded
+
+    batch = collate([Encoded([1, 5, 2], [-100, 3, -100], [1]), Encoded([1, 2], [-100, -100], [])], pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 5, 2], [1, 2, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, 3, -100], [-100, -100, -100]]
+
+
+def test_ner_metrics_on_known_predictions():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    predicted = [["B-PER", "I-PER", "O", "O"], ["B-ORG", "B-LOC"]]
+    result = METRICS.get("ner")(gold, predicted)
+    # entities: gold PER, LOC, ORG; predicted PER (ok), ORG (ok), LOC (wrong place)
+    assert result["precision"] == pytest.approx(2 / 3)
+    assert result["recall"] == pytest.approx(2 / 3)
+    assert result["f1"] == pytest.approx(2 / 3)
+    assert result["accuracy"] == pytest.approx(4 / 6)
+
+
+def test_pos_metrics_on_known_predictions():
+    gold = [["DET", "NOUN", "VERB"], ["DET", "NOUN"]]
+    predicted = [["DET", "NOUN", "NOUN"], ["DET", "VERB"]]
+    result = METRICS.get("pos")(gold, predicted)
+    assert result["accuracy"] == pytest.approx(3 / 5) == result["f1"]
+    # per-tag F1: DET 1.0, NOUN 2*(1/2*1/2)/(1) = 0.5, VERB 0.0 -> macro 0.5
+    assert result["f1_macro"] == pytest.approx(0.5)
+
+
+def test_classification_metrics_on_known_predictions():
+    result = METRICS.get("classification")(["pos", "pos", "neg", "neg"], ["pos", "neg", "neg", "neg"])
+    assert result["accuracy"] == 0.75
+    # pos: P 1, R 0.5, F1 2/3; neg: P 2/3, R 1, F1 0.8
+    assert result["precision"] == pytest.approx((1 + 2 / 3) / 2)
+    assert result["recall"] == pytest.approx(0.75)
+    assert result["f1"] == pytest.approx((2 / 3 + 0.8) / 2)
