@@ -80,3 +80,37 @@ def conll_words(*paths: str | Path) -> set[str]:
             if line.strip() and not line.startswith("-DOCSTART-"):
                 words.add(line.split()[0])
     return words
+
+
+def simulated_trial(prepared, device=None, gpu_memory_fraction=None) -> dict:
+    """A stand-in for ``run_trial`` that trains nothing: for testing scheduling, packing and resume.
+
+    Its F1 grows with the number of kept layers and favours low layers, so best/drop_worst are
+    well defined; a layer set containing layer 1 alone raises a simulated CUDA OOM when the task is
+    named ``*_oom``. It sleeps ``FRUGALRAY_SIMULATED_SECONDS`` (default 0.2) and reports the GPU ids
+    Ray gave it in ``device``.
+    """
+    import os
+    import time
+
+    kept, layers = prepared.kept_layers, prepared.num_layers
+    if prepared.task.name.endswith("_oom") and kept == (1,):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
+    started = time.time()
+    time.sleep(float(os.environ.get("FRUGALRAY_SIMULATED_SECONDS", "0.2")))
+    try:
+        import ray
+
+        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", []) if ray.is_initialized() else []
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # outside Ray
+        gpus, node = [], "local"
+    score = 0.5 * len(kept) / layers + 0.4 * sum(1 - k / layers for k in kept) / len(kept)
+    seconds = 1.0 + len(kept) * (2.0 if prepared.config.lora is None else 1.2) * prepared.config.training.epochs / 3
+    return {
+        "accuracy": score, "precision": score, "recall": score, "f1": score, "eval_loss": 1 - score,
+        "dev_accuracy": score, "dev_f1": score, "dev_eval_loss": 1 - score,
+        "train_seconds": seconds, "seconds_per_epoch": seconds / prepared.config.training.epochs,
+        "eval_seconds": 0.1, "total_seconds": time.time() - started,
+        "device": f"simulated gpus={','.join(gpus)} node={node} start={started:.3f} end={time.time():.3f}",
+    }

@@ -224,16 +224,18 @@ def execute_trial(
     raise_input_errors: bool = False,
     device: str | None = None,
     gpu_memory_fraction: float | None = None,
+    runner=None,
 ) -> dict:
     """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error.
 
     With ``raise_input_errors`` a bad input (FrugalrayError) is raised instead, and nothing is written.
+    ``runner`` replaces ``run_trial`` (same signature), e.g. the simulated trials of ``frugalray.testing``.
     """
     started_at = datetime.now(timezone.utc)
     row: dict
     try:
         prepared = prepared or prepare_trial(config)
-        row = base_row(config, prepared) | run_trial(prepared, device, gpu_memory_fraction)
+        row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction)
         row["status"], row["error"] = "ok", None
     except FrugalrayError as error:
         if raise_input_errors:

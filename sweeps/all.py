@@ -1,0 +1,39 @@
+"""The study's whole pipeline: four tasks on camembert-base, three seeds, every stage.
+
+    ray submit cluster.yaml sweeps/all.py                       # on the cluster (results: see below)
+    ray submit cluster.yaml sweeps/all.py --tasks allocine --seeds 0
+    python sweeps/all.py --results /tmp/study                   # the same script, locally
+
+Re-running the same command resumes: trials whose configuration already has a row are skipped.
+"""
+
+from frugalray.sweep import main
+
+SWEEP = dict(
+    name="camembert-study",
+    tasks=["wikiner", "ftb_ner", "ftb_pos", "allocine"],
+    model="camembert-base",
+    seeds=[0, 1, 2],  # the study ran each configuration once; three seeds give a spread
+    training=dict(
+        epochs=3,  # as the study
+        learning_rate=5e-5,  # the study's full fine-tuning rate
+        lora_learning_rate=5e-4,  # ~10x: at 5e-5 LoRA collapses on token tasks (see SPEC)
+        batch_size=16,
+        max_length=256,
+    ),
+    lora=dict(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"], train_head=True),
+    # French Treebank files are licensed: each folder holds train.conll, dev.conll, test.conll.
+    data_dirs={"ftb_ner": "/data/ftb/ner", "ftb_pos": "/data/ftb/pos"},
+    # Every node must reach the results: an S3/GCS bucket (pyarrow filesystems) or an NFS mount.
+    results="s3://frugalray-results/camembert-study",
+    resources=dict(
+        cpus_per_trial=2,
+        gpu_memory_gib=80,  # per GPU of the worker type in cluster.yaml; fractions are sized from it
+    ),
+    retries=1,  # one more attempt for a trial that raises (e.g. CUDA OOM beside a neighbour)
+    max_failures=3,  # reschedules of a trial whose worker or node died (spot preemption)
+    autoscale_wait_s=900,  # the head has no GPU: wait for the autoscaler to bring GPU workers
+)
+
+if __name__ == "__main__":
+    main(SWEEP)
