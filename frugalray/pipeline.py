@@ -16,7 +16,6 @@ each gets its own row (``reused_from`` names the trained one).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import statistics
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from frugalray.scores import SCORE_COLUMN, scores_from_rows
 from frugalray.strategies import alternate_family, balanced_epochs, kept_layers
 from frugalray.tasks import TaskData, load_task, resolve_task
 from frugalray.training import TrainingSettings
-from frugalray.trial import TrialConfig, base_row, prepare_trial
+from frugalray.trial import TrialConfig, base_row, layer_count, prepare_trial
 
 STAGES = ("single", "strategies", "lora", "balanced")
 NEEDS = {"single": None, "strategies": "single", "lora": "strategies", "balanced": "strategies"}
@@ -97,18 +96,11 @@ class SweepConfig:
         return dict(self.data_dirs).get(task)
 
 
-@functools.cache
-def _layer_count(model: str) -> int:
-    from frugalray.models import load_model_config
-    from frugalray.surgery import num_layers
-
-    return num_layers(load_model_config(model))
-
-
 @dataclass
 class _Planned:
     config: TrialConfig
     config_hash: str
+    kept_layers: tuple[int, ...]
     task: str
     stage: str
 
@@ -123,7 +115,7 @@ class StudyPlan:
             task: load_task(task, sweep.data_dir(task)) for task in sweep.tasks
         }
         self.names = {task: data.name for task, data in self.data.items()}
-        self.num_layers = _layer_count(sweep.model)
+        self.num_layers = layer_count(sweep.model)
         self.rows: dict[str, dict] = {}  # config_hash -> trained row (ok, or failed for good)
         self.reported: set[tuple] = set()  # (hash, strategy, n, stage) that have a row
         for row in store.table().to_pylist() if store.files() else []:
@@ -173,7 +165,7 @@ class StudyPlan:
 
     def _plan(self, task: str, stage: str, config: TrialConfig) -> list[_Planned]:
         prepared = prepare_trial(config, self.data[task])
-        planned = _Planned(config, prepared.config_hash, task, stage)
+        planned = _Planned(config, prepared.config_hash, prepared.kept_layers, task, stage)
         self.planned[(task, stage)].append(planned)
         key = (prepared.config_hash, config.strategy, config.n, stage)
         if prepared.config_hash in self.rows:  # trained before: report it under this strategy if not yet

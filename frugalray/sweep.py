@@ -195,20 +195,12 @@ STAGE_ORDER = {"single": 0, "strategies": 1, "lora": 2, "balanced": 3}
 
 
 def trial_demand(sweep: SweepConfig, model_config: dict, has_gpus: bool, planned: _Planned) -> dict[str, float]:
+    """Ray resources of one planned trial, from its memory estimate."""
     config = planned.config
-    kept = len(config.layers) if config.layers else _kept_count(planned)
-    estimate = estimate_memory_gib(model_config, kept, config.training.batch_size, config.training.max_length,
-                                   lora=config.lora is not None, lora_r=config.lora.r if config.lora else 8)
+    estimate = estimate_memory_gib(model_config, len(planned.kept_layers), config.training.batch_size,
+                                   config.training.max_length, lora=config.lora is not None,
+                                   lora_r=config.lora.r if config.lora else 8)
     return sweep.resources.for_trial(estimate, has_gpus)
-
-
-def _kept_count(planned: _Planned) -> int:
-    from frugalray.pipeline import _layer_count
-    from frugalray.strategies import kept_layers
-
-    config = planned.config
-    return len(kept_layers(config.strategy, _layer_count(config.model), n=config.n, layers=config.layers,
-                           scores=config.scores))
 
 
 def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,

@@ -103,13 +103,19 @@ def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: st
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> PreparedTrial:
-    """Validate a config without training: raises FrugalrayError on any bad input."""
+@functools.cache
+def layer_count(model: str) -> int:
+    """Layers of a model, read from its config once per process."""
     from frugalray.models import load_model_config
     from frugalray.surgery import num_layers
 
+    return num_layers(load_model_config(model))
+
+
+def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> PreparedTrial:
+    """Validate a config without training: raises FrugalrayError on any bad input."""
     task = task or load_task(config.task, config.data_dir)
-    count = num_layers(load_model_config(config.model))
+    count = layer_count(config.model)
     kept = kept_layers(config.strategy, count, n=config.n, layers=config.layers, scores=config.scores)
     return PreparedTrial(config, task, count, kept, config_hash(config, kept, task.fingerprint))
 
