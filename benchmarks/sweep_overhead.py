@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
 
-    from frugalray import ResultsStore, TrainingSettings
+    from frugalray import ResultsStore
     from frugalray.pipeline import StudyPlan, SweepConfig
     from frugalray.testing import conll_words, tiny_model_dir
     from frugalray.tasks import DEMO_DIR

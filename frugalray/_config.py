@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+from pathlib import Path
 from typing import Any, TypeVar
 
 from frugalray._registry import FrugalrayError
@@ -37,3 +39,14 @@ def from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C
 def help_text(cls: type) -> dict[str, str]:
     """Each field's help, for --help output and docs."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON settings file as a dict; a missing file or bad JSON is an error naming file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrugalrayError(f"{what} file {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise FrugalrayError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None

@@ -11,13 +11,12 @@ LoraSettings(r=8, alpha=32, dropout=0.1, target_modules=('query', 'value'), trai
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from torch import nn
 
-from frugalray._config import from_dict
+from frugalray._config import from_dict, read_json
 from frugalray._registry import FrugalrayError
 
 
@@ -51,13 +50,7 @@ class LoraSettings:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "LoraSettings":
-        path = Path(path)
-        if not path.is_file():
-            raise FrugalrayError(f"LoRA settings file {str(path)!r} does not exist")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise FrugalrayError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        values = read_json(path, "LoRA settings")
         # Accept peft's own key names too, so a peft adapter_config.json-style file works.
         renames = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
         values = {renames.get(k, k): v for k, v in values.items()}

@@ -25,7 +25,7 @@ from frugalray.lora import LoraSettings
 from frugalray.resources import ResourceRule
 from frugalray.results import ResultsStore
 from frugalray.scores import SCORE_COLUMN, scores_from_rows
-from frugalray.strategies import alternate_family, balanced_epochs, kept_layers
+from frugalray.strategies import alternate_family, balanced_epochs
 from frugalray.tasks import TaskData, load_task, resolve_task
 from frugalray.training import TrainingSettings
 from frugalray.trial import TrialConfig, base_row, layer_count, prepare_trial

@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frugalray._config import from_dict
+from frugalray._config import from_dict, read_json
 from frugalray._registry import FrugalrayError, Registry
 from frugalray.loaders import Example, read_conll, read_hf, read_text_classification
 from frugalray.metrics import METRICS
@@ -78,13 +78,7 @@ class TaskSpec:
     @classmethod
     def from_file(cls, path: str | Path) -> "TaskSpec":
         path = Path(path)
-        if not path.is_file():
-            raise FrugalrayError(f"Task file {str(path)!r} does not exist")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise FrugalrayError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-        spec = cls.from_dict(values, source=str(path))
+        spec = cls.from_dict(read_json(path, "Task"), source=str(path))
         if spec.data_dir is None and spec.format != "hf":  # relative paths are relative to the task file
             spec = dataclasses.replace(spec, data_dir=str(path.resolve().parent))
         return spec
