@@ -3,6 +3,8 @@
     frugalray trial --task demo_pos --model minilm --strategy first --n 4 --epochs 3 --results results/
     frugalray results results/ --where task=demo_pos --where "n_kept_layers<=3"
     frugalray results results/ --sql "SELECT strategy, avg(f1) FROM trials GROUP BY strategy"
+    frugalray search --task demo_pos --budget 20 --max-layers 3 --objective f1_vs_layers --results results/
+    frugalray importance --task demo_pos --model minilm --results results/
 """
 
 from __future__ import annotations
@@ -62,6 +64,34 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--columns", help="comma-separated columns to show")
     results.add_argument("--format", default="table", help="table, csv or markdown")
 
+    results.add_argument("--fronts", action="store_true", help="show the Pareto fronts of layer-mask searches")
+
+    search = commands.add_parser("search", help="search layer masks with Optuna (through Ray Tune)")
+    search.add_argument("--task", required=True)
+    search.add_argument("--model", default="minilm")
+    search.add_argument("--budget", type=int, default=20, help="new masks to train in this run")
+    search.add_argument("--min-layers", type=int, default=1)
+    search.add_argument("--max-layers", type=int, help="default: L-1")
+    search.add_argument("--exactly", type=int, help="keep exactly N layers")
+    search.add_argument("--objective", default="f1", help="f1, f1_vs_layers or f1_vs_latency")
+    search.add_argument("--name", default="", help="study name (resume by giving the same one)")
+    search.add_argument("--storage", help="Optuna storage URL (default: sqlite file in the results)")
+    search.add_argument("--no-warm-start", action="store_true", help="do not tell Optuna the stored results")
+    search.add_argument("--prior", default="proxy", help="proxy (masks by layer importance first) or none")
+    search.add_argument("--epochs", type=int, default=3)
+    search.add_argument("--lr", type=float, default=5e-5)
+    search.add_argument("--batch-size", type=int, default=16)
+    search.add_argument("--max-length", type=int, default=256)
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--data-dir")
+    search.add_argument("--results", required=True)
+
+    importance = commands.add_parser("importance", help="per-layer importance from the pretrained model alone")
+    importance.add_argument("--task", required=True)
+    importance.add_argument("--model", default="minilm")
+    importance.add_argument("--data-dir")
+    importance.add_argument("--results", help="compare with the trained single(k) ranking stored here")
+
     commands.add_parser("tasks", help="list registered tasks")
     commands.add_parser("strategies", help="list pruning strategies")
     return parser
@@ -99,9 +129,15 @@ def _trial(args) -> int:
         scores=args.scores, lora=lora, training=training, seed=args.seed, data_dir=args.data_dir,
     )
     if STRATEGIES.get(args.strategy).needs_scores and args.scores is None:
-        from frugalray.scores import single_layer_scores
+        if args.strategy == "drop_proxy":  # importance from the pretrained model: no training needed
+            from frugalray.importance import proxy_scores
 
-        config = dataclasses.replace(config, scores=single_layer_scores(store, config.task, config.model))
+            scores = proxy_scores(config.task, config.model, config.data_dir)
+        else:
+            from frugalray.scores import single_layer_scores
+
+            scores = single_layer_scores(store, config.task, config.model)
+        config = dataclasses.replace(config, scores=scores)
     prepared = prepare_trial(config)  # bad input fails here, before anything is written
     row = execute_trial(config, store, prepared=prepared, raise_input_errors=True, device=args.device)
     import pyarrow as pa
@@ -119,9 +155,63 @@ def _results(args) -> int:
     from frugalray.results import ResultsStore
     from frugalray.tables import render
 
+    if args.fronts:
+        from frugalray.search import read_fronts
+
+        fronts = read_fronts(ResultsStore(args.location))
+        if not fronts:
+            raise FrugalrayError(f"No search fronts in {args.location!r}; run `frugalray search` first")
+        for front in fronts:
+            print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
+            print(render(front.drop_columns(["search", "objective"]), fmt=args.format))
+        return 0
     table = ResultsStore(args.location).query(where=args.where, sql=args.sql)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     print(render(table, columns, args.format))
+    return 0
+
+
+def _search(args) -> int:
+    from frugalray.search import SearchConfig, run_search
+    from frugalray.sweep import connect_or_start_ray
+    from frugalray.training import TrainingSettings
+
+    training = TrainingSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
+                                max_length=args.max_length)
+    config = SearchConfig(
+        task=args.task, model=args.model, name=args.name, budget=args.budget, min_layers=args.min_layers,
+        max_layers=args.max_layers, exactly=args.exactly, objective=args.objective, seed=args.seed,
+        training=training, data_dir=args.data_dir, results=args.results, storage=args.storage,
+        warm_start=not args.no_warm_start, prior=args.prior,
+    )
+    outcome = run_search(config, connect=connect_or_start_ray)
+    import pyarrow as pa
+
+    from frugalray.tables import render
+
+    print(render(pa.Table.from_pylist(outcome["front"])))
+    return 0
+
+
+def _importance(args) -> int:
+    from frugalray.importance import proxy_scores, spearman
+    from frugalray.tables import render
+
+    import pyarrow as pa
+
+    scores = proxy_scores(args.task, args.model, args.data_dir)
+    rows = [{"layer": k, "proxy_importance": s} for k, s in enumerate(scores)]
+    trained = None
+    if args.results:
+        from frugalray.results import ResultsStore
+        from frugalray.scores import single_layer_scores
+
+        trained = single_layer_scores(ResultsStore(args.results), args.task, args.model)
+        for row, score in zip(rows, trained):
+            row["trained_single_dev_f1"] = score
+    print(render(pa.Table.from_pylist(rows)))
+    if trained is not None:
+        print(f"Spearman rank correlation, proxy vs trained single-layer scores: {spearman(scores, trained):+.3f}")
     return 0
 
 
@@ -144,7 +234,8 @@ def _strategies(args) -> int:
     return 0
 
 
-COMMANDS = {"trial": _trial, "results": _results, "tasks": _tasks, "strategies": _strategies}
+COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "tasks": _tasks,
+            "strategies": _strategies}
 
 if __name__ == "__main__":
     sys.exit(main())

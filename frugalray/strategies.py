@@ -121,8 +121,18 @@ def best(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
 @strategy("drop_worst", "n", needs_scores=True)
 def drop_worst(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
     """All but the N layers with the lowest single-layer score."""
-    n = _check_n("drop_worst", n, 1, num_layers - 1, num_layers)
-    return tuple(sorted(_ranked(scores, num_layers, "drop_worst")[: num_layers - n]))
+    return _all_but_lowest("drop_worst", num_layers, n, scores)
+
+
+@strategy("drop_proxy", "n", needs_scores=True)
+def drop_proxy(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
+    """All but the N least important layers by a proxy computed from the pretrained model (no training)."""
+    return _all_but_lowest("drop_proxy", num_layers, n, scores)
+
+
+def _all_but_lowest(name: str, num_layers: int, n: int | None, scores) -> tuple[int, ...]:
+    n = _check_n(name, n, 1, num_layers - 1, num_layers)
+    return tuple(sorted(_ranked(scores, num_layers, name)[: num_layers - n]))
 
 
 @strategy("even", None)

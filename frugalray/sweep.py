@@ -67,8 +67,8 @@ def _import(path: str):
 def _to_report(row: dict) -> dict:
     """Scalars for Tune's loggers, and the whole row as JSON for the driver."""
     text = json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()})
-    return {"config_hash": row["config_hash"], "ok": row["status"] == "ok", "f1": row.get("f1") or 0.0,
-            "row_json": text}
+    scalars = {key: float(row.get(key) or 0.0) for key in ("f1", "dev_f1", "n_kept_layers", "latency_ms")}
+    return {"config_hash": row["config_hash"], "ok": row["status"] == "ok", **scalars, "row_json": text}
 
 
 def _from_report(result: dict) -> dict:
