@@ -172,10 +172,10 @@ class StudyPlan:
             if key not in self.reported:
                 self._write_alias(planned, self.rows[prepared.config_hash])
             return []
-        if any(p.config_hash == prepared.config_hash for p in self.queue) or prepared.config_hash in self.waiting:
-            self.waiting.setdefault(prepared.config_hash, []).append(planned)
+        if prepared.config_hash in self.waiting:  # queued or running under another strategy: share that run
+            self.waiting[prepared.config_hash].append(planned)
             return []
-        self.waiting.setdefault(prepared.config_hash, [])
+        self.waiting[prepared.config_hash] = []
         return [planned]
 
     def pop(self) -> _Planned | None:
