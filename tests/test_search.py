@@ -124,3 +124,17 @@ def test_proxy_prior_and_strategy_agree():
     assert kept_layers("drop_proxy", 4, n=1, scores=scores) == (0, 2, 3)
     assert spearman(scores, (4, 1, 3, 2)) == pytest.approx(1.0)
     assert spearman(scores, (1, 4, 2, 3)) == pytest.approx(-1.0)
+
+
+def test_fronts_and_importance_on_the_command_line(tmp_path, tiny_model, ner_task_file, local_ray, capsys):
+    from frugalray.cli import main
+
+    run_search(_search(tmp_path, tiny_model, budget=3, objective="f1_vs_layers", max_layers=2), runner=RUNNER)
+    capsys.readouterr()
+    assert main(["results", str(tmp_path / "r"), "--fronts"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "== s (f1_vs_layers)" and out[1].split()[:3] == ["kept_layers", "dev_f1", "n_kept_layers"]
+    assert main(["importance", "--task", ner_task_file, "--model", tiny_model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["layer", "proxy_importance"] and len(lines) == 2 + 4
+    assert main(["results", str(tmp_path / "empty"), "--fronts"]) == 2
