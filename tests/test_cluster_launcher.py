@@ -159,8 +159,9 @@ exec {real_ray} "$@"
     finally:
         down = ray_cli("down", "-y", str(cluster_file), check=False)
         for name in set(os.listdir("/tmp")) - before:  # the launcher's own leftovers
+            path = os.path.join("/tmp", name)
             if name.startswith(("ray-config-", "ray_ssh_")):
-                shutil.rmtree(os.path.join("/tmp", name), ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
     assert not _processes_mentioning(f"{base}/ray"), down  # `ray down` stopped our head
 
     rows = ResultsStore(results).table().to_pylist()
