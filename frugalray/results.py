@@ -126,12 +126,18 @@ class ResultsStore:
         if unknown:
             raise FrugalrayError(f"Result row has unknown columns {unknown}; schema columns: {', '.join(COLUMNS)}")
         table = pa.Table.from_pylist([row], schema=SCHEMA)
-        final = f"{self.trials_dir}/{row.get('config_hash') or 'nohash'}-{uuid.uuid4().hex[:12]}.parquet"
-        self.fs.create_dir(self.trials_dir, recursive=True)
+        name = f"{row.get('config_hash') or 'nohash'}-{uuid.uuid4().hex[:12]}.parquet"
+        return self.write_table(table, "trials", name)
+
+    def write_table(self, table: pa.Table, folder: str, name: str) -> str:
+        """Write ``folder/name`` under the store so that no reader ever sees part of it; returns the path."""
+        directory = f"{self.root}/{folder}"
+        final = f"{directory}/{name}"
+        self.fs.create_dir(directory, recursive=True)
         if not self.local:
             pq.write_table(table, final, filesystem=self.fs)
             return final
-        staging = f"{self.trials_dir}/.staging-{uuid.uuid4().hex}.tmp"
+        staging = f"{directory}/.staging-{uuid.uuid4().hex}.tmp"
         try:
             pq.write_table(table, staging)
             with open(staging, "rb") as handle:
@@ -142,9 +148,10 @@ class ResultsStore:
                 os.remove(staging)
         return final
 
-    def files(self) -> list[str]:
+    def files(self, folder: str = "trials") -> list[str]:
+        """Finished Parquet files of a folder of the store (staging files are never listed)."""
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.trials_dir, allow_not_found=True))
+            infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{folder}", allow_not_found=True))
         except Exception as error:
             raise FrugalrayError(f"Results location {self.location!r} cannot be read: {error}") from None
         return sorted(

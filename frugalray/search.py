@@ -25,7 +25,7 @@ from frugalray._registry import FrugalrayError, did_you_mean
 from frugalray.lora import LoraSettings
 from frugalray.resources import ResourceRule
 from frugalray.results import ResultsStore
-from frugalray.sweep import DEFAULT_RUNNER, _from_report, _model_config_dict, tune_trial
+from frugalray.sweep import DEFAULT_RUNNER, _from_report, _model_config_dict, _tune_storage, alive_nodes, tune_trial
 from frugalray.importance import proxy_prior, proxy_scores
 from frugalray.tasks import load_task
 from frugalray.training import TrainingSettings
@@ -251,7 +251,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
 
     if not ray.is_initialized():
         connect() if connect is not None else ray.init(**(ray_init or {}))
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    nodes = alive_nodes()
     has_gpus = any(node.get("GPU", 0) > 0 for node in nodes)
     estimate = estimate_memory_gib(_model_config_dict(config.model), high, config.training.batch_size,
                                    config.training.max_length, lora=config.lora is not None)
@@ -272,7 +272,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
         trainable,
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=config.budget,
                                     max_concurrent_trials=config.max_concurrent, reuse_actors=True),
-        run_config=tune.RunConfig(name=config.name, storage_path=_tune_dir(), verbose=0,
+        run_config=tune.RunConfig(name=config.name, storage_path=_tune_storage(config.results), verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=2)),
     )
     tuner.fit()
@@ -282,12 +282,6 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     print(f"search '{config.name}': {len(study.trials)} Optuna trials, {searcher.told_from_store} told from "
           f"stored results, Pareto front: {len(front)} mask(s)", file=stream)
     return {"study": study, "front": front, "told_from_store": searcher.told_from_store}
-
-
-def _tune_dir() -> str:
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), "frugalray-tune")
 
 
 def pareto_front(study, columns, num_layers: int) -> list[dict]:
@@ -308,23 +302,12 @@ def pareto_front(study, columns, num_layers: int) -> list[dict]:
 def write_front(store: ResultsStore, name: str, objective: str, front: list[dict]) -> None:
     """The Pareto front beside the trials: fronts/<name>.parquet, written atomically."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([{"search": name, "objective": objective, **row} for row in front])
-    path = f"{store.root}/fronts/{name}.parquet"
-    store.fs.create_dir(f"{store.root}/fronts", recursive=True)
-    if store.local:
-        staging = f"{store.root}/fronts/.staging-{name}.tmp"
-        pq.write_table(table, staging)
-        os.replace(staging, path)
-    else:
-        pq.write_table(table, path, filesystem=store.fs)
+    store.write_table(pa.Table.from_pylist([{"search": name, "objective": objective, **row} for row in front]),
+                      "fronts", f"{name}.parquet")
 
 
 def read_fronts(store: ResultsStore):
     import pyarrow.parquet as pq
-    from pyarrow import fs as pafs
 
-    infos = store.fs.get_file_info(pafs.FileSelector(f"{store.root}/fronts", allow_not_found=True))
-    paths = sorted(i.path for i in infos if i.path.endswith(".parquet") and not i.base_name.startswith("."))
-    return [pq.read_table(p, filesystem=store.fs) for p in paths]
+    return [pq.read_table(path, filesystem=store.fs) for path in store.files("fronts")]

@@ -223,7 +223,7 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
         else:
             ray.init(**(ray_init or {}))
     model_config = _model_config_dict(sweep.model)
-    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    nodes = alive_nodes()
     has_gpus = any(node.get("GPU", 0) > 0 for node in nodes)
     demands = {tuple(sorted(trial_demand(sweep, model_config, has_gpus, p).items())) for p in plan.queue}
     _check_fit([dict(d) for d in demands], nodes, sweep.autoscale_wait_s)
@@ -262,6 +262,13 @@ def _absolute_paths(sweep: SweepConfig) -> SweepConfig:
     )
 
 
+def alive_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected cluster."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
 def _tune_storage(results: str) -> str:
     """Tune's own bookkeeping lives beside the results when they are shared storage, else in a temp dir."""
     if "://" in results:
@@ -277,8 +284,6 @@ def _model_config_dict(model: str) -> dict:
 
 def _check_fit(demands: list[dict[str, float]], nodes: list[dict[str, float]], wait_s: float) -> None:
     """Fail before scheduling when no node can hold a trial (after asking the autoscaler, if allowed)."""
-    import ray
-
     missing = [d for d in demands if not fits(d, nodes)]
     if not missing:
         return
@@ -289,7 +294,7 @@ def _check_fit(demands: list[dict[str, float]], nodes: list[dict[str, float]], w
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             time.sleep(5)
-            nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+            nodes = alive_nodes()
             if all(fits(d, nodes) for d in missing):
                 return
     shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU")} for n in nodes]
