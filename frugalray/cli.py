@@ -30,6 +30,30 @@ def _scores(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def _task_pairs(text: str) -> tuple[str, str]:
+    task, sep, dataset = text.partition("=")
+    if not sep or not task or not dataset:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=DATASET, e.g. demo_pos=FTB_POS")
+    return task, dataset
+
+
+def _reference_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference", action="append", default=None,
+                        help="reference CSV file or folder to show beside our numbers (default: 'study', the "
+                             "packaged tables of the reference study); repeatable")
+    parser.add_argument("--reference-task", action="append", type=_task_pairs, default=[],
+                        help="pair one of our tasks with a reference dataset, e.g. demo_pos=FTB_POS")
+    parser.add_argument("--no-reference", action="store_true", help="show our numbers only")
+
+
+def _load_reference(args) -> list[dict]:
+    from frugalray.reference import STUDY, load_reference
+
+    if args.no_reference:
+        return []
+    return load_reference(args.reference or [STUDY], dict(args.reference_task))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frugalray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--format", default="table", help="table, csv or markdown")
 
     results.add_argument("--fronts", action="store_true", help="show the Pareto fronts of layer-mask searches")
+    results.add_argument("--view", help="a ready table: budget (4.4), best_worst (4.2), lora (4.6), balanced "
+                                        "(4.8/4.9), baselines, strategies; seeds give mean ± std [95%% CI]")
+    results.add_argument("--budget", type=_layers, help="--view budget: layer budgets, e.g. 2,3,6 (default: all)")
+    _reference_options(results)
 
     search = commands.add_parser("search", help="search layer masks with Optuna (through Ray Tune)")
     search.add_argument("--task", required=True)
@@ -164,6 +192,21 @@ def _results(args) -> int:
         for front in fronts:
             print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
             print(render(front.drop_columns(["search", "objective"]), fmt=args.format))
+        return 0
+    if args.view:
+        from frugalray.tables import with_uncertainty
+        from frugalray.views import compute_view
+
+        if args.sql:
+            raise FrugalrayError("--view and --sql do not combine; filter a view with --where")
+        view = compute_view(ResultsStore(args.location), args.view, where=args.where,
+                            reference=_load_reference(args), budgets=list(args.budget) if args.budget else None)
+        table = view.table if args.format == "csv" else with_uncertainty(view.table)
+        columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+        if table.num_columns:
+            print(render(table, columns, args.format))
+        for note in view.notes:
+            print(f"# {note}", file=sys.stderr)
         return 0
     table = ResultsStore(args.location).query(where=args.where, sql=args.sql)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None

@@ -83,6 +83,7 @@ SCHEMA = pa.schema([
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("config_json", pa.string()),
+    ("model_path", pa.string()),  # saved weights, relative to the store (None: not saved)
 ])
 COLUMNS = SCHEMA.names
 _FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
@@ -159,24 +160,36 @@ class ResultsStore:
             if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not i.base_name.startswith(".")
         )
 
-    def table(self, require: bool = False) -> pa.Table:
-        files = self.files()
-        if not files:
-            if require:
-                raise FrugalrayError(
-                    f"No results in {self.location!r} (no trials/*.parquet there); run a trial or a sweep first"
-                )
-            return SCHEMA.empty_table()
+    def dataset(self, require: bool = True):
+        """The trials as a pyarrow dataset (columns read on demand; older files get nulls for new columns)."""
         import pyarrow.dataset as ds
 
-        return ds.dataset(files, schema=SCHEMA, filesystem=self.fs, format="parquet").to_table()
+        files = self.files()
+        if not files and require:
+            raise FrugalrayError(self._empty_message())
+        return ds.dataset(files, schema=SCHEMA, filesystem=self.fs, format="parquet")
+
+    def _empty_message(self) -> str:
+        try:
+            exists = self.fs.get_file_info(self.root).type != pafs.FileType.NotFound
+        except Exception:
+            exists = False
+        where = "exists but has no trials/*.parquet" if exists else "does not exist"
+        return f"No results in {self.location!r}: it {where}; run a trial or a sweep with --results there first"
+
+    def table(self, require: bool = False, columns: list[str] | None = None) -> pa.Table:
+        if not self.files():
+            if require:
+                raise FrugalrayError(self._empty_message())
+            return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
+        return self.dataset().to_table(columns=columns)
 
     def query(self, where: list[str] | None = None, sql: str | None = None, require: bool = True) -> pa.Table:
         """Rows matching every ``where`` filter (``col=value``, ``col<=3``...), or the result of ``sql``
         over the view ``trials``."""
         import duckdb
 
-        trials = self.table(require=require)
+        trials = self.dataset(require=require)
         connection = duckdb.connect()
         connection.register("trials", trials)
         if sql:

@@ -111,7 +111,7 @@ def test_render_formats(tmp_path):
     text = render(table)
     assert text.splitlines()[0].split()[:3] == ["task", "model", "strategy"]
     assert "0.9123" in text and "0,1" in text
-    assert render(table, ["task", "f1"], "csv") == "task,f1\ndemo_pos,0.9123"
+    assert render(table, ["task", "f1"], "csv") == "task,f1\ndemo_pos,0.91234"  # CSV keeps full precision
     assert render(table, ["task", "f1"], "markdown").splitlines()[2] == "| demo_pos | 0.9123 |"
     with pytest.raises(FrugalrayError, match="Unknown column"):
         render(table, ["nope"])
