@@ -120,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     importance.add_argument("--data-dir")
     importance.add_argument("--results", help="compare with the trained single(k) ranking stored here")
 
+    report = commands.add_parser("report", help="write an HTML report: the study's figures and tables per task")
+    report.add_argument("location", help="results location")
+    report.add_argument("--out", default="report", help="folder for index.html and figures/ (default: report)")
+    report.add_argument("--embed", action="store_true", help="inline the figures: one self-contained HTML file")
+    report.add_argument("--where", action="append", default=[], help="only these trials, e.g. task=demo_pos")
+    report.add_argument("--title")
+    _reference_options(report)
+
     commands.add_parser("tasks", help="list registered tasks")
     commands.add_parser("strategies", help="list pruning strategies")
     return parser
@@ -258,6 +266,16 @@ def _importance(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from frugalray.report import write_report
+    from frugalray.results import ResultsStore
+
+    path = write_report(ResultsStore(args.location), args.out, reference=_load_reference(args), where=args.where,
+                        embed=args.embed, title=args.title)
+    print(f"Report written to {path}")
+    return 0
+
+
 def _tasks(args) -> int:
     from frugalray.tasks import TASKS
 
@@ -277,8 +295,8 @@ def _strategies(args) -> int:
     return 0
 
 
-COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "tasks": _tasks,
-            "strategies": _strategies}
+COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "report": _report,
+            "tasks": _tasks, "strategies": _strategies}
 
 if __name__ == "__main__":
     sys.exit(main())

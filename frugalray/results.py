@@ -169,6 +169,18 @@ class ResultsStore:
             raise FrugalrayError(self._empty_message())
         return ds.dataset(files, schema=SCHEMA, filesystem=self.fs, format="parquet")
 
+    def register(self, connection, name: str = "trials", require: bool = True) -> None:
+        """Make the trials a DuckDB view ``name``: DuckDB's own Parquet reader on local folders (it reads
+        only the columns and row groups a query needs), the pyarrow dataset on other filesystems."""
+        files = self.files()
+        if self.local and files:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+            connection.execute(
+                f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet([{listing}], union_by_name = true)'
+            )
+        else:
+            connection.register(name, self.dataset(require=require))
+
     def _empty_message(self) -> str:
         try:
             exists = self.fs.get_file_info(self.root).type != pafs.FileType.NotFound
@@ -189,9 +201,8 @@ class ResultsStore:
         over the view ``trials``."""
         import duckdb
 
-        trials = self.dataset(require=require)
         connection = duckdb.connect()
-        connection.register("trials", trials)
+        self.register(connection, "trials", require=require)
         if sql:
             try:
                 return connection.sql(sql).to_arrow_table()

@@ -72,10 +72,6 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     import duckdb
 
     columns = sorted(set(GROUP + MEAN + SAME + ["status", "config_hash", "finished_at", "n_kept_layers", "seed"]))
-    if isinstance(source, ResultsStore):
-        data = source.dataset()
-    else:
-        data = source
     clauses, params = _where(where or [])
     filters = " AND ".join(["status = 'ok'"] + clauses)
     means = ", ".join(f'avg("{m}") AS "{m}"' for m in MEAN)
@@ -93,14 +89,17 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
         ORDER BY task, model, lora, n_kept_layers, strategy, strategy_n
     """
     connection = duckdb.connect()
-    connection.register("trials", data)
+    if isinstance(source, ResultsStore):
+        source.register(connection, "trials")
+    else:
+        connection.register("trials", source)
     table = connection.sql(sql, params=params).to_arrow_table()
     return _with_ci(table)
 
 
 def _with_ci(table: pa.Table) -> pa.Table:
     """Add the 95% Student-t interval of the mean F1 (null with one seed)."""
-    from scipy import stats
+    from scipy.special import stdtrit  # Student-t quantile, without importing all of scipy.stats
 
     seeds = table.column("seeds").to_pylist()
     means, stds = table.column("f1").to_pylist(), table.column("f1_std").to_pylist()
@@ -109,7 +108,7 @@ def _with_ci(table: pa.Table) -> pa.Table:
         if n < 2 or mean is None or std is None:
             low.append(None), high.append(None)
             continue
-        half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        half = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
         low.append(mean - half), high.append(mean + half)
     return table.append_column("f1_ci_low", pa.array(low, pa.float64())).append_column(
         "f1_ci_high", pa.array(high, pa.float64()))
@@ -179,6 +178,7 @@ def strategies(rows: list[dict], base: dict, reference: list[dict], **_) -> list
             "n_kept_layers": r["n_kept_layers"], "seeds": r["seeds"], **_stats(r), "dev_f1": r["dev_f1"],
             "train_seconds": r["train_seconds"], "latency_ms": r["latency_ms"], "model_mib": r["model_mib"],
             "study_f1": study["f1"] if study else None,
+            "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
         })
     return out
 
