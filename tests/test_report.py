@@ -48,7 +48,7 @@ def test_embedded_report_is_one_file(store, tmp_path):
 def test_report_of_nothing_is_an_error(store, tmp_path):
     with pytest.raises(FrugalrayError, match="No results in"):
         write_report(ResultsStore(tmp_path / "none"), tmp_path / "out")
-    with pytest.raises(FrugalrayError, match="No successful trials in .* match):
+    with pytest.raises(FrugalrayError, match="No successful trials in .* match"):
         write_report(store, tmp_path / "out", where=["task=absent"])
 
 
