@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--seed", type=int, default=0)
     trial.add_argument("--data-dir", help="folder with the task's files (FTB tasks need it)")
     trial.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    trial.add_argument("--save-model", action="store_true", help="keep the trained weights for frugalray export")
     trial.add_argument("--results", required=True, help="results location: folder, s3://..., gs://...")
 
     results = commands.add_parser("results", help="query a results store")
@@ -128,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--title")
     _reference_options(report)
 
+    export = commands.add_parser("export", help="write a trial's pruned model (LoRA merged) as a plain HF folder")
+    export.add_argument("location", help="results location")
+    export.add_argument("--trial", required=True, help="trial_id (or a unique prefix) of a trial run with --save-model")
+    export.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    export.add_argument("--no-check", action="store_true", help="skip comparing the export's logits with the trained model")
+
     commands.add_parser("tasks", help="list registered tasks")
     commands.add_parser("strategies", help="list pruning strategies")
     return parser
@@ -163,6 +170,7 @@ def _trial(args) -> int:
     config = TrialConfig(
         task=args.task, model=args.model, strategy=args.strategy, n=args.n, layers=args.layers,
         scores=args.scores, lora=lora, training=training, seed=args.seed, data_dir=args.data_dir,
+        save_model=args.save_model,
     )
     if STRATEGIES.get(args.strategy).needs_scores and args.scores is None:
         if args.strategy == "drop_proxy":  # importance from the pretrained model: no training needed
@@ -276,6 +284,18 @@ def _report(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from frugalray.export import export_trial
+    from frugalray.results import ResultsStore
+
+    done = export_trial(ResultsStore(args.location), args.trial, args.out, check=not args.no_check)
+    check = ("" if done["max_logit_difference"] is None
+             else f"; max logit difference vs the trained model {done['max_logit_difference']:.1e}")
+    print(f"Exported trial {done['trial_id']} (kept layers {done['kept_layers']}, {done['parameters']:,} parameters"
+          f"{', LoRA merged' if done['lora_merged'] else ''}) to {done['out']}{check}")
+    return 0
+
+
 def _tasks(args) -> int:
     from frugalray.tasks import TASKS
 
@@ -295,7 +315,7 @@ def _strategies(args) -> int:
     return 0
 
 
-COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "report": _report,
+COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "report": _report, "export": _export,
             "tasks": _tasks, "strategies": _strategies}
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class SweepConfig:
     drop_worst: tuple[int, ...] = (1, 2, 3, 4, 5)
     lora_max_layers: int = field(default=6, metadata={"help": "Selection: best strategy with at most this many."})
     lora_sizes: tuple[int, ...] = field(default=(2, 3), metadata={"help": "Selection: best with exactly N layers."})
+    save_models: tuple[str, ...] = field(
+        default=(), metadata={"help": "Stages whose trials keep their weights for export, e.g. ('lora', 'balanced')."}
+    )
     resources: ResourceRule = field(default_factory=ResourceRule)
     retries: int = field(default=1, metadata={"help": "Extra attempts for a trial that raises (e.g. CUDA OOM)."})
     max_failures: int = field(default=3, metadata={"help": "Reschedules of a trial whose worker or node died."})
@@ -62,7 +65,8 @@ class SweepConfig:
     autoscale_wait_s: float = field(default=0, metadata={"help": "Wait this long for the autoscaler to add nodes."})
 
     def __post_init__(self) -> None:
-        for name in ("tasks", "seeds", "stages", "drop_middle", "drop_ends", "best", "drop_worst", "lora_sizes"):
+        for name in ("tasks", "seeds", "stages", "drop_middle", "drop_ends", "best", "drop_worst", "lora_sizes",
+                     "save_models"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.data_dirs, dict):
             object.__setattr__(self, "data_dirs", tuple(sorted(self.data_dirs.items())))
@@ -72,9 +76,10 @@ class SweepConfig:
             raise FrugalrayError("A sweep needs at least one task")
         for task in self.tasks:
             resolve_task(task)  # unknown names fail here, before anything is scheduled
-        unknown = [s for s in self.stages if s not in STAGES]
-        if unknown:
-            raise FrugalrayError(f"Unknown stage(s) {unknown}. Available: {', '.join(STAGES)}")
+        for name in ("stages", "save_models"):
+            unknown = [s for s in getattr(self, name) if s not in STAGES]
+            if unknown:
+                raise FrugalrayError(f"{name}: unknown stage(s) {unknown}. Available: {', '.join(STAGES)}")
         if not self.seeds:
             raise FrugalrayError("A sweep needs at least one seed")
         if self.retries < 0 or self.max_failures < 0:
@@ -207,7 +212,8 @@ class StudyPlan:
     def _config(self, task: str, stage: str, seed: int, strategy: str, **values) -> TrialConfig:
         training = values.pop("training", self.sweep.training)
         return TrialConfig(task=task, model=self.sweep.model, strategy=strategy, training=training, seed=seed,
-                           data_dir=self.sweep.data_dir(task), sweep=self.sweep.name, stage=stage, **values)
+                           data_dir=self.sweep.data_dir(task), sweep=self.sweep.name, stage=stage,
+                           save_model=stage in self.sweep.save_models, **values)
 
     def _stage_configs(self, task: str, stage: str) -> list[TrialConfig]:
         layers = self.num_layers

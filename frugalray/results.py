@@ -196,7 +196,8 @@ class ResultsStore:
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
         return self.dataset().to_table(columns=columns)
 
-    def query(self, where: list[str] | None = None, sql: str | None = None, require: bool = True) -> pa.Table:
+    def query(self, where: list[str] | None = None, sql: str | None = None, require: bool = True,
+              params: list | None = None) -> pa.Table:
         """Rows matching every ``where`` filter (``col=value``, ``col<=3``...), or the result of ``sql``
         over the view ``trials``."""
         import duckdb
@@ -205,7 +206,7 @@ class ResultsStore:
         self.register(connection, "trials", require=require)
         if sql:
             try:
-                return connection.sql(sql).to_arrow_table()
+                return connection.sql(sql, params=params).to_arrow_table()
             except duckdb.Error as error:
                 raise FrugalrayError(
                     f"SQL failed: {error}. Query the view 'trials'; its columns: {', '.join(COLUMNS)}"
@@ -214,6 +215,41 @@ class ResultsStore:
         query = "SELECT * FROM trials" + (" WHERE " + " AND ".join(clauses) if clauses else "")
         order = " ORDER BY task, model, n_kept_layers, strategy, seed"
         return connection.sql(query + order, params=params).to_arrow_table()
+
+    def model_folder(self, trial_id: str) -> str:
+        """Where a trial's saved weights go, relative to the store."""
+        return f"models/{trial_id}"
+
+    def put_folder(self, local: str | os.PathLike, relative: str) -> str:
+        """Move a finished local folder into the store at ``relative``, all or nothing; returns ``relative``."""
+        final = f"{self.root}/{relative}"
+        if self.local:
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local, final)  # same filesystem when ``local`` was made by ``staging_folder``
+            return relative
+        pafs.copy_files(str(Path(local).resolve()), final, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+        return relative
+
+    def staging_folder(self) -> str:
+        """A fresh folder to write into before ``put_folder`` (inside the store when it is local)."""
+        import tempfile
+
+        if self.local:
+            parent = Path(self.root) / "models"
+            parent.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkdtemp(prefix=".staging-", dir=parent)
+        return tempfile.mkdtemp(prefix="frugalray-model-")
+
+    def fetch_folder(self, relative: str, scratch: str | os.PathLike) -> str:
+        """A local path to the folder ``relative`` of the store (copied into ``scratch`` when remote)."""
+        source = f"{self.root}/{relative}"
+        if self.fs.get_file_info(source).type != pafs.FileType.Directory:
+            raise FrugalrayError(f"Saved weights {relative!r} are missing from {self.location!r}")
+        if self.local:
+            return source
+        pafs.copy_files(source, str(scratch), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
+        return str(scratch)
 
     def completed_hashes(self) -> set[str]:
         """Config hashes that already have a successful row (for skipping and resuming)."""

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import time
 import traceback
@@ -48,6 +49,9 @@ class TrialConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
+    save_model: bool = field(
+        default=False, metadata={"help": "Keep the trained weights in the store (models/<trial_id>) for export."}
+    )
     sweep: str = field(default="", metadata={"help": "Label grouping the trials of one sweep."})
     stage: str = field(default="", metadata={"help": "Sweep stage that scheduled the trial."})
 
@@ -120,8 +124,11 @@ def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> Prepared
     return PreparedTrial(config, task, count, kept, config_hash(config, kept, task.fingerprint))
 
 
-def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None) -> dict:
-    """Train and evaluate one prepared trial; returns its result row (raises on failure)."""
+def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None,
+              save_to: str | None = None) -> dict:
+    """Train and evaluate one prepared trial; returns its result row (raises on failure).
+
+    With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.export``)."""
     import torch
     from transformers import set_seed
 
@@ -162,6 +169,12 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     dev_metrics = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
     eval_seconds = time.perf_counter() - eval_start
     latency = measure_latency(model, test_data, 32, pad_id, target, config.training.dtype)
+    if save_to:
+        from frugalray.export import save_trained
+
+        save_trained(model, tokenizer, save_to, base_model=config.model, kept_layers=prepared.kept_layers,
+                     head=task.spec.head, labels=task.labels, lora=config.lora is not None,
+                     trial={"task": task.name, "config_hash": prepared.config_hash, "strategy": config.strategy})
 
     if target.type == "cuda":
         peak, peak_kind = torch.cuda.max_memory_allocated(target) / 2**20, "cuda_allocated"
@@ -239,9 +252,11 @@ def execute_trial(
     """
     started_at = datetime.now(timezone.utc)
     row: dict
+    saving = store.staging_folder() if config.save_model and store is not None else None
     try:
         prepared = prepared or prepare_trial(config)
-        row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction)
+        extra = {"save_to": saving} if saving else {}
+        row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction, **extra)
         row["status"], row["error"] = "ok", None
     except FrugalrayError as error:
         if raise_input_errors:
@@ -252,6 +267,14 @@ def execute_trial(
         row = base_row(config, prepared) | {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
     row["config_hash"] = row.get("config_hash") or _fallback_hash(config)
     row["trial_id"] = f"{row['config_hash']}-{started_at.strftime('%Y%m%dT%H%M%S%f')}"
+    if saving:
+        try:
+            if row["status"] == "ok":  # the weights land before the row that points at them
+                row["model_path"] = store.put_folder(saving, store.model_folder(row["trial_id"]))
+        except Exception as error:
+            row |= {"status": "failed", "error": f"Saving the trained weights failed: {type(error).__name__}: {error}"}
+        finally:
+            shutil.rmtree(saving, ignore_errors=True)
     row["started_at"], row["finished_at"] = started_at, datetime.now(timezone.utc)
     if store is not None:
         store.append(row)
