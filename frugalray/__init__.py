@@ -1,15 +1,41 @@
-"""frugalray: which encoder layers can a task do without, at what cost, for how much speed."""
+"""frugalray: which encoder layers can a task do without, at what cost, for how much speed.
 
-from frugalray._registry import FrugalrayError
-from frugalray.lora import LoraSettings
-from frugalray.results import ResultsStore
-from frugalray.strategies import STRATEGIES, balanced_epochs, kept_layers
-from frugalray.tasks import TASKS, TaskSpec, load_task, register_task
-from frugalray.training import TrainingSettings
-from frugalray.trial import TrialConfig, __version__, execute_trial, prepare_trial, run_trial
+The public names below load on first use, so that reading results (``frugalray results``, ``report``)
+does not pay for importing torch.
+"""
 
-__all__ = [
-    "FrugalrayError", "LoraSettings", "ResultsStore", "STRATEGIES", "TASKS", "TaskSpec", "TrainingSettings",
-    "TrialConfig", "__version__", "balanced_epochs", "execute_trial", "kept_layers", "load_task",
-    "prepare_trial", "register_task", "run_trial",
-]
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "FrugalrayError": "frugalray._registry",
+    "LoraSettings": "frugalray.lora",
+    "ResultsStore": "frugalray.results",
+    "STRATEGIES": "frugalray.strategies",
+    "balanced_epochs": "frugalray.strategies",
+    "kept_layers": "frugalray.strategies",
+    "TASKS": "frugalray.tasks",
+    "TaskSpec": "frugalray.tasks",
+    "load_task": "frugalray.tasks",
+    "register_task": "frugalray.tasks",
+    "TrainingSettings": "frugalray.training",
+    "TrialConfig": "frugalray.trial",
+    "__version__": "frugalray.trial",
+    "execute_trial": "frugalray.trial",
+    "prepare_trial": "frugalray.trial",
+    "run_trial": "frugalray.trial",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'frugalray' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -54,6 +54,12 @@ def _load_reference(args) -> list[dict]:
     return load_reference(args.reference or [STUDY], dict(args.reference_task))
 
 
+def _keep(text: str):
+    if text.strip().isdigit():
+        return int(text)
+    return _layers(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="frugalray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--trial", required=True, help="trial_id (or a unique prefix) of a trial run with --save-model")
     export.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
     export.add_argument("--no-check", action="store_true", help="skip comparing the export's logits with the trained model")
+
+    bench = commands.add_parser("bench-latency", help="inference latency and throughput, full vs pruned models")
+    bench.add_argument("--model", default="minilm", help="alias, folder (an exported model too) or hub id")
+    bench.add_argument("--keep", action="append", type=_keep, default=[],
+                       help="a pruned variant: N (the first N layers) or layers 0,5; repeatable (default: 3 and 2)")
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--seq-len", type=int, default=128)
+    bench.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    bench.add_argument("--dtype", default="fp32", help="fp32, bf16 or fp16")
+    bench.add_argument("--repeats", type=int, default=10)
+    bench.add_argument("--format", default="table", help="table, csv or markdown")
+    bench.add_argument("--results", help="also store the rows under <results>/latency/")
 
     commands.add_parser("tasks", help="list registered tasks")
     commands.add_parser("strategies", help="list pruning strategies")
@@ -296,6 +314,33 @@ def _export(args) -> int:
     return 0
 
 
+def _bench_latency(args) -> int:
+    import pyarrow as pa
+
+    from frugalray.latency import bench_latency
+    from frugalray.tables import render
+
+    rows = bench_latency(args.model, args.keep or [3, 2], batch_size=args.batch_size, seq_len=args.seq_len,
+                         device=args.device, dtype=args.dtype, repeats=args.repeats)
+    table = pa.Table.from_pylist(rows)
+    columns = ["variant", "n_kept_layers", "latency_ms", "latency_p90_ms", "sequences_per_second", "speedup",
+               "ideal_speedup", "fraction_of_ideal"]
+    print(render(table, columns, args.format))
+    first = rows[0]
+    print(f"# {first['device']}, {first['dtype']}, batch {first['batch_size']} x {first['seq_len']} tokens; "
+          f"{first['hardware']}; torch {first['torch_version']} ({first['torch_threads']} threads), "
+          f"transformers {first['transformers_version']}", file=sys.stderr)
+    if args.results:
+        from datetime import datetime, timezone
+
+        from frugalray.results import ResultsStore
+
+        store = ResultsStore(args.results)
+        path = store.write_table(table, "latency", f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.parquet")
+        print(f"# stored in {path}", file=sys.stderr)
+    return 0
+
+
 def _tasks(args) -> int:
     from frugalray.tasks import TASKS
 
@@ -315,7 +360,7 @@ def _strategies(args) -> int:
     return 0
 
 
-COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "report": _report, "export": _export,
+COMMANDS = {"trial": _trial, "results": _results, "search": _search, "importance": _importance, "report": _report, "export": _export, "bench-latency": _bench_latency,
             "tasks": _tasks, "strategies": _strategies}
 
 if __name__ == "__main__":
