@@ -248,6 +248,7 @@ class ResultsStore:
             raise FrugalrayError(f"Saved weights {relative!r} are missing from {self.location!r}")
         if self.local:
             return source
+        Path(scratch).mkdir(parents=True, exist_ok=True)
         pafs.copy_files(source, str(scratch), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return str(scratch)
 
