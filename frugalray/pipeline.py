@@ -58,6 +58,10 @@ class SweepConfig:
     save_models: tuple[str, ...] = field(
         default=(), metadata={"help": "Stages whose trials keep their weights for export, e.g. ('lora', 'balanced')."}
     )
+    report: str | None = field(default=None, metadata={"help": "Folder for the HTML report written at the end."})
+    reference_tasks: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"help": "(task, study dataset) pairs shown side by side in the report."}
+    )
     resources: ResourceRule = field(default_factory=ResourceRule)
     retries: int = field(default=1, metadata={"help": "Extra attempts for a trial that raises (e.g. CUDA OOM)."})
     max_failures: int = field(default=3, metadata={"help": "Reschedules of a trial whose worker or node died."})
@@ -68,8 +72,9 @@ class SweepConfig:
         for name in ("tasks", "seeds", "stages", "drop_middle", "drop_ends", "best", "drop_worst", "lora_sizes",
                      "save_models"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if isinstance(self.data_dirs, dict):
-            object.__setattr__(self, "data_dirs", tuple(sorted(self.data_dirs.items())))
+        for name in ("data_dirs", "reference_tasks"):
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, tuple(sorted(getattr(self, name).items())))
         if self.first_last is not None:
             object.__setattr__(self, "first_last", tuple(self.first_last))
         if not self.tasks:

@@ -397,5 +397,22 @@ def main(defaults: dict, argv: list[str] | None = None, runner: str = DEFAULT_RU
         print(f"frugalray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     summary(plan)
-    print(f"\nResults: {sweep.results}  (frugalray results {sweep.results} --where sweep={sweep.name})")
+    print(f"\nResults: {sweep.results}  (frugalray results {sweep.results} --view budget)")
+    if sweep.report:
+        write_sweep_report(sweep)
     return plan
+
+
+def write_sweep_report(sweep: SweepConfig) -> None:
+    """The HTML report of a finished sweep; a report that cannot be written never fails the sweep."""
+    from frugalray.reference import STUDY, load_reference
+    from frugalray.report import write_report
+    from frugalray.results import ResultsStore
+
+    try:
+        reference = load_reference([STUDY], dict(sweep.reference_tasks))
+        path = write_report(ResultsStore(sweep.results), sweep.report, reference=reference,
+                            title=f"frugalray: sweep {sweep.name} ({sweep.model})")
+        print(f"Report: {path}")
+    except Exception as error:  # the results are safe; only the report is missing
+        print(f"frugalray: the report was not written: {type(error).__name__}: {error}", file=sys.stderr)

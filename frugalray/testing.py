@@ -82,7 +82,7 @@ def conll_words(*paths: str | Path) -> set[str]:
     return words
 
 
-def simulated_trial(prepared, device=None, gpu_memory_fraction=None) -> dict:
+def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None) -> dict:
     """A stand-in for ``run_trial`` that trains nothing: for testing scheduling, packing and resume.
 
     Its F1 grows with the number of kept layers and favours low layers, so best/drop_worst are
@@ -105,6 +105,8 @@ def simulated_trial(prepared, device=None, gpu_memory_fraction=None) -> dict:
         node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     except Exception:  # outside Ray
         gpus, node = [], "local"
+    if save_to:  # stands for the weights
+        Path(save_to, "simulated.json").write_text(f'{{"kept_layers": {list(kept)}}}')
     score = 0.5 * len(kept) / layers + 0.4 * sum(1 - k / layers for k in kept) / len(kept)
     seconds = 1.0 + len(kept) * (2.0 if prepared.config.lora is None else 1.2) * prepared.config.training.epochs / 3
     return {

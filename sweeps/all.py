@@ -26,6 +26,8 @@ SWEEP = dict(
     data_dirs={"ftb_ner": "/data/ftb/ner", "ftb_pos": "/data/ftb/pos"},
     # Every node must reach the results: an S3/GCS bucket (pyarrow filesystems) or an NFS mount.
     results="s3://frugalray-results/camembert-study",
+    save_models=["lora", "balanced"],  # the models worth exporting: the selection, LoRA and balanced
+    report="report/camembert-study",  # written on the head when the sweep ends
     resources=dict(
         cpus_per_trial=2,
         gpu_memory_gib=80,  # per GPU of the worker type in cluster.yaml; fractions are sized from it

@@ -26,6 +26,10 @@ SWEEP = dict(
     best=[2, 3, 4, 5],
     drop_worst=[1, 2, 3, 4, 5],
     results="results/quick",
+    save_models=["lora"],  # LoRA trials keep adapter + head (about 1 MB): frugalray export merges them
+    report="results/quick/report",  # index.html + figures/, written when the sweep ends
+    # Shown beside the study's CamemBERT numbers for the closest task (different model, corpus and size).
+    reference_tasks={"demo_pos": "FTB_POS", "demo_ner": "WikiNER", "demo_sentiment": "Allocine"},
     resources=dict(cpus_per_trial=1),  # two trials at a time on 2 cores
 )
 

@@ -99,6 +99,14 @@ def test_lora_and_balanced_stages_follow_the_selection_rule(tmp_path, tiny_model
     assert plan.finished()
 
 
+def test_only_the_chosen_stages_keep_their_weights(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, save_models=("lora",)), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    planned = [p for trials in plan.planned.values() for p in trials]
+    assert {p.stage for p in planned} == {"single", "strategies", "lora", "balanced"}
+    assert all(p.config.save_model == (p.stage == "lora") for p in planned)
+
+
 def test_rerun_skips_what_the_store_holds(tmp_path, tiny_model):
     sweep = _sweep(tmp_path, tiny_model)
     first = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
@@ -129,7 +137,8 @@ def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_
 
 @pytest.mark.parametrize("values,message", [
     ({"tasks": ("wikiner_ner",)}, "Did you mean 'wikiner'"),
-    ({"stages": ("single", "lora_stage")}, "Unknown stage"),
+    ({"stages": ("single", "lora_stage")}, "stages: unknown stage"),
+    ({"save_models": ("loras",)}, r"save_models: unknown stage\(s\) \['loras'\]. Available: single, strategies, lora"),
     ({"seeds": ()}, "at least one seed"),
     ({"data_dirs": {"ftb_pos": "/x"}}, "does not run"),
 ])
