@@ -41,7 +41,8 @@ def tune_trial(config: dict) -> None:
     gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
     attempts = config.get("retries", 0) + 1
     for attempt in range(1, attempts + 1):
-        row = execute_trial(trial, runner=runner, gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None)
+        row = execute_trial(trial, store, append=False, runner=runner,  # appended below, after any retries
+                            gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None)
         if row["status"] == "ok" or row["error"].startswith("FrugalrayError") or attempt == attempts:
             break
         _free_gpu_memory()  # e.g. after a CUDA OOM, before the next attempt

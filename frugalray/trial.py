@@ -244,8 +244,12 @@ def execute_trial(
     device: str | None = None,
     gpu_memory_fraction: float | None = None,
     runner=None,
+    append: bool = True,
 ) -> dict:
     """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error.
+
+    With a ``store``, the row is appended to it (unless ``append`` is False: the caller appends it, e.g.
+    after retries) and the weights of a ``save_model`` trial are put in it.
 
     With ``raise_input_errors`` a bad input (FrugalrayError) is raised instead, and nothing is written.
     ``runner`` replaces ``run_trial`` (same signature), e.g. the simulated trials of ``frugalray.testing``.
@@ -276,7 +280,7 @@ def execute_trial(
         finally:
             shutil.rmtree(saving, ignore_errors=True)
     row["started_at"], row["finished_at"] = started_at, datetime.now(timezone.utc)
-    if store is not None:
+    if store is not None and append:
         store.append(row)
     return row
 

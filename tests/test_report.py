@@ -60,3 +60,17 @@ def test_every_strategy_has_one_family_colour_and_fronts_are_non_dominated():
     assert len({colour for _, colour in FAMILIES.values()}) == len(FAMILIES)
     assert family("best_3") == family("drop_worst") and family("first_2") == family("last")
     assert pareto_front([(3, 0.9), (1, 0.5), (2, 0.5), (2, 0.8), (4, 0.85)]) == [(1, 0.5), (2, 0.8), (3, 0.9)]
+
+
+def test_a_sweep_writes_its_report_and_a_report_failure_never_fails_it(store, tmp_path, capsys):
+    from frugalray.pipeline import SweepConfig
+    from frugalray.sweep import write_sweep_report
+
+    sweep = SweepConfig(tasks=("demo_pos",), results=store.location, report=str(tmp_path / "report"),
+                        reference_tasks={"pos": "FTB_POS"})
+    write_sweep_report(sweep)
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "<td>0.9490</td>" in html  # the study's FTB_POS best_2, beside our pos best_2
+    empty = SweepConfig(tasks=("demo_pos",), results=str(tmp_path / "none"), report=str(tmp_path / "r2"))
+    write_sweep_report(empty)
+    assert "the report was not written: FrugalrayError: No results in" in capsys.readouterr().err

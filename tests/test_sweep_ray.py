@@ -99,13 +99,21 @@ def test_failing_trial_is_retried_then_recorded_and_the_sweep_completes(tmp_path
     task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
                     f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
                     '"test": "ner_test.conll"}')
-    sweep = _sweep(tmp_path, tiny_model, tasks=(str(task),), retries=1, resources=ResourceRule(cpus_per_trial=0.5))
+    sweep = _sweep(tmp_path, tiny_model, tasks=(str(task),), retries=1, resources=ResourceRule(cpus_per_trial=0.5),
+                   save_models=("single",))
     run_sweep(sweep, runner=RUNNER)
     rows = ResultsStore(tmp_path / "r").table().to_pylist()
     assert Counter(r["status"] for r in rows) == {"ok": 4, "failed": 1}
     [failed] = [r for r in rows if r["status"] == "failed"]
     assert failed["kept_layers"] == [1]
     assert failed["error"].startswith("failed 2 attempt(s); last: RuntimeError: CUDA out of memory")
+    # weights of the successful trials were kept, from inside the Ray workers; none for the failed one
+    assert failed["model_path"] is None
+    for row in (r for r in rows if r["status"] == "ok"):
+        saved = tmp_path / "r" / row["model_path"] / "simulated.json"
+        assert saved.read_text() == f'{{"kept_layers": {row["kept_layers"]}}}'
+    assert sorted(p.name for p in (tmp_path / "r" / "models").iterdir()) == sorted(
+        r["trial_id"] for r in rows if r["status"] == "ok")  # no staging folders left behind
 
 
 def test_unreachable_results_location_fails_first(tmp_path, tiny_model):
