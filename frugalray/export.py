@@ -90,6 +90,11 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
             f"(frugalray trial ... --save-model, or save_models=[stages] in a sweep) and export that run"
         )
     out = Path(out)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    import frugalray.lora  # noqa: F401  (its warning filter)
+
     with tempfile.TemporaryDirectory() as scratch:
         folder = store.fetch_folder(row["model_path"], Path(scratch) / "saved")
         model, manifest = load_trained(folder)

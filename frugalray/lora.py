@@ -11,6 +11,7 @@ LoraSettings(r=8, alpha=32, dropout=0.1, target_modules=('query', 'value'), trai
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from torch import nn
 
 from frugalray._config import from_dict, read_json
 from frugalray._registry import FrugalrayError
+
+# peft calls a transformers method that transformers 5 deprecates; nothing a user can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ FAMILIES = {
     "importance proxy": (("drop_proxy",), "#8c564b"),
     "searched mask": (("mask",), "#d62728"),
 }
-STUDY_STYLE = dict(marker="D", facecolors="none", edgecolors="#444444", s=36, zorder=4)
+STUDY_STYLE = dict(marker="D", facecolors="white", edgecolors="#444444", linewidths=1.5, s=40, zorder=4)
 TABLE_VIEWS = ("baselines", "budget", "best_worst", "lora", "balanced")
 
 
@@ -211,15 +211,15 @@ def _task_figures(figures: _Figures, key: str, rows: list[dict], lora_rows: list
         figure, [axis] = _figure()
         labels = [",".join(map(str, r["kept_layers"])) for r in lora_rows]
         x = np.arange(len(lora_rows))
-        for offset, prefix, name, colour in ((-0.2, "full_", "full fine-tuning", "#1f77b4"),
-                                              (0.2, "lora_", "LoRA", "#ff7f0e")):
+        for offset, prefix, name, colour, edge in ((-0.2, "full_", "full fine-tuning", "#1f77b4", "#0b3d6b"),
+                                                    (0.2, "lora_", "LoRA", "#ff7f0e", "#8a3b00")):
             values = [r[f"{prefix}f1"] if r[f"{prefix}f1"] is not None else 0 for r in lora_rows]
             axis.bar(x + offset, values, width=0.4, yerr=[r[f"{prefix}f1_std"] or 0 for r in lora_rows],
                      color=colour, capsize=3, label=name)
             study = [(i + offset, r.get(f"study_{prefix}f1")) for i, r in enumerate(lora_rows)
                      if r.get(f"study_{prefix}f1") is not None]
             if study:
-                axis.scatter(*zip(*study), label=f"reference study, {name}", **(STUDY_STYLE | {"edgecolors": colour}))
+                axis.scatter(*zip(*study), label=f"reference study, {name}", **(STUDY_STYLE | {"edgecolors": edge}))
         axis.set_xticks(x, labels, rotation=20, fontsize=8)
         _finish(axis, "kept layers", "LoRA vs full fine-tuning", integer_x=False)
         axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
@@ -271,7 +271,7 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
              f"<p class=note>{aggregated.num_rows} configurations from {int(pa.compute.sum(aggregated['seeds']).as_py())} "
              f"successful trials; generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Error bars and ± are one "
              f"standard deviation over seeds, brackets the 95% Student-t interval of the mean. Layer sets are chosen on "
-             f"dev F1 and reported on test F1. Hollow diamonds are the reference study's numbers "
+             f"dev F1 and reported on test F1. White diamonds are the reference study's numbers "
              f"(camembert-base, 12 layers) where a row matches.</p>"]
     parts += [f"<p class=note>{html.escape(note)}</p>" for note in views["strategies"].notes]
     strategies = views["strategies"].table.to_pylist() if views["strategies"].table.num_columns else []
