@@ -227,6 +227,7 @@ def _results(args) -> int:
             print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
             print(render(front.drop_columns(["search", "objective"]), fmt=args.format))
         return 0
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     if args.view:
         from frugalray.tables import with_uncertainty
         from frugalray.views import compute_view
@@ -236,14 +237,12 @@ def _results(args) -> int:
         view = compute_view(ResultsStore(args.location), args.view, where=args.where,
                             reference=_load_reference(args), budgets=list(args.budget) if args.budget else None)
         table = view.table if args.format == "csv" else with_uncertainty(view.table)
-        columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
         if table.num_columns:
             print(render(table, columns, args.format))
         for note in view.notes:
             print(f"# {note}", file=sys.stderr)
         return 0
     table = ResultsStore(args.location).query(where=args.where, sql=args.sql)
-    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     print(render(table, columns, args.format))
     return 0
 

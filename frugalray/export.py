@@ -45,13 +45,14 @@ def load_trained(folder: str | Path):
     if manifest["lora"]:
         from peft import PeftModel
 
+        from frugalray.lora import merged
         from frugalray.models import load_model
         from frugalray.surgery import num_layers, prune_layers
 
         model = load_model(manifest["base_model"], manifest["head"], manifest["labels"])
         if list(manifest["kept_layers"]) != list(range(num_layers(model.config))):
             prune_layers(model, manifest["kept_layers"])
-        model = PeftModel.from_pretrained(model, folder).merge_and_unload()
+        model = merged(PeftModel.from_pretrained(model, folder))
     else:
         model = auto.from_pretrained(folder)
     return model.eval(), manifest
@@ -93,8 +94,6 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    import frugalray.lora  # noqa: F401  (its warning filter)
-
     with tempfile.TemporaryDirectory() as scratch:
         folder = store.fetch_folder(row["model_path"], Path(scratch) / "saved")
         model, manifest = load_trained(folder)

@@ -35,24 +35,18 @@ def forward_flops(config, kept: int, batch_size: int, seq_len: int) -> float:
 
 
 def hardware(device) -> dict:
+    """Where the timings were taken: the trial rows' hardware and versions, plus device and threads."""
     import torch
-    import transformers
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
+    from frugalray.trial import environment
 
+    recorded = environment()
     return {
-        "device": str(device),
-        "hardware": f"{cpu}, {os.cpu_count()} cpus"
-        + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "hardware": recorded["hardware"],
         "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
+        "torch_version": recorded["torch_version"],
+        "transformers_version": recorded["transformers_version"],
         "python_version": platform.python_version(),
     }
 

@@ -128,7 +128,7 @@ class StudyPlan:
         self.num_layers = layer_count(sweep.model)
         self.rows: dict[str, dict] = {}  # config_hash -> trained row (ok, or failed for good)
         self.reported: set[tuple] = set()  # (hash, strategy, n, stage) that have a row
-        for row in store.table().to_pylist() if store.files() else []:
+        for row in store.table().to_pylist():  # empty when the store has no trials yet
             if row["status"] == "ok":  # earlier failures are retried: resuming after a fix just works
                 self._remember(row)
         self.planned: dict[tuple[str, str], list[_Planned]] = {}  # (task, stage) -> trials

@@ -44,9 +44,15 @@ STUDY_STYLE = dict(marker="D", facecolors="white", edgecolors="#444444", linewid
 TABLE_VIEWS = ("baselines", "budget", "best_worst", "lora", "balanced")
 
 
+def _strategy_name(label: str) -> str:
+    """``best_3`` -> ``best``: the strategy of a view's label (which has N appended when there is one)."""
+    name, _, n = label.rpartition("_")
+    return name if n.isdigit() else label
+
+
 def family(strategy: str) -> tuple[str, str]:
     """(family name, colour) of a strategy name (``best_3`` and ``best`` alike)."""
-    name = strategy.rsplit("_", 1)[0] if strategy.rsplit("_", 1)[-1].isdigit() else strategy
+    name = _strategy_name(strategy)
     for label, (members, colour) in FAMILIES.items():
         if name in members:
             return label, colour
@@ -137,7 +143,7 @@ def _study_points(axis, rows: list[dict], label: str = "reference study") -> Non
 
 
 def _by(rows: list[dict], *names: str) -> list[dict]:
-    return [r for r in rows if r["strategy"].rsplit("_", 1)[0] in names or r["strategy"] in names]
+    return [r for r in rows if _strategy_name(r["strategy"]) in names]
 
 
 def _task_figures(figures: _Figures, key: str, rows: list[dict], lora_rows: list[dict]) -> list[str]:

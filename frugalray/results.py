@@ -160,11 +160,12 @@ class ResultsStore:
             if i.type == pafs.FileType.File and i.path.endswith(".parquet") and not i.base_name.startswith(".")
         )
 
-    def dataset(self, require: bool = True):
-        """The trials as a pyarrow dataset (columns read on demand; older files get nulls for new columns)."""
+    def dataset(self, require: bool = True, files: list[str] | None = None):
+        """The trials as a pyarrow dataset (columns read on demand; older files get nulls for new columns).
+        ``files``: the listing when the caller already has it."""
         import pyarrow.dataset as ds
 
-        files = self.files()
+        files = self.files() if files is None else files
         if not files and require:
             raise FrugalrayError(self._empty_message())
         return ds.dataset(files, schema=SCHEMA, filesystem=self.fs, format="parquet")
@@ -179,7 +180,7 @@ class ResultsStore:
                 f'CREATE OR REPLACE VIEW "{name}" AS SELECT * FROM read_parquet([{listing}], union_by_name = true)'
             )
         else:
-            connection.register(name, self.dataset(require=require))
+            connection.register(name, self.dataset(require=require, files=files))
 
     def _empty_message(self) -> str:
         try:
@@ -190,11 +191,12 @@ class ResultsStore:
         return f"No results in {self.location!r}: it {where}; run a trial or a sweep with --results there first"
 
     def table(self, require: bool = False, columns: list[str] | None = None) -> pa.Table:
-        if not self.files():
+        files = self.files()
+        if not files:
             if require:
                 raise FrugalrayError(self._empty_message())
             return SCHEMA.empty_table() if columns is None else SCHEMA.empty_table().select(columns)
-        return self.dataset().to_table(columns=columns)
+        return self.dataset(files=files).to_table(columns=columns)
 
     def query(self, where: list[str] | None = None, sql: str | None = None, require: bool = True,
               params: list | None = None) -> pa.Table:
@@ -254,9 +256,7 @@ class ResultsStore:
 
     def completed_hashes(self) -> set[str]:
         """Config hashes that already have a successful row (for skipping and resuming)."""
-        if not self.files():
-            return set()
-        table = self.table().select(["config_hash", "status"]).to_pylist()
+        table = self.table(columns=["config_hash", "status"]).to_pylist()
         return {row["config_hash"] for row in table if row["status"] == "ok"}
 
 

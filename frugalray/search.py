@@ -234,10 +234,9 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
         return trial, prepare_trial(trial, task).config_hash
 
     known = {}
-    if store.files():
-        for row in store.table().to_pylist():
-            if row["status"] == "ok":
-                known.setdefault(row["config_hash"], row)
+    for row in store.table().to_pylist():
+        if row["status"] == "ok":
+            known.setdefault(row["config_hash"], row)
     # Stored results of this exact space (same task, data, model, settings, seed) are never retrained;
     # with warm_start they are also handed to Optuna first.
     stored_masks = {tuple(r["kept_layers"]) for r in known.values() if low <= r["n_kept_layers"] <= high}

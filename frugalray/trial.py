@@ -312,7 +312,7 @@ def environment() -> dict:
     import transformers
 
     return {
-        "hardware": f"{platform.machine()} {platform.processor() or platform.system()}, {os.cpu_count()} cpus"
+        "hardware": f"{_cpu_name()}, {os.cpu_count()} cpus"
         + (f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "torch_version": torch.__version__,
         "transformers_version": transformers.__version__,
@@ -320,6 +320,15 @@ def environment() -> dict:
         "frugalray_version": __version__,
         "code_version": _code_version(),
     }
+
+
+def _cpu_name() -> str:
+    """The CPU model (``AMD EPYC 7R13 Processor``) where Linux tells it, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return f"{platform.machine()} {platform.processor() or platform.system()}"
 
 
 def _code_version() -> str:

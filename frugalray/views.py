@@ -214,9 +214,8 @@ def budget(rows: list[dict], base: dict, reference: list[dict], budgets: list[in
 def best_worst(rows: list[dict], base: dict, reference: list[dict], **_) -> list[dict]:
     """best(N) and drop_worst(N), ranked by the task's single-layer scores (the study's table 4.2)."""
     out = []
-    for r in rows:
-        if r["strategy"] not in ("best", "drop_worst") or r["lora"] or not _at_base(r, base):
-            continue
+    chosen = [r for r in rows if r["strategy"] in ("best", "drop_worst") and not r["lora"] and _at_base(r, base)]
+    for r in sorted(chosen, key=lambda r: (r["task"], r["model"], r["strategy"] != "best", r["strategy_n"])):
         study = find(reference, r["task"], strategy=r["strategy"], n=r["strategy_n"])
         out.append({
             "task": r["task"], "model": r["model"], "strategy": _label(r), "kept_layers": r["kept_layers"],
@@ -224,8 +223,7 @@ def best_worst(rows: list[dict], base: dict, reference: list[dict], **_) -> list
             "study_f1": study["f1"] if study else None,
             "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
         })
-    return sorted(out, key=lambda r: (r["task"], r["model"], r["strategy"].split("_")[0] != "best",
-                                      int(r["strategy"].rsplit("_", 1)[1])))
+    return out
 
 
 @view("lora")
