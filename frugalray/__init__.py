@@ -19,7 +19,7 @@ _PUBLIC = {
     "TaskSpec": "frugalray.tasks",
     "load_task": "frugalray.tasks",
     "register_task": "frugalray.tasks",
-    "TrainingSettings": "frugalray.training",
+    "TrainingSettings": "frugalray.config",
     "TrialConfig": "frugalray.trial",
     "__version__": "frugalray.trial",
     "execute_trial": "frugalray.trial",

@@ -80,7 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--lora-lr", type=float, default=5e-4, help="LoRA learning rate")
     trial.add_argument("--batch-size", type=int, default=16)
     trial.add_argument("--max-length", type=int, default=256)
-    trial.add_argument("--no-length-grouping", action="store_true", help="plain shuffled batches")
+    trial.add_argument("--length-grouping", type=int, default=0, metavar="K",
+                       help="sort each group of K batches by length (0: uniform shuffling, the default)")
+    trial.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping (0: off)")
+    trial.add_argument("--warmup-ratio", type=float, default=0.0, help="share of steps with LR warm-up")
+    trial.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     trial.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
     trial.add_argument("--seed", type=int, default=0)
     trial.add_argument("--data-dir", help="folder with the task's files (FTB tasks need it)")
@@ -114,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--no-warm-start", action="store_true", help="do not tell Optuna the stored results")
     search.add_argument("--prior", default="proxy", help="proxy (masks by layer importance first) or none")
     search.add_argument("--epochs", type=int, default=3)
-    search.add_argument("--lr", type=float, default=5e-5)
+    search.add_argument("--lr", type=float, default=5e-5, help="full fine-tuning learning rate")
+    search.add_argument("--lora-lr", type=float, default=5e-4, help="LoRA learning rate")
     search.add_argument("--batch-size", type=int, default=16)
     search.add_argument("--max-length", type=int, default=256)
     search.add_argument("--seed", type=int, default=0)
@@ -172,7 +177,7 @@ def _trial(args) -> int:
     from frugalray.results import ResultsStore
     from frugalray.strategies import STRATEGIES
     from frugalray.tables import render
-    from frugalray.training import TrainingSettings
+    from frugalray.config import TrainingSettings
     from frugalray.trial import TrialConfig, execute_trial, prepare_trial
 
     store = ResultsStore(args.results).check_writable()
@@ -183,7 +188,8 @@ def _trial(args) -> int:
             lora = LoraSettings(**{**lora.as_record(), "train_head": False})
     training = TrainingSettings(
         epochs=args.epochs, learning_rate=args.lr, lora_learning_rate=args.lora_lr, batch_size=args.batch_size,
-        max_length=args.max_length, length_grouping=not args.no_length_grouping, dtype=args.dtype,
+        max_length=args.max_length, length_grouping=args.length_grouping, dtype=args.dtype,
+        max_grad_norm=args.max_grad_norm, warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay,
     )
     config = TrialConfig(
         task=args.task, model=args.model, strategy=args.strategy, n=args.n, layers=args.layers,
@@ -250,10 +256,10 @@ def _results(args) -> int:
 def _search(args) -> int:
     from frugalray.search import SearchConfig, run_search
     from frugalray.sweep import connect_or_start_ray
-    from frugalray.training import TrainingSettings
+    from frugalray.config import TrainingSettings
 
-    training = TrainingSettings(epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size,
-                                max_length=args.max_length)
+    training = TrainingSettings(epochs=args.epochs, learning_rate=args.lr, lora_learning_rate=args.lora_lr,
+                                batch_size=args.batch_size, max_length=args.max_length)
     config = SearchConfig(
         task=args.task, model=args.model, name=args.name, budget=args.budget, min_layers=args.min_layers,
         max_layers=args.max_layers, exactly=args.exactly, objective=args.objective, seed=args.seed,

@@ -61,21 +61,25 @@ def encode_examples(examples: list[Example], tokenizer, label2id: dict[str, int]
     return [Encoded(ids, label2id[e.labels]) for ids, e in zip(batch["input_ids"], examples)]
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, group: bool = True) -> list[list[int]]:
-    """Shuffled batches of indices; with ``group``, examples of similar length share a batch.
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, megabatch: int = 0) -> list[list[int]]:
+    """Shuffled batches of indices; with ``megabatch`` k > 0, examples of similar length share a batch.
 
-    As in HF's LengthGroupedSampler: shuffle, cut into mega-batches of 50 batches, sort each by length,
-    then shuffle the batch order, so padding shrinks while batches stay random.
+    k = 0 is uniform shuffling (the Trainer's default). Otherwise, as HF's LengthGroupedSampler: shuffle,
+    cut into groups of k batches, sort each group by length, then shuffle the batch order: padding shrinks
+    while batches stay random across groups. A group that holds the whole training set sorts it outright.
+
+    >>> length_grouped_batches([5, 1, 4, 2], 2, seed=0, megabatch=2)
+    [[0, 2], [3, 1]]
     """
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
-    if group:
-        mega = batch_size * 50
-        order = [i for start in range(0, len(order), mega)
-                 for i in sorted(order[start : start + mega], key=lambda j: -lengths[j])]
+    if megabatch:
+        size = batch_size * megabatch
+        order = [i for start in range(0, len(order), size)
+                 for i in sorted(order[start : start + size], key=lambda j: -lengths[j])]
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    if group:
+    if megabatch:
         rng.shuffle(batches)
     return batches
 

