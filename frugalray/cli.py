@@ -3,6 +3,7 @@
     frugalray trial --task demo_pos --model minilm --strategy first --n 4 --epochs 3 --results results/
     frugalray results results/ --where task=demo_pos --where "n_kept_layers<=3"
     frugalray results results/ --sql "SELECT strategy, avg(f1) FROM trials GROUP BY strategy"
+    frugalray results results/ --check
     frugalray search --task demo_pos --budget 20 --max-layers 3 --objective f1_vs_layers --results results/
     frugalray importance --task demo_pos --model minilm --results results/
 """
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--view", help="a ready table: budget (4.4), best_worst (4.2), lora (4.6), balanced "
                                         "(4.8/4.9), baselines, strategies; seeds give mean ± std [95%% CI]")
     results.add_argument("--budget", type=_layers, help="--view budget: layer budgets, e.g. 2,3,6 (default: all)")
+    results.add_argument("--check", action="store_true",
+                         help="the store's health: files, rows, unreadable files, staging leftovers, configurations "
+                              "trained twice; exit 1 when something needs attention")
+    results.add_argument("--repair", action="store_true",
+                         help="move unreadable files to <store>/quarantine/ and remove stale staging files")
     _reference_options(results)
 
     search = commands.add_parser("search", help="search layer masks with Optuna (through Ray Tune)")
@@ -227,6 +233,15 @@ def _results(args) -> int:
             print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
             print(render(front.drop_columns(["search", "objective"]), fmt=args.format))
         return 0
+    if args.check or args.repair:
+        from frugalray.store_health import check_store, repair_store
+
+        store = ResultsStore(args.location)
+        if args.repair:
+            print("\n".join(repair_store(store)))
+        health = check_store(store)
+        print(health.text())
+        return 0 if health.healthy else 1
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     if args.view:
         from frugalray.tables import with_uncertainty
