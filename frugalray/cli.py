@@ -144,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a trial's pruned model (LoRA merged) as a plain HF folder")
     export.add_argument("location", help="results location")
     export.add_argument("--trial", required=True, help="trial_id (or a unique prefix) of a trial run with --save-model")
-    export.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    export.add_argument("--out", required=True,
+                        help="folder to write; an earlier export there is replaced, any other non-empty folder "
+                             "needs --force")
+    export.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder that is not an earlier export (its other files are kept)")
     export.add_argument("--no-check", action="store_true", help="skip comparing the export's logits with the trained model")
 
     bench = commands.add_parser("bench-latency", help="inference latency and throughput, full vs pruned models")
@@ -320,7 +324,7 @@ def _export(args) -> int:
     from frugalray.export import export_trial
     from frugalray.results import ResultsStore
 
-    done = export_trial(ResultsStore(args.location), args.trial, args.out, check=not args.no_check)
+    done = export_trial(ResultsStore(args.location), args.trial, args.out, check=not args.no_check, force=args.force)
     check = ("" if done["max_logit_difference"] is None
              else f"; max logit difference vs the trained model {done['max_logit_difference']:.1e}")
     print(f"Exported trial {done['trial_id']} (kept layers {done['kept_layers']}, {done['parameters']:,} parameters"

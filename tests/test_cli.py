@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 import time
 
@@ -154,3 +155,50 @@ def test_repair_leaves_a_live_writer_alone_and_a_missing_store_is_an_error(tmp_p
     assert "nothing to repair" in capsys.readouterr().out and os.path.isdir(live)
     assert main(["results", str(tmp_path / "nope"), "--check"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_lora_config_takes_pefts_own_adapter_config(tmp_path, tiny_model, ner_task_file):
+    from peft import LoraConfig
+
+    LoraConfig(r=4, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "value"],
+               modules_to_save=["classifier"]).save_pretrained(tmp_path / "adapter")
+    results = str(tmp_path / "results")
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "first", "--n", "2",
+                 "--lora-config", str(tmp_path / "adapter" / "adapter_config.json"), *FAST, "--results", results]) == 0
+    [row] = ResultsStore(results).table().to_pylist()
+    assert (row["lora_r"], row["lora_alpha"], row["lora_dropout"], sorted(row["lora_target_modules"]),
+            row["lora_train_head"]) == (4, 16, 0.05, ["query", "value"], True)
+
+
+@pytest.mark.parametrize("peft_values,train_head", [
+    ({"task_type": "TOKEN_CLS"}, True),  # peft adds the classifier to what it trains
+    ({}, False),  # peft alone trains no head: the study's collapse, faithfully
+])
+def test_peft_head_training_is_train_head(tmp_path, peft_values, train_head):
+    from peft import LoraConfig
+
+    from frugalray.lora import LoraSettings
+
+    LoraConfig(target_modules=["query"], **peft_values).save_pretrained(tmp_path)
+    assert LoraSettings.from_json(tmp_path / "adapter_config.json").train_head is train_head
+
+
+@pytest.mark.parametrize("peft_values,message", [
+    ({"use_dora": True}, "peft option use_dora=true changes training in a way frugalray does not"),
+    ({"bias": "all"}, 'peft option bias="all" changes training .*; set it to "none" or remove it'),
+    ({"use_rslora": True}, "peft option use_rslora=true"),
+    ({"init_lora_weights": "gaussian"}, 'peft option init_lora_weights="gaussian"'),
+    ({"layers_to_transform": [0]}, r"peft option layers_to_transform=\[0\]"),
+    ({"modules_to_save": ["classifier", "embeddings"]}, r"modules_to_save \['embeddings'\]: frugalray trains the task head only"),
+    ({"task_type": "CAUSAL_LM"}, "task_type 'CAUSAL_LM' is not a classification task"),
+    ({"target_modules": "query"}, "target_modules 'query' is a peft pattern"),
+])
+def test_lora_config_refuses_peft_options_frugalray_cannot_honour(tmp_path, peft_values, message, capsys):
+    from peft import LoraConfig
+
+    LoraConfig(**{"target_modules": ["query", "value"], **peft_values}).save_pretrained(tmp_path)
+    assert main(["trial", "--task", "demo_pos", "--lora-config", str(tmp_path / "adapter_config.json"),
+                 "--results", str(tmp_path / "results")]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "adapter_config.json" in error
+    assert ResultsStore(tmp_path / "results").files() == []
