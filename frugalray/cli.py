@@ -3,6 +3,7 @@
     frugalray trial --task demo_pos --model minilm --strategy first --n 4 --epochs 3 --results results/
     frugalray results results/ --where task=demo_pos --where "n_kept_layers<=3"
     frugalray results results/ --sql "SELECT strategy, avg(f1) FROM trials GROUP BY strategy"
+    frugalray results results/ --check
     frugalray search --task demo_pos --budget 20 --max-layers 3 --objective f1_vs_layers --results results/
     frugalray importance --task demo_pos --model minilm --results results/
 """
@@ -103,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--view", help="a ready table: budget (4.4), best_worst (4.2), lora (4.6), balanced "
                                         "(4.8/4.9), baselines, strategies; seeds give mean ± std [95%% CI]")
     results.add_argument("--budget", type=_layers, help="--view budget: layer budgets, e.g. 2,3,6 (default: all)")
+    results.add_argument("--check", action="store_true",
+                         help="the store's health: files, rows, unreadable files, staging leftovers, configurations "
+                              "trained twice; exit 1 when something needs attention")
+    results.add_argument("--repair", action="store_true",
+                         help="move unreadable files to <store>/quarantine/ and remove stale staging files")
     _reference_options(results)
 
     search = commands.add_parser("search", help="search layer masks with Optuna (through Ray Tune)")
@@ -143,7 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a trial's pruned model (LoRA merged) as a plain HF folder")
     export.add_argument("location", help="results location")
     export.add_argument("--trial", required=True, help="trial_id (or a unique prefix) of a trial run with --save-model")
-    export.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    export.add_argument("--out", required=True,
+                        help="folder to write; an earlier export there is replaced, any other non-empty folder "
+                             "needs --force")
+    export.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder that is not an earlier export (its other files are kept)")
     export.add_argument("--no-check", action="store_true", help="skip comparing the export's logits with the trained model")
 
     bench = commands.add_parser("bench-latency", help="inference latency and throughput, full vs pruned models")
@@ -233,6 +243,15 @@ def _results(args) -> int:
             print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
             print(render(front.drop_columns(["search", "objective"]), fmt=args.format))
         return 0
+    if args.check or args.repair:
+        from frugalray.store_health import check_store, repair_store
+
+        store = ResultsStore(args.location)
+        if args.repair:
+            print("\n".join(repair_store(store)))
+        health = check_store(store)
+        print(health.text())
+        return 0 if health.healthy else 1
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     if args.view:
         from frugalray.tables import with_uncertainty
@@ -311,7 +330,7 @@ def _export(args) -> int:
     from frugalray.export import export_trial
     from frugalray.results import ResultsStore
 
-    done = export_trial(ResultsStore(args.location), args.trial, args.out, check=not args.no_check)
+    done = export_trial(ResultsStore(args.location), args.trial, args.out, check=not args.no_check, force=args.force)
     check = ("" if done["max_logit_difference"] is None
              else f"; max logit difference vs the trained model {done['max_logit_difference']:.1e}")
     print(f"Exported trial {done['trial_id']} (kept layers {done['kept_layers']}, {done['parameters']:,} parameters"

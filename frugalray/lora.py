@@ -7,10 +7,14 @@ rate (``TrainingSettings.lora_learning_rate``, about 10x the full fine-tuning on
 
 >>> LoraSettings.from_json("lora.json")  # doctest: +SKIP
 LoraSettings(r=8, alpha=32, dropout=0.1, target_modules=('query', 'value'), train_head=True)
+
+``from_json`` also reads peft's own ``adapter_config.json``: its names are mapped, options that do not
+change training are ignored, and options frugalray cannot honour (DoRA, trained biases...) are refused.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +26,17 @@ from frugalray._registry import FrugalrayError
 
 # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+# Reading peft's adapter_config.json. PEFT_NAMES: its names for our settings. PEFT_INERT: keys that only
+# describe the file, are checked on their own, or act only together with an option refused here. Every
+# other key must hold its PEFT_NEUTRAL value (null, false or empty when not listed): any other trains
+# differently from what frugalray does, and is refused.
+PEFT_NAMES = {"r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout", "target_modules": "target_modules"}
+PEFT_INERT = {"peft_type", "peft_version", "base_model_name_or_path", "revision", "inference_mode", "auto_mapping",
+              "task_type", "modules_to_save", "megatron_core", "qalora_group_size", "ensure_weight_tying"}
+PEFT_NEUTRAL = {"bias": "none", "init_lora_weights": True}
+PEFT_HEAD_TASKS = ("TOKEN_CLS", "SEQ_CLS")  # peft trains the classifier itself for these
+HEAD_NAMES = ("classifier", "pre_classifier", "score", "sequence_summary")  # task heads of HF encoders
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,9 @@ class LoraSettings:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):  # tuple() would split it into letters
+            raise FrugalrayError(f"LoRA target_modules {self.target_modules!r} is a single string; give a list of "
+                                 f"linear layer names, e.g. [\"query\", \"value\"]")
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if self.r < 1:
             raise FrugalrayError(f"LoRA r must be >= 1, got {self.r}")
@@ -54,14 +72,46 @@ class LoraSettings:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "LoraSettings":
+        """Settings from a JSON file: frugalray's keys (``lora_alpha``/``lora_dropout`` work too) or peft's
+        ``adapter_config.json`` (recognised by its ``peft_type``)."""
         values = read_json(path, "LoRA settings")
-        # Accept peft's own key names too, so a peft adapter_config.json-style file works.
+        if isinstance(values, dict) and "peft_type" in values:
+            return cls.from_dict(_from_peft(values, str(path)), source=str(path))
         renames = {"lora_alpha": "alpha", "lora_dropout": "dropout"}
-        values = {renames.get(k, k): v for k, v in values.items()}
+        values = {renames.get(k, k): v for k, v in values.items()} if isinstance(values, dict) else values
         return cls.from_dict(values, source=str(path))
 
     def as_record(self) -> dict:
         return asdict(self) | {"target_modules": list(self.target_modules)}
+
+
+def _from_peft(values: dict, source: str) -> dict:
+    """frugalray's settings from a peft LoraConfig's keys; a key that would train otherwise is an error."""
+    if values["peft_type"] != "LORA":
+        raise FrugalrayError(f"{source}: peft_type {values['peft_type']!r} is not LoRA; frugalray trains LoRA only")
+    task_type = values.get("task_type")
+    if task_type not in (None, *PEFT_HEAD_TASKS):
+        raise FrugalrayError(f"{source}: task_type {task_type!r} is not a classification task; frugalray trains "
+                             f"token and sequence classifiers: task_type {' or '.join(PEFT_HEAD_TASKS)} or null")
+    if isinstance(values.get("target_modules"), str):
+        raise FrugalrayError(f"{source}: target_modules {values['target_modules']!r} is a peft pattern matched against "
+                             f"whole module paths; give the list of linear layer names, e.g. [\"query\", \"value\"]")
+    saved = values.get("modules_to_save") or []
+    others = [name for name in saved if name not in HEAD_NAMES]
+    if others:
+        raise FrugalrayError(f"{source}: modules_to_save {others}: frugalray trains the task head only "
+                             f"({', '.join(HEAD_NAMES)}); remove the others")
+    for key, value in values.items():
+        if key in PEFT_NAMES or key in PEFT_INERT:
+            continue
+        if (value != PEFT_NEUTRAL[key]) if key in PEFT_NEUTRAL else bool(value):
+            neutral = f"set it to {json.dumps(PEFT_NEUTRAL[key])} or remove it" if key in PEFT_NEUTRAL else "remove it"
+            raise FrugalrayError(f"{source}: peft option {key}={json.dumps(value)} changes training in a way frugalray "
+                                 f"does not (it trains plain LoRA: r, lora_alpha, lora_dropout, target_modules and "
+                                 f"the task head); {neutral}")
+    settings = {ours: values[theirs] for theirs, ours in PEFT_NAMES.items() if theirs in values}
+    # As peft does: the head trains when modules_to_save names it or the task type makes peft add it.
+    return settings | {"train_head": bool(saved) or task_type in PEFT_HEAD_TASKS}
 
 
 def head_modules(model: nn.Module) -> list[str]:

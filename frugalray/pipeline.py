@@ -129,7 +129,8 @@ class StudyPlan:
         self.num_layers = layer_count(sweep.model)
         self.rows: dict[str, dict] = {}  # config_hash -> trained row (ok, or failed for good)
         self.reported: set[tuple] = set()  # (hash, strategy, n, stage) that have a row
-        for row in store.table().to_pylist():  # empty when the store has no trials yet
+        # Empty when the store has no trials yet; rows of an unreadable file are missing, so they run again.
+        for row in store.table().to_pylist():
             if row["status"] == "ok":  # earlier failures are retried: resuming after a fix just works
                 self._remember(row | {"config_hash": recorded_hash(row)})
         self.planned: dict[tuple[str, str], list[_Planned]] = {}  # (task, stage) -> trials
@@ -148,7 +149,9 @@ class StudyPlan:
         self._remember(row)
         written = []
         for waiting in self.waiting.pop(row["config_hash"], []):
-            written.append(self._write_alias(waiting, row))
+            key = (row["config_hash"], waiting.config.strategy, waiting.config.n, waiting.stage)
+            if key not in self.reported:  # a retrained run keeps the alias rows the store still has
+                written.append(self._write_alias(waiting, row))
         return written
 
     def _write_alias(self, planned: _Planned, trained: dict) -> dict:

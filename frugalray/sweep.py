@@ -320,6 +320,15 @@ ORDER BY stage_order, layers, strategy, n
 """
 
 
+# Configurations whose latest row failed: a failure that a later run of the same config hash fixed is not one.
+FAILED_SQL = """
+SELECT count(*) FROM (
+    SELECT status FROM trials WHERE sweep = ? AND task = ?
+    QUALIFY row_number() OVER (PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST) = 1
+) WHERE status <> 'ok'
+"""
+
+
 def summary(plan: StudyPlan, stream=sys.stdout) -> None:
     """Per task: every strategy's mean F1 over seeds, training seconds, latency and size."""
     import duckdb
@@ -332,8 +341,7 @@ def summary(plan: StudyPlan, stream=sys.stdout) -> None:
     for task in plan.sweep.tasks:
         name = plan.names[task]
         table = connection.sql(SUMMARY_SQL, params=[plan.sweep.name, name]).to_arrow_table()
-        failed = connection.sql("SELECT count(*) FROM trials WHERE sweep = ? AND task = ? AND status <> 'ok'",
-                                params=[plan.sweep.name, name]).fetchall()[0][0]
+        failed = connection.sql(FAILED_SQL, params=[plan.sweep.name, name]).fetchall()[0][0]
         print(f"\n== {name} ({plan.sweep.model}, {len(plan.sweep.seeds)} seed(s)); failed trials: {failed}",
               file=stream)
         print(render(table), file=stream)

@@ -6,6 +6,8 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +35,27 @@ def tiny_model(tmp_path_factory) -> str:
     words = conll_words(*DATA.glob("ner_*.conll")) | {"un", "une", "film", "histoire", "magnifique",
                                                          "ennuyeux", "touchante", "plate"}
     return str(tiny_model_dir(tmp_path_factory.mktemp("tiny_camembert"), words, "camembert", num_layers=4))
+
+
+# A writer killed mid-append (and mid-trial, its model folder not yet filled), as `kill -9` leaves it.
+KILLED_WRITER = """
+import os, signal, sys
+import pyarrow.parquet as pq
+from frugalray.results import ResultsStore
+
+def half_written_then_killed(table, where, **options):
+    with open(where, "wb") as out:
+        out.write(b"PAR1 half a row")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+store = ResultsStore(sys.argv[1])
+store.staging_folder()
+pq.write_table = half_written_then_killed
+store.append({"config_hash": "lost", "status": "ok"})
+"""
+
+
+@pytest.fixture()
+def kill_a_writer():
+    """Run a writer on a store and kill it mid-append; returns its exit status."""
+    return lambda store: subprocess.run([sys.executable, "-c", KILLED_WRITER, str(store)]).returncode

@@ -1,3 +1,8 @@
+import os
+import re
+import socket
+import time
+
 import pytest
 
 from frugalray.cli import main
@@ -86,3 +91,114 @@ def test_listing_commands(capsys):
     assert main(["strategies"]) == 0
     out = capsys.readouterr().out
     assert "drop_worst" in out and "--n" in out
+
+
+def _trial_row(config_hash, **values):
+    return {"trial_id": f"{config_hash}-{values.pop('n', 0)}", "config_hash": config_hash, "status": "ok",
+            "task": "demo_pos", "strategy": "first", "strategy_n": 1, "kept_layers": [0], "n_kept_layers": 1,
+            **values}
+
+
+def _age(path, hours):
+    stamp = time.time() - hours * 3600
+    os.utime(path, (stamp, stamp))
+
+
+def test_check_reports_a_healthy_store_and_exits_0(tmp_path, capsys):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_trial_row("a"))
+    store.append(_trial_row("a", strategy="single", reused_from="a-0"))  # an alias row shares the hash
+    store.append(_trial_row("b", status="failed", error="RuntimeError: boom"))
+    store.append(_trial_row("b", n=1))  # a failure fixed by a later run
+    young = tmp_path / ".staging" / f"{socket.gethostname()}_{os.getpid()}_{'0' * 32}.tmp"
+    young.write_bytes(b"being written")  # by a live writer: not a problem
+    assert main(["results", str(tmp_path), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: 4 trial file(s), 4 row(s)" in out
+    assert "may still be being written" in out and out.rstrip().endswith("Healthy.")
+
+
+def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys, kill_a_writer):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_trial_row("a"))
+    store.append(_trial_row("a", n=1))  # trained twice
+    bad = tmp_path / "trials" / "h-broken.parquet"
+    bad.write_bytes(b"PAR1 half a row")
+    kill_a_writer(tmp_path)  # leaves half a row and a model folder in .staging/
+    old = tmp_path / "trials" / ".staging-0123.tmp"  # an older version staged beside the data
+    old.write_bytes(b"PAR1")
+    _age(old, 2)
+
+    assert main(["results", str(tmp_path), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: 3 trial file(s), 2 row(s)" in out
+    assert "trials/h-broken.parquet: unreadable (ArrowInvalid: Parquet magic bytes not found" in out
+    assert out.count("(0 min old, stale)") == 2 and "trials/.staging-0123.tmp (120 min old, stale)" in out
+    assert "a: 2 successful rows" in out and "--repair" in out
+
+    assert main(["results", str(tmp_path), "--repair"]) == 1  # the duplicate stays: repair deletes no data
+    out = capsys.readouterr().out
+    assert "moved trials/h-broken.parquet to quarantine/h-broken.parquet" in out
+    assert out.count("removed stale staging") == 3
+    assert (tmp_path / "quarantine" / "h-broken.parquet").read_bytes() == b"PAR1 half a row"
+    assert not list((tmp_path / ".staging").iterdir()) and not old.exists()
+    assert "Unreadable" not in out and "Staging" not in out and "a: 2 successful rows" in out
+    assert store.table().num_rows == 2
+
+
+def test_repair_leaves_a_live_writer_alone_and_a_missing_store_is_an_error(tmp_path, capsys):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_trial_row("a"))
+    live = store.staging_folder()  # this process is writing it
+    _age(live, 5)
+    assert main(["results", str(tmp_path), "--repair"]) == 0
+    assert "nothing to repair" in capsys.readouterr().out and os.path.isdir(live)
+    assert main(["results", str(tmp_path / "nope"), "--check"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_lora_config_takes_pefts_own_adapter_config(tmp_path, tiny_model, ner_task_file):
+    from peft import LoraConfig
+
+    LoraConfig(r=4, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "value"],
+               modules_to_save=["classifier"]).save_pretrained(tmp_path / "adapter")
+    results = str(tmp_path / "results")
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "first", "--n", "2",
+                 "--lora-config", str(tmp_path / "adapter" / "adapter_config.json"), *FAST, "--results", results]) == 0
+    [row] = ResultsStore(results).table().to_pylist()
+    assert (row["lora_r"], row["lora_alpha"], row["lora_dropout"], sorted(row["lora_target_modules"]),
+            row["lora_train_head"]) == (4, 16, 0.05, ["query", "value"], True)
+
+
+@pytest.mark.parametrize("peft_values,train_head", [
+    ({"task_type": "TOKEN_CLS"}, True),  # peft adds the classifier to what it trains
+    ({}, False),  # peft alone trains no head: the study's collapse, faithfully
+])
+def test_peft_head_training_is_train_head(tmp_path, peft_values, train_head):
+    from peft import LoraConfig
+
+    from frugalray.lora import LoraSettings
+
+    LoraConfig(target_modules=["query"], **peft_values).save_pretrained(tmp_path)
+    assert LoraSettings.from_json(tmp_path / "adapter_config.json").train_head is train_head
+
+
+@pytest.mark.parametrize("peft_values,message", [
+    ({"use_dora": True}, "peft option use_dora=true changes training in a way frugalray does not"),
+    ({"bias": "all"}, 'peft option bias="all" changes training .*; set it to "none" or remove it'),
+    ({"use_rslora": True}, "peft option use_rslora=true"),
+    ({"init_lora_weights": "gaussian"}, 'peft option init_lora_weights="gaussian"'),
+    ({"layers_to_transform": [0]}, r"peft option layers_to_transform=\[0\]"),
+    ({"modules_to_save": ["classifier", "embeddings"]}, r"modules_to_save \['embeddings'\]: frugalray trains the task head only"),
+    ({"task_type": "CAUSAL_LM"}, "task_type 'CAUSAL_LM' is not a classification task"),
+    ({"target_modules": "query"}, "target_modules 'query' is a peft pattern"),
+])
+def test_lora_config_refuses_peft_options_frugalray_cannot_honour(tmp_path, peft_values, message, capsys):
+    from peft import LoraConfig
+
+    LoraConfig(**{"target_modules": ["query", "value"], **peft_values}).save_pretrained(tmp_path)
+    assert main(["trial", "--task", "demo_pos", "--lora-config", str(tmp_path / "adapter_config.json"),
+                 "--results", str(tmp_path / "results")]) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error) and "adapter_config.json" in error
+    assert ResultsStore(tmp_path / "results").files() == []

@@ -1,5 +1,10 @@
 """The staged plan without Ray: trials are run in-process with the simulated runner."""
 
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
 from frugalray import FrugalrayError, ResultsStore
@@ -118,6 +123,39 @@ def test_rerun_skips_what_the_store_holds(tmp_path, tiny_model):
     _run(again)
     complete = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
     assert complete.finished() and not complete.queue
+
+
+def test_a_corrupt_trial_file_retrains_only_what_it_held(tmp_path, tiny_model):
+    sweep = _sweep(tmp_path, tiny_model)
+    _run(StudyPlan(sweep, ResultsStore(tmp_path / "r")))
+    store = ResultsStore(tmp_path / "r")
+    victim = next(r for r in _rows(store) if (r["strategy"], r["strategy_n"]) == ("first", 3))
+    assert victim["reused_from"] is None  # drop_every 4 (and best 3...) keep the same layers: alias rows
+    [path] = [f for f in store.files() if pq.read_table(f).column("trial_id")[0].as_py() == victim["trial_id"]]
+    Path(path).write_bytes(Path(path).read_bytes()[:100])  # truncated, as a full disk leaves a file
+
+    again = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    again.expand()
+    assert [(p.config.strategy, p.config.n) for p in again.queue] == [("first", 3)]
+    assert _run(again) == 1 and again.finished()
+    reported = [(r["config_hash"], r["strategy"], r["strategy_n"], r["stage"]) for r in _rows(again.store)]
+    assert len(reported) == len(set(reported))  # the alias rows the store kept are not written again
+
+
+def test_summary_counts_configurations_whose_latest_run_failed(tmp_path, tiny_model):
+    from frugalray.sweep import summary
+
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single",)), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    fixed, broken, *_ = _rows(plan.store)
+    hour = timedelta(hours=1)
+    plan.store.append(fixed | {"trial_id": "oom-then-fixed", "status": "failed", "error": "RuntimeError: CUDA out of memory",
+                               "finished_at": fixed["finished_at"] - hour})
+    plan.store.append(broken | {"trial_id": "broken-later", "status": "failed", "error": "RuntimeError: boom",
+                                "finished_at": broken["finished_at"] + hour})
+    out = io.StringIO()
+    summary(plan, stream=out)
+    assert "failed trials: 1" in out.getvalue()
 
 
 def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_dir):
