@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from frugalray._config import from_dict, read_json
+from frugalray._config import check_fields, from_dict, read_json
 from frugalray._registry import FrugalrayError
 
 # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on.
@@ -38,6 +38,7 @@ class LoraSettings:
     )
 
     def __post_init__(self) -> None:
+        check_fields(self)
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if self.r < 1:
             raise FrugalrayError(f"LoRA r must be >= 1, got {self.r}")
