@@ -31,6 +31,16 @@ def _scores(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:  # what numpy (and so transformers.set_seed) accepts
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: an integer from 0 to 2**32 - 1")
+    return seed
+
+
 def _task_pairs(text: str) -> tuple[str, str]:
     task, sep, dataset = text.partition("=")
     if not sep or not task or not dataset:
@@ -87,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     trial.add_argument("--warmup-ratio", type=float, default=0.0, help="share of steps with LR warm-up")
     trial.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     trial.add_argument("--dtype", default="auto", help="auto, fp32 or bf16")
-    trial.add_argument("--seed", type=int, default=0)
+    trial.add_argument("--seed", type=_seed, default=0)
     trial.add_argument("--data-dir", help="folder with the task's files (FTB tasks need it)")
     trial.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     trial.add_argument("--save-model", action="store_true", help="keep the trained weights for frugalray export")
@@ -128,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--lora-lr", type=float, default=5e-4, help="LoRA learning rate")
     search.add_argument("--batch-size", type=int, default=16)
     search.add_argument("--max-length", type=int, default=256)
-    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--seed", type=_seed, default=0)
     search.add_argument("--data-dir")
     search.add_argument("--results", required=True)
 
@@ -188,9 +198,9 @@ def _trial(args) -> int:
     from frugalray.strategies import STRATEGIES
     from frugalray.tables import render
     from frugalray.config import TrainingSettings
-    from frugalray.trial import TrialConfig, execute_trial, prepare_trial
+    from frugalray.trial import TrialConfig, check_device, execute_trial, prepare_trial
 
-    store = ResultsStore(args.results).check_writable()
+    check_device(args.device)
     lora = None
     if args.lora or args.lora_config:
         lora = LoraSettings.from_json(args.lora_config) if args.lora_config else LoraSettings()
@@ -206,6 +216,7 @@ def _trial(args) -> int:
         scores=args.scores, lora=lora, training=training, seed=args.seed, data_dir=args.data_dir,
         save_model=args.save_model,
     )
+    store = ResultsStore(args.results).check_writable()
     if STRATEGIES.get(args.strategy).needs_scores and args.scores is None:
         if args.strategy == "drop_proxy":  # importance from the pretrained model: no training needed
             from frugalray.importance import proxy_scores
@@ -343,6 +354,9 @@ def _bench_latency(args) -> int:
 
     from frugalray.latency import bench_latency
     from frugalray.tables import render
+    from frugalray.trial import check_device
+
+    check_device(args.device)
 
     rows = bench_latency(args.model, args.keep or [3, 2], batch_size=args.batch_size, seq_len=args.seq_len,
                          device=args.device, dtype=args.dtype, repeats=args.repeats)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from frugalray._config import from_dict
+from frugalray._config import check_fields, from_dict
 from frugalray._registry import FrugalrayError
 
 DTYPES = ("auto", "fp32", "bf16")
@@ -59,6 +59,7 @@ class TrainingSettings:
     SPEED_ONLY = ("eval_batch_size", "pad_to_multiple_of", "fused_optimizer", "compile")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         checks = {
             "epochs": self.epochs >= 1, "learning_rate": self.learning_rate > 0,
             "lora_learning_rate": self.lora_learning_rate > 0, "batch_size": self.batch_size >= 1,

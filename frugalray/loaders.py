@@ -1,11 +1,14 @@
 """Readers for task data: CoNLL token files, JSONL/CSV/Parquet text classification, HF hub datasets.
 
-Every example remembers where it came from (``file:line``) so that a bad label can be pointed at.
+Every example remembers where it came from (``file:line``) so that a bad label can be pointed at. Files are
+UTF-8 (a leading byte-order mark is fine); other bytes are an error naming the line, never a silent misread.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +26,54 @@ class Example:
     text: str | None = None
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, but False for a name the file system refuses (too long, say) instead of OSError."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def is_folder(path: Path) -> bool:
+    """``path.is_dir()``, False for a name the file system refuses."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _existing(path: str | Path, what: str) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise FrugalrayError(f"{what}: data file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise FrugalrayError(f"{what}: {str(path)!r} is not a file")
+    if not is_file(path):
+        raise FrugalrayError(f"{what}: {str(path)!r} is a folder, not a file" if is_folder(path)
+                             else f"{what}: data file {str(path)!r} does not exist")
     return path
+
+
+def read_text(path: str | Path, what: str = "File") -> str:
+    """A UTF-8 text file's content, without a leading byte-order mark (Excel and Notepad write one).
+
+    Text in another encoding is an error naming the line, rather than a misread.
+
+    >>> read_text("tests/data/ner_task.json")[:1]  # doctest: +SKIP
+    '{'
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise FrugalrayError(f"{what}: cannot read {str(path)!r} ({error.strerror or error})") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = len((data[: error.start] + b"x").splitlines())  # the line the bad byte is on
+        column = error.start - max(data.rfind(b"\n", 0, error.start), data.rfind(b"\r", 0, error.start))
+        raise FrugalrayError(
+            f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at column {column}); re-encode the "
+            f"file, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8{path.suffix}"
+        ) from None
 
 
 def read_conll(
@@ -47,8 +91,6 @@ def read_conll(
     ('Marie', 'Dupont')
     """
     path = _existing(path, "CoNLL reader")
-    # The tag must sit in a column of its own: with tag_column=-1 a one-column line is malformed.
-    needed = max(token_column, tag_column) + 1 if tag_column >= 0 else max(token_column + 2, -tag_column)
     examples: list[Example] = []
     words: list[str] = []
     tags: list[str] = []
@@ -60,48 +102,61 @@ def read_conll(
         words.clear()
         tags.clear()
 
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                flush()
-                continue
-            if line.startswith("-DOCSTART-"):
-                flush()
-                continue
-            if comment_prefix and line.startswith(comment_prefix):
-                continue
-            columns = line.split(separator) if separator else line.split()
-            if len(columns) < needed:
-                raise FrugalrayError(
-                    f"{path}:{number}: malformed CoNLL line {line!r}: {len(columns)} column(s), "
-                    f"need at least {needed} (token column {token_column}, tag column {tag_column})"
-                )
-            if not words:
-                start = number
-            words.append(columns[token_column])
-            tags.append(columns[tag_column])
+    # newline=None: \n, \r\n and \r all end a line, as when the file is opened as text
+    lines = io.StringIO(read_text(path, "CoNLL reader"), newline=None)
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            flush()
+            continue
+        if line.startswith("-DOCSTART-"):
+            flush()
+            continue
+        if comment_prefix and line.startswith(comment_prefix):
+            continue
+        columns = line.split(separator) if separator else line.split()
+        word, tag = _token_and_tag(columns, token_column, tag_column)
+        if word is None:
+            raise FrugalrayError(
+                f"{path}:{number}: malformed CoNLL line {line[:120]!r}: {len(columns)} column(s); need a "
+                f"token in column {token_column} and a tag in column {tag_column}, two different non-empty "
+                f"columns{'' if separator else ' split on whitespace'}"
+            )
+        if not words:
+            start = number
+        words.append(word)
+        tags.append(tag)
     flush()
     if not examples:
         raise FrugalrayError(f"{path}: no sentences found (an empty CoNLL file?)")
     return examples
 
 
+def _token_and_tag(columns: list[str], token_column: int, tag_column: int) -> tuple[str | None, str | None]:
+    """The line's word and tag; (None, None) when it lacks either or both are the same column."""
+    count = len(columns)
+    if not (-count <= token_column < count and -count <= tag_column < count):
+        return None, None
+    if token_column % count == tag_column % count:  # tag_column=-1 on a one-column line
+        return None, None
+    word, tag = columns[token_column].strip(), columns[tag_column].strip()
+    return (word, tag) if word and tag else (None, None)
+
+
 def read_text_classification(path: str | Path, text_field: str, label_field: str) -> list[Example]:
-    """Read JSONL, CSV or Parquet rows with a text field and a label field."""
+    """Read JSONL, CSV or Parquet rows with a text field and a label field.
+
+    >>> read_text_classification("tests/data/sentiment.jsonl", "text", "label")[0].labels  # doctest: +SKIP
+    'positive'
+    """
     path = _existing(path, "Text classification reader")
     suffix = path.suffix.lower()
     if suffix in {".jsonl", ".json"}:
         rows = _jsonl_rows(path)
     elif suffix in {".csv", ".tsv"}:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-            # DictReader row i is on line i + 2 (header on line 1) for files without multi-line fields.
-            rows = [(f"{path}:{i + 2}", row) for i, row in enumerate(reader)]
+        rows = _csv_rows(path, "\t" if suffix == ".tsv" else ",")
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = [(f"{path}[row {i}]", row) for i, row in enumerate(pq.read_table(path).to_pylist())]
+        rows = _parquet_rows(path)
     else:
         raise FrugalrayError(f"{path}: unknown text data format {suffix!r}; use .jsonl, .csv, .tsv or .parquet")
     examples = []
@@ -109,29 +164,75 @@ def read_text_classification(path: str | Path, text_field: str, label_field: str
         for field in (text_field, label_field):
             if field not in row or row[field] is None:
                 raise FrugalrayError(
-                    f"{origin}: missing field {field!r}; the row has {sorted(row)} "
+                    f"{origin}: missing field {field!r}; the row has {sorted(map(str, row))} "
                     f"(set text_field/label_field to the right names)"
                 )
-        examples.append(Example(labels=str(row[label_field]), origin=origin, text=str(row[text_field])))
+        text, label = row[text_field], row[label_field]
+        if not isinstance(text, str):
+            raise FrugalrayError(f"{origin}: field {text_field!r} must be text, got {_shown(text)}")
+        # str(1.0) and str(1) would be two labels, str([...]) a label nobody meant: labels are text or integers
+        if isinstance(label, float) or not isinstance(label, (str, int)):
+            raise FrugalrayError(f"{origin}: label field {label_field!r} must be text or an integer, "
+                                 f"got {_shown(label)}")
+        examples.append(Example(labels=str(label), origin=origin, text=text))
     if not examples:
         raise FrugalrayError(f"{path}: no rows found")
     return examples
 
 
+def _shown(value) -> str:
+    text = repr(value)
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({type(value).__name__})"
+
+
 def _jsonl_rows(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise FrugalrayError(f"{path}:{number}: not valid JSON ({error.msg}): {line.strip()[:80]!r}") from None
-            if not isinstance(row, dict):
-                raise FrugalrayError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            rows.append((f"{path}:{number}", row))
+    for number, line in enumerate(io.StringIO(read_text(path, "JSONL reader"), newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise FrugalrayError(f"{path}:{number}: not valid JSON ({error.msg}): {line.strip()[:80]!r}") from None
+        except RecursionError:
+            raise FrugalrayError(f"{path}:{number}: JSON nested too deeply") from None
+        if not isinstance(row, dict):
+            raise FrugalrayError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
+        rows.append((f"{path}:{number}", row))
     return rows
+
+
+def _csv_rows(path: Path, delimiter: str) -> list[tuple[str, dict]]:
+    # newline="": the csv module sees line ends itself, so a quoted field may span lines
+    reader = csv.DictReader(io.StringIO(read_text(path, "CSV reader"), newline=""), delimiter=delimiter)
+    lines = reader.reader  # its line_num is the (last) line of the row read, or of the one that failed
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    rows = []
+    try:
+        header = [name for name in reader.fieldnames or [] if name]
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise FrugalrayError(f"{path}:1: column(s) {twice} appear more than once in the header")
+        for row in reader:
+            origin = f"{path}:{lines.line_num}"
+            if None in row:  # more fields than the header: an unquoted delimiter shifted the columns
+                raise FrugalrayError(f"{origin}: {len(reader.fieldnames) + len(row[None])} fields, the header has "
+                                     f"{len(reader.fieldnames)}; quote a field that contains {delimiter!r}")
+            rows.append((origin, row))
+    except csv.Error as error:
+        raise FrugalrayError(f"{path}:{lines.line_num}: not valid {kind} ({error})") from None
+    return rows
+
+
+def _parquet_rows(path: Path) -> list[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise FrugalrayError(f"{path}: not a readable Parquet file ({error})") from None
+    return [(f"{path}[row {i}]", row) for i, row in enumerate(table.to_pylist())]
 
 
 def read_hf(

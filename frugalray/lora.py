@@ -21,7 +21,7 @@ from pathlib import Path
 
 from torch import nn
 
-from frugalray._config import from_dict, read_json
+from frugalray._config import check_fields, from_dict, read_json
 from frugalray._registry import FrugalrayError
 
 # peft calls a transformers method that transformers 5 deprecates; nothing a user can act on.
@@ -53,9 +53,7 @@ class LoraSettings:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):  # tuple() would split it into letters
-            raise FrugalrayError(f"LoRA target_modules {self.target_modules!r} is a single string; give a list of "
-                                 f"linear layer names, e.g. [\"query\", \"value\"]")
+        check_fields(self)  # before tuple(): a single string would be split into letters
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if self.r < 1:
             raise FrugalrayError(f"LoRA r must be >= 1, got {self.r}")

@@ -20,7 +20,7 @@ import statistics
 import sys
 from dataclasses import dataclass, field
 
-from frugalray._config import from_dict
+from frugalray._config import check_fields, from_dict
 from frugalray._registry import FrugalrayError
 from frugalray.lora import LoraSettings
 from frugalray.resources import ResourceRule
@@ -70,6 +70,7 @@ class SweepConfig:
     autoscale_wait_s: float = field(default=0, metadata={"help": "Wait this long for the autoscaler to add nodes."})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         for name in ("tasks", "seeds", "stages", "drop_middle", "drop_ends", "best", "drop_worst", "lora_sizes",
                      "save_models"):
             object.__setattr__(self, name, tuple(getattr(self, name)))

@@ -263,6 +263,10 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
                  where: list[str] | None = None, embed: bool = False, title: str | None = None) -> Path:
     """Write ``out/index.html`` (and ``out/figures/*.png`` unless ``embed``); returns the HTML path."""
     out = Path(out)
+    existing = next(p for p in (out, *out.parents) if p.exists())  # Path(".") always exists
+    if not existing.is_dir():
+        raise FrugalrayError(f"Report folder {str(out)!r} cannot be written: {str(existing)!r} is a file; give a "
+                             f"folder for index.html and figures/ (a new one, or one to update)")
     aggregated = aggregate(store, where)
     if aggregated.num_rows == 0:
         raise FrugalrayError(f"No successful trials in {store.location!r}{' match ' + str(where) if where else ''}; "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from frugalray._config import from_dict
+from frugalray._config import check_fields, from_dict
 from frugalray._registry import FrugalrayError
 
 # camembert-base / bert-base sizes, for examples and defaults
@@ -70,6 +70,7 @@ class ResourceRule:
     use_gpus: bool = field(default=True, metadata={"help": "Schedule on GPUs when the cluster has some."})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.cpus_per_trial <= 0:
             raise FrugalrayError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ray.tune.search.optuna import OptunaSearch
 
-from frugalray._config import from_dict
+from frugalray._config import check_fields, from_dict
 from frugalray._registry import FrugalrayError, did_you_mean
 from frugalray.lora import LoraSettings
 from frugalray.resources import ResourceRule
@@ -66,6 +66,7 @@ class SearchConfig:
         for key, kind in (("training", TrainingSettings), ("lora", LoraSettings), ("resources", ResourceRule)):
             if isinstance(getattr(self, key), dict):
                 object.__setattr__(self, key, kind.from_dict(getattr(self, key), f"search: {key}"))
+        check_fields(self)
         if self.objective not in OBJECTIVES:
             raise FrugalrayError(did_you_mean("objective", self.objective, list(OBJECTIVES)))
         if self.prior not in PRIORS:

@@ -9,9 +9,11 @@ what is already done come from the plan and the results store, so re-running the
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -359,42 +361,105 @@ def connect_or_start_ray(**local) -> None:
         ray.init(address="local", include_dashboard=False, **local)
 
 
-def main(defaults: dict, argv: list[str] | None = None, runner: str = DEFAULT_RUNNER) -> StudyPlan:
-    """Entry point of sweep files: the file's settings, overridden from the command line."""
-    import argparse
+def _names(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty name; give comma-separated names, e.g. a,b")
+    return names
 
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value")
+    return text.strip()
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds, e.g. 0,1,2") from None
+    if not all(0 <= seed < 2**32 for seed in seeds):  # numpy's seed range
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are integers from 0 to 2**32 - 1")
+    return seeds
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = math.nan
+    if not (math.isfinite(rate) and rate > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number, e.g. 5e-5")
+    return rate
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return count
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 900")
+    return seconds
+
+
+def _task_folder(text: str) -> tuple[str, str]:
+    task, sep, folder = (part.strip() for part in text.partition("="))
+    if not (sep and task and folder):
+        raise argparse.ArgumentTypeError(f"{text!r} is not TASK=FOLDER, e.g. ftb_pos=/data/ftb/pos")
+    return task, folder
+
+
+def main(defaults: dict, argv: list[str] | None = None, runner: str = DEFAULT_RUNNER) -> StudyPlan:
+    """Entry point of sweep files: the file's settings, overridden from the command line.
+
+    >>> main(SWEEP, ["--seeds", "0,1", "--data-dir", "ftb_pos=/data/ftb/pos"])  # doctest: +SKIP
+    """
     parser = argparse.ArgumentParser(description="Run (or resume) a frugalray sweep.")
-    parser.add_argument("--tasks", help="comma-separated subset of tasks")
-    parser.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--lr", type=float, help="full fine-tuning learning rate")
-    parser.add_argument("--lora-lr", type=float, help="LoRA learning rate")
-    parser.add_argument("--data-dir", action="append", default=[], metavar="TASK=FOLDER")
-    parser.add_argument("--results", help="results location (folder, s3://, gs://)")
-    parser.add_argument("--name", help="sweep name")
-    parser.add_argument("--stages", help="comma-separated subset of: " + ", ".join(STAGE_ORDER))
-    parser.add_argument("--max-concurrent", type=int)
-    parser.add_argument("--autoscale-wait", type=float, help="seconds to wait for autoscaled nodes")
+    parser.add_argument("--tasks", type=_names, help="comma-separated subset of tasks")
+    parser.add_argument("--seeds", type=_seeds, help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--epochs", type=_count)
+    parser.add_argument("--lr", type=_learning_rate, help="full fine-tuning learning rate")
+    parser.add_argument("--lora-lr", type=_learning_rate, help="LoRA learning rate")
+    parser.add_argument("--data-dir", type=_task_folder, action="append", default=[], metavar="TASK=FOLDER")
+    parser.add_argument("--results", type=_non_empty, help="results location (folder, s3://, gs://)")
+    parser.add_argument("--name", type=_non_empty, help="sweep name")
+    parser.add_argument("--stages", type=_names, help="comma-separated subset of: " + ", ".join(STAGE_ORDER))
+    parser.add_argument("--max-concurrent", type=_count)
+    parser.add_argument("--autoscale-wait", type=_seconds, help="seconds to wait for autoscaled nodes")
     args = parser.parse_args(argv)
     values = dict(defaults)
-    training = dict(values.get("training", {}))
-    for key, field_name in (("epochs", "epochs"), ("lr", "learning_rate"), ("lora_lr", "lora_learning_rate")):
+    overrides = {field_name: getattr(args, key) for key, field_name in
+                 (("epochs", "epochs"), ("lr", "learning_rate"), ("lora_lr", "lora_learning_rate"))
+                 if getattr(args, key) is not None}
+    if overrides:
+        training = values.get("training", {})
+        values["training"] = {**(dataclasses.asdict(training) if dataclasses.is_dataclass(training) else training),
+                              **overrides}
+    for key in ("tasks", "seeds", "stages"):
         if getattr(args, key) is not None:
-            training[field_name] = getattr(args, key)
-    values["training"] = training
-    if args.tasks:
-        values["tasks"] = [t.strip() for t in args.tasks.split(",")]
-    if args.seeds:
-        values["seeds"] = [int(s) for s in args.seeds.split(",")]
-    if args.stages:
-        values["stages"] = [s.strip() for s in args.stages.split(",")]
+            values[key] = getattr(args, key)
+    tasks = list(values.get("tasks", SweepConfig.tasks))  # the class attribute holds the field's default
     data_dirs = dict(values.get("data_dirs", {}))
-    for item in args.data_dir:
-        task, sep, folder = item.partition("=")
-        if not sep:
-            parser.error(f"--data-dir {item!r}: expected TASK=FOLDER")
+    if args.tasks:  # a subset of the file's tasks: the file's folders of the others do not apply
+        data_dirs = {task: folder for task, folder in data_dirs.items() if task in tasks}
+    for task, folder in args.data_dir:
+        if task not in tasks:
+            parser.error(f"--data-dir {task}={folder}: this sweep does not run task {task!r}; "
+                         f"its tasks: {', '.join(tasks)}")
         data_dirs[task] = folder
-    values["data_dirs"] = {t: d for t, d in data_dirs.items() if t in values.get("tasks", data_dirs)}
+    values["data_dirs"] = data_dirs
     for key, name in (("results", "results"), ("name", "name"), ("max_concurrent", "max_concurrent"),
                       ("autoscale_wait", "autoscale_wait_s")):
         if getattr(args, key) is not None:

@@ -16,9 +16,9 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frugalray._config import from_dict, read_json
+from frugalray._config import check_fields, from_dict, read_json
 from frugalray._registry import FrugalrayError, Registry
-from frugalray.loaders import Example, read_conll, read_hf, read_text_classification
+from frugalray.loaders import Example, is_file, is_folder, read_conll, read_hf, read_text_classification
 from frugalray.metrics import METRICS
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
@@ -59,6 +59,7 @@ class TaskSpec:
     description: str = ""
 
     def __post_init__(self) -> None:
+        check_fields(self, f"Task {self.name!r}")
         if self.head not in HEADS:
             raise FrugalrayError(f"Task '{self.name}': head {self.head!r} is not one of {HEADS}")
         METRICS.get(self.metric)
@@ -68,6 +69,9 @@ class TaskSpec:
             raise FrugalrayError(f"Task '{self.name}': format 'hf' needs 'dataset' (a hub name)")
         if self.format != "hf" and not self.train and not self.data_dir and not self.package:
             raise FrugalrayError(f"Task '{self.name}': give a train file (and optionally dev/test)")
+        if self.token_column == self.tag_column:
+            raise FrugalrayError(f"Task '{self.name}': token_column and tag_column are both {self.tag_column}; "
+                                 f"the word and its tag sit in two different columns")
         if self.head == "token" and self.format not in {"conll", "hf"}:
             raise FrugalrayError(f"Task '{self.name}': token tasks read CoNLL or HF data, not {self.format!r}")
         for name in ("train_fraction", "dev_fraction", "test_fraction"):
@@ -190,7 +194,7 @@ def _package_dir(spec: TaskSpec) -> str:
     if found is None or not found.submodule_search_locations:
         how = spec.install or f"pip install {spec.package}"
         raise FrugalrayError(f"Task '{spec.name}' reads its files from the Python package '{spec.package}', "
-                             f"which is not installed: {how}")
+                             f"which is not installed (as a package with a folder): {how}")
     return list(found.submodule_search_locations)[0]
 
 
@@ -198,7 +202,7 @@ def _load_files(spec: TaskSpec) -> tuple[dict[str, list[Example]], str]:
     if spec.package and spec.data_dir is None:
         spec = dataclasses.replace(spec, data_dir=_package_dir(spec))
     base = Path(spec.data_dir) if spec.data_dir else Path(".")
-    if spec.data_dir and not base.is_dir():
+    if spec.data_dir and not is_folder(base):
         raise FrugalrayError(
             f"Task '{spec.name}': data_dir {spec.data_dir!r} does not exist"
             + (" (this data is licensed and cannot ship: point data_dir at your copy)" if spec.licensed else "")
@@ -209,10 +213,10 @@ def _load_files(spec: TaskSpec) -> tuple[dict[str, list[Example]], str]:
     for split in SPLITS:
         # A hub task given local files reads train/dev/test.conll; dev and test are optional there.
         name = f"{split}.conll" if spec.format == "hf" else getattr(spec, split)
-        if name is None or (spec.format == "hf" and split != "train" and not (base / name).is_file()):
+        if name is None or (spec.format == "hf" and split != "train" and not is_file(base / name)):
             continue
         path = base / name
-        if not path.is_file():
+        if not is_file(path):
             hint = " This data is licensed and cannot ship: point data_dir at your copy." if spec.licensed else ""
             raise FrugalrayError(f"Task '{spec.name}': {split} file {str(path)!r} does not exist.{hint}")
         if fmt == "conll":

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from frugalray._config import from_dict
+from frugalray._config import check_fields, from_dict
 from frugalray._registry import FrugalrayError
 from frugalray.lora import LoraSettings
 from frugalray.results import ResultsStore
@@ -44,8 +44,9 @@ class TrialConfig:
     strategy: str = field(default="full", metadata={"help": "Pruning strategy name (frugalray strategies)."})
     n: int | None = field(default=None, metadata={"help": "N for first/last/best/drop_*, k for single."})
     layers: tuple[int, ...] | None = field(default=None, metadata={"help": "Explicit layers for 'mask'."})
-    scores: tuple[float, ...] | None = field(
-        default=None, metadata={"help": "Per-layer scores for best/drop_worst (single(k) results)."}
+    scores: tuple[float | tuple[float, ...], ...] | None = field(
+        default=None, metadata={"help": "Per-layer scores for best/drop_worst, higher is better: numbers, or "
+                                        "tuples compared in order (single(k) results: dev F1, -dev eval loss)."}
     )
     lora: LoraSettings | None = field(default=None, metadata={"help": "LoRA settings; None: full fine-tuning."})
     training: TrainingSettings = field(default_factory=TrainingSettings)
@@ -58,6 +59,7 @@ class TrialConfig:
     stage: str = field(default="", metadata={"help": "Sweep stage that scheduled the trial."})
 
     def __post_init__(self) -> None:
+        check_fields(self)
         STRATEGIES.get(self.strategy)  # unknown names fail here, with a did-you-mean
         for name in ("layers", "scores"):
             value = getattr(self, name)
@@ -158,6 +160,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
 
     config, task = prepared.config, prepared.task
     started = time.perf_counter()
+    check_device(device)  # before the model loads: a missing GPU is bad input, not a failure after minutes
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if target.type == "cuda":
         if gpu_memory_fraction:  # a trial that shares a GPU keeps to its share
@@ -234,6 +237,29 @@ def is_degenerate(metrics: dict, majority: dict) -> bool:
     True
     """
     return metrics["predicted_classes"] <= 1 or metrics["f1"] <= 0 or metrics["f1"] <= majority["f1"] + 1e-9
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device this machine does not have, naming those it has; None (the default device) is fine.
+
+    >>> check_device("cpu")  # while "gpu" or "cuda:3" on a machine without it raises FrugalrayError
+    """
+    if device is None:
+        return
+    import torch
+
+    available = ["cpu"]
+    if torch.cuda.is_available():
+        available += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        available += ["mps"]
+    here = f"available here: {', '.join(available)}"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise FrugalrayError(f"Device {device!r} is not a device name; {here}") from None
+    if parsed.type != "cpu" and str(parsed) not in available:
+        raise FrugalrayError(f"Device {device!r} is not available on this machine; {here}")
 
 
 def base_row(config: TrialConfig, prepared: PreparedTrial | None) -> dict:

@@ -18,6 +18,18 @@ from frugalray.testing import conll_words, tiny_model_dir
 DATA = Path(__file__).parent / "data"
 torch.set_num_threads(2)
 
+try:
+    from hypothesis import settings
+except ImportError:  # the property tests skip themselves
+    pass
+else:
+    # The same examples on every run and machine (no example database): a failure in CI reproduces locally.
+    # HYPOTHESIS_PROFILE=explore searches afresh, with more examples.
+    settings.register_profile("frugalray", derandomize=True, database=None, deadline=None, max_examples=150,
+                              print_blob=True)
+    settings.register_profile("explore", deadline=None, max_examples=2000)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "frugalray"))
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import pytest
 
@@ -242,3 +243,133 @@ def test_classification_metrics_on_known_predictions():
     assert result["precision"] == pytest.approx((1 + 2 / 3) / 2)
     assert result["recall"] == pytest.approx(0.75)
     assert result["f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+# -- odd input: encodings, columns, field types ------------------------------------------------------------
+BOM = "\ufeff".encode()
+
+
+def test_a_bom_is_not_part_of_the_first_conll_token(tmp_path):
+    path = tmp_path / "bom.conll"
+    path.write_bytes(BOM + "Marie B-PER\nDupont I-PER\n".encode())
+    [sentence] = read_conll(path)
+    assert sentence.words == ("Marie", "Dupont") and sentence.labels == ("B-PER", "I-PER")
+
+
+@pytest.mark.parametrize("name,text_field,content", [
+    ("d.jsonl", "text", '{"text": "un film", "label": "positive"}\n'),
+    ("d.csv", "review", "review,label\nun film,positive\n"),
+    ("d.tsv", "review", "review\tlabel\nun film\tpositive\n"),
+])
+def test_jsonl_and_csv_with_a_bom_are_read(tmp_path, name, text_field, content):
+    path = tmp_path / name
+    path.write_bytes(BOM + content.encode())
+    [row] = read_text_classification(path, text_field, "label")
+    assert (row.text, row.labels, row.origin) == ("un film", "positive", f"{path}:{2 if name != 'd.jsonl' else 1}")
+
+
+@pytest.mark.parametrize("name,content", [
+    ("latin1.conll", "Marie B-PER\n\nJos\xe9 B-PER\n"),
+    ("latin1.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "\xe9t\xe9", "label": "y"}\n'),
+    ("latin1.csv", "text,label\na,x\n\xe9t\xe9,y\n"),
+])
+def test_a_file_that_is_not_utf8_names_file_line_and_the_fix(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content.encode("latin-1"))
+    read = (lambda: read_conll(path)) if name.endswith(".conll") else (
+        lambda: read_text_classification(path, "text", "label"))
+    with pytest.raises(FrugalrayError, match=rf"{name}:3: not UTF-8 text .*iconv -f latin1 -t utf-8"):
+        read()
+
+
+def test_a_task_file_that_is_not_utf8_is_a_clear_error(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_bytes('{"name": "t",\n "description": "donn\xe9es"}'.encode("latin-1"))
+    with pytest.raises(FrugalrayError, match=r"task.json:2: not UTF-8"):
+        load_task(str(path))
+
+
+@pytest.mark.parametrize("columns,line", [
+    (dict(token_column=-2), "habite"),  # one column: no word left of the tag
+    (dict(token_column=0, tag_column=2, separator="\t"), "Paris\t\t"),  # an empty tag column
+    (dict(token_column=0, tag_column=-1, separator="\t"), "\tO"),  # an empty word
+])
+def test_conll_lines_without_a_word_and_a_tag_are_malformed(tmp_path, columns, line):
+    path = tmp_path / "d.conll"
+    path.write_text(f"Marie\tx\tB-PER\n{line}\n", encoding="utf-8")
+    with pytest.raises(FrugalrayError, match=r"d.conll:2: malformed CoNLL line"):
+        read_conll(path, **columns)
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"text": "a", "label": ["x"]}, r"label field 'label' must be text or an integer, got \['x'\] \(list\)"),
+    ({"text": "a", "label": 1.0}, r"label field .label. must be text or an integer, got 1.0 \(float\)"),
+    ({"text": ["a"], "label": "x"}, r"field 'text' must be text, got \['a'\] \(list\)"),
+])
+def test_text_rows_with_odd_values_are_refused(tmp_path, row, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(FrugalrayError, match=rf"d.jsonl:1: {message}"):
+        read_text_classification(path, "text", "label")
+
+
+def test_csv_rows_are_named_by_their_line_and_bad_csv_is_an_error(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('text,label\n"deux\nlignes",x\n\nfin,y\n', encoding="utf-8")
+    rows = read_text_classification(path, "text", "label")
+    assert [(r.text, r.origin.rpartition(":")[2]) for r in rows] == [("deux\nlignes", "3"), ("fin", "5")]
+    path.write_text("text,label\n" + "x" * 200_000 + ",y\n", encoding="utf-8")  # beyond csv's field limit
+    with pytest.raises(FrugalrayError, match=r"d.csv:2: not valid CSV"):
+        read_text_classification(path, "text", "label")
+
+
+def test_a_broken_parquet_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"PAR1 not really")
+    with pytest.raises(FrugalrayError, match="not a readable Parquet file"):
+        read_text_classification(path, "text", "label")
+
+
+TASK = {"name": "t", "head": "token", "metric": "pos", "format": "conll", "train": "a.conll"}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"tag_column": "1"}, r"tag_column must be int, got '1' \(str\)"),
+    ({"token_column": True}, r"token_column must be int, got True \(bool\)"),
+    ({"licensed": "false"}, r"licensed must be bool, got 'false' \(str\)"),
+    ({"train": ["a.conll"]}, r"train must be str or None, got \['a.conll'\] \(list\)"),
+    ({"train_fraction": "0.5"}, r"train_fraction must be float, got '0.5' \(str\)"),
+    ({"dev_fraction": float("nan")}, r"dev_fraction must be a finite number, got nan \(float\)"),
+    ({"name": None}, r"name must be str, got None \(NoneType\)"),
+    ({"head": None, "metric": None}, r"head must be str"),
+])
+def test_task_file_values_are_type_checked(tmp_path, change, message):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(TASK | change), encoding="utf-8")
+    with pytest.raises(FrugalrayError, match=rf"^{re.escape(str(path))}: {message}"):
+        load_task(str(path))
+
+
+def test_task_spec_checks_types_when_built_in_python_too():
+    with pytest.raises(FrugalrayError, match=r"Task 't': tag_column must be int, got '1' \(str\)"):
+        TaskSpec(**TASK, tag_column="1")
+    assert TaskSpec(**TASK, train_fraction=1).train_fraction == 1  # an int is a float
+    with pytest.raises(FrugalrayError, match="token_column and tag_column are both 1"):
+        TaskSpec(**TASK, token_column=1, tag_column=1)
+
+
+def test_task_file_missing_a_required_key(tmp_path):
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"name": "t", "head": "token", "format": "conll"}), encoding="utf-8")
+    with pytest.raises(FrugalrayError, match=r"task.json: missing key\(s\) metric for TaskSpec"):
+        load_task(str(path))
+
+
+def test_csv_rows_with_more_fields_than_the_header_are_refused(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\nun film, magnifique,positive\n", encoding="utf-8")  # unquoted comma
+    with pytest.raises(FrugalrayError, match=r"d.csv:2: 3 fields, the header has 2; quote a field that contains ','"):
+        read_text_classification(path, "text", "label")
+    path.write_text("text,label,text\na,b,c\n", encoding="utf-8")
+    with pytest.raises(FrugalrayError, match=r"d.csv:1: column\(s\) \['text'\] appear more than once"):
+        read_text_classification(path, "text", "label")

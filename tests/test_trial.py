@@ -1,12 +1,16 @@
 import dataclasses
 import json
+import re
 
 import pyarrow as pa
 import pytest
+import torch
 
 from frugalray import (FrugalrayError, LoraSettings, ResultsStore, TrainingSettings, TrialConfig,
                        execute_trial, prepare_trial)
+from frugalray.resources import ResourceRule
 from frugalray.results import SCHEMA
+from frugalray.trial import check_device
 
 FAST = TrainingSettings(epochs=2, batch_size=2, learning_rate=1e-3, lora_learning_rate=1e-3, max_length=32)
 
@@ -117,3 +121,92 @@ def test_config_round_trips_through_a_dict(tiny_model):
     with pytest.raises(FrugalrayError, match="unknown key 'epoch'.*Did you mean 'epochs'"):
         TrialConfig.from_dict({"task": "demo_pos", "training": {"epoch": 3}})
     assert dataclasses.replace(config, seed=5).seed == 5
+
+
+# -- settings are type-checked, devices exist -----------------------------------------------------------
+def _search(**values):
+    from frugalray.search import SearchConfig
+
+    return SearchConfig(task="demo_pos", **values)
+
+
+def _sweep(**values):
+    from frugalray.pipeline import SweepConfig
+
+    return SweepConfig(**({"tasks": ("demo_pos",)} | values))
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: LoraSettings(r="8"), r"^LoraSettings: r must be int, got '8' \(str\)$"),
+    (lambda: LoraSettings(target_modules="query"), r"target_modules must be a list of str, got 'query' \(str\)"),
+    (lambda: LoraSettings(train_head="no"), r"train_head must be bool, got 'no'"),
+    (lambda: LoraSettings(dropout=float("nan")), r"dropout must be a finite number, got nan"),
+    (lambda: ResourceRule(fixed_fraction=float("inf")), r"^ResourceRule: fixed_fraction must be a finite number"),
+    (lambda: ResourceRule(use_gpus=1), r"use_gpus must be bool, got 1 \(int\)"),
+    (lambda: _sweep(seeds=("0",)), r"^SweepConfig: seeds must be a list of int, got \('0',\) \(tuple\)"),
+    (lambda: _sweep(tasks="demo_pos"), r"tasks must be a list of str, got 'demo_pos' \(str\)"),
+    (lambda: _sweep(data_dirs={"demo_pos": 3}), r"data_dirs must be a list of \(str, str\), got \{'demo_pos': 3\}"),
+    (lambda: _sweep(autoscale_wait_s=float("inf")), r"autoscale_wait_s must be a finite number"),
+    (lambda: _search(budget=True), r"^SearchConfig: budget must be int, got True \(bool\)"),
+    (lambda: _search(training={"learning_rate": float("inf")}), r"search: training: learning_rate must be a finite"),
+    (lambda: TrialConfig(task="demo_pos", n="2"), r"^TrialConfig: n must be int or None, got '2' \(str\)"),
+    (lambda: TrialConfig(task="demo_pos", layers=(0, "1")), r"layers must be a list of int or None"),
+    (lambda: TrialConfig(task="demo_pos", scores=(0.5, float("nan"))), r"scores must be a list of finite numbers"),
+    (lambda: TrialConfig(task="demo_pos", lora={"r": 4}), r"lora must be LoraSettings or None, got \{'r': 4\}"),
+    (lambda: TrialConfig(task="demo_pos", training=TrainingSettings(learning_rate=float("inf"))),
+     r"^TrainingSettings: learning_rate must be a finite number, got inf \(float\)$"),
+])
+def test_every_settings_class_checks_its_field_types(build, message):
+    with pytest.raises(FrugalrayError, match=message):
+        build()
+
+
+def test_settings_from_files_name_the_file_and_the_key(tmp_path):
+    with pytest.raises(FrugalrayError, match=r"^trial.json: training: epochs must be int, got '3' \(str\)$"):
+        TrialConfig.from_dict({"task": "demo_pos", "training": {"epochs": "3"}}, "trial.json")
+    path = tmp_path / "lora.json"
+    path.write_text('{"r": 8, "lora_alpha": 16, "train_head": "false"}')
+    with pytest.raises(FrugalrayError, match=rf"^{re.escape(str(path))}: train_head must be bool, got 'false'"):
+        LoraSettings.from_json(path)
+    assert ResourceRule(cpus_per_trial=2).cpus_per_trial == 2  # an int is a float
+    assert _sweep(seeds=[0, 1], data_dirs={"demo_pos": "/data"}).data_dirs == (("demo_pos", "/data"),)
+
+
+def test_the_field_check_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, frugalray._config as c; from dataclasses import dataclass\n"
+            "@dataclass\nclass S:\n    rate: float = 1.0\n"
+            "try:\n    c.check_fields(S(rate=float('inf')))\nexcept c.FrugalrayError as e:\n    print(e)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["S: rate must be a finite number, got inf (float)", "False"]
+
+
+def test_check_device_accepts_cpu_and_names_what_exists():
+    check_device(None)
+    check_device("cpu")
+    with pytest.raises(FrugalrayError, match=r"^Device 'gpu' is not a device name; available here: cpu"):
+        check_device("gpu")
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                            reason="needs a machine without a GPU")
+
+
+@NO_GPU
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+def test_a_missing_device_fails_the_trial_before_the_model_loads(tiny_model, ner_task_file, monkeypatch, device):
+    import frugalray.models
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(frugalray.models, "load_tokenizer", loaded)
+    monkeypatch.setattr(frugalray.models, "load_model", loaded)
+    row = execute_trial(_config(ner_task_file, tiny_model), device=device)
+    assert row["status"] == "failed"
+    assert row["error"] == f"FrugalrayError: Device '{device}' is not available on this machine; available here: cpu"
+    with pytest.raises(FrugalrayError, match=f"Device '{device}'"):
+        execute_trial(_config(ner_task_file, tiny_model), device=device, raise_input_errors=True)
