@@ -68,6 +68,9 @@ class SweepConfig:
     max_failures: int = field(default=3, metadata={"help": "Reschedules of a trial whose worker or node died."})
     max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
     autoscale_wait_s: float = field(default=0, metadata={"help": "Wait this long for the autoscaler to add nodes."})
+    verbose: int = field(
+        default=0, metadata={"help": "Ray Tune's own output: 0 none (frugalray's progress only), 1 status, 2 trials."}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -91,6 +94,8 @@ class SweepConfig:
             raise FrugalrayError("A sweep needs at least one seed")
         if self.retries < 0 or self.max_failures < 0:
             raise FrugalrayError("retries and max_failures must be >= 0")
+        if self.verbose not in (0, 1, 2, 3):
+            raise FrugalrayError(f"verbose must be 0, 1, 2 or 3 (Ray Tune's verbosity), got {self.verbose!r}")
         tasks_of_dirs = {task for task, _ in self.data_dirs}
         stray = sorted(tasks_of_dirs - set(self.tasks))
         if stray:

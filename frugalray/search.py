@@ -23,6 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 from frugalray._config import check_fields, from_dict
 from frugalray._registry import FrugalrayError, did_you_mean
 from frugalray.lora import LoraSettings
+from frugalray.ray_session import ensure_ray
 from frugalray.resources import ResourceRule
 from frugalray.results import ResultsStore
 from frugalray.sweep import DEFAULT_RUNNER, _from_report, _model_config_dict, _tune_storage, alive_nodes, tune_trial
@@ -211,7 +212,6 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
                connect=None, stream=sys.stdout) -> dict:
     """Run ``budget`` new search trials; returns a summary with the study and its best masks."""
     import optuna
-    import ray
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
@@ -249,8 +249,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
         for kept in proxy_prior(proxy_scores(config.task, config.model, config.data_dir), low, high):
             study.enqueue_trial(mask_params(kept, num_layers), skip_if_exists=True)
 
-    if not ray.is_initialized():
-        connect() if connect is not None else ray.init(**(ray_init or {}))
+    ensure_ray(ray_init, connect)
     nodes = alive_nodes()
     has_gpus = any(node.get("GPU", 0) > 0 for node in nodes)
     estimate = estimate_memory_gib(_model_config_dict(config.model), high, config.training.batch_size,

@@ -10,6 +10,7 @@ what is already done come from the plan and the results store, so re-running the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -24,6 +25,7 @@ from ray.tune.search import Searcher
 
 from frugalray._registry import FrugalrayError
 from frugalray.pipeline import StudyPlan, SweepConfig, _Planned
+from frugalray.ray_session import connect_or_start_ray, ensure_ray  # noqa: F401 (connect_or_start_ray: sweep files)
 from frugalray.resources import estimate_memory_gib, fits
 from frugalray.results import COLUMNS, ResultsStore
 from frugalray.trial import TrialConfig, base_row, execute_trial
@@ -40,6 +42,8 @@ def tune_trial(config: dict) -> None:
     trial = TrialConfig.from_dict(config["trial"])
     store = ResultsStore(config["results"])
     runner = _import(config.get("runner", DEFAULT_RUNNER))
+    if "config_hash" in config:  # sweeps send the trial they planned; this node must prepare the same one
+        runner = _same_as_planned(runner, config["config_hash"], config["task_fingerprint"])
     gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
     attempts = config.get("retries", 0) + 1
     for attempt in range(1, attempts + 1):
@@ -50,8 +54,39 @@ def tune_trial(config: dict) -> None:
         _free_gpu_memory()  # e.g. after a CUDA OOM, before the next attempt
     if row["status"] != "ok" and attempts > 1:
         row["error"] = f"failed {attempt} attempt(s); last: {row['error']}"
+    if row["status"] != "ok" and "config_hash" in config:
+        row["config_hash"] = config["config_hash"]  # the driver waits for the trial it planned, even a failed one
     store.append(row)
     tune.report(_to_report(row))
+
+
+def _same_as_planned(runner, config_hash: str, task_fingerprint: str):
+    """``runner``, behind a check that this node prepared the trial the driver planned (same hash).
+
+    A node whose copy of a task's data differs would otherwise train another trial under another hash,
+    and the driver would wait for the planned one forever."""
+
+    def checked(prepared, *args, **kwargs):
+        if prepared.config_hash != config_hash:
+            raise FrugalrayError(_mismatch(prepared, config_hash, task_fingerprint))
+        return runner(prepared, *args, **kwargs)
+
+    return checked
+
+
+def _mismatch(prepared, config_hash: str, task_fingerprint: str) -> str:
+    import socket
+
+    import ray
+
+    node = f"Node {ray.get_runtime_context().get_node_id()} ({socket.gethostname()})"
+    task = prepared.task
+    if task.fingerprint == task_fingerprint:
+        return (f"{node} computes configuration {prepared.config_hash} for the trial the driver planned as "
+                f"{config_hash}, on the same data {task_fingerprint}: the model or frugalray version differs there")
+    return (f"{node} reads task '{task.name}' as data {task.fingerprint}, but the driver planned this trial on "
+            f"data {task_fingerprint}; every node must read the same data "
+            f"({task.spec.data_dir or task.spec.dataset}). The trial was not trained")
 
 
 def _free_gpu_memory() -> None:
@@ -100,7 +135,9 @@ class PipelineSearcher(Searcher):
         self.running[trial_id] = planned
         if self.progress:
             self.progress.started(planned)
-        return {"trial": planned.config.to_dict(), "resources": self.demand(planned), **self.extra}
+        return {"trial": planned.config.to_dict(), "config_hash": planned.config_hash,
+                "task_fingerprint": self.plan.data[planned.task].fingerprint, "resources": self.demand(planned),
+                **self.extra}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         planned = self.running.pop(trial_id, None)
@@ -208,7 +245,10 @@ def trial_demand(sweep: SweepConfig, model_config: dict, has_gpus: bool, planned
 
 def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
               connect=None, stream=sys.stdout) -> StudyPlan:
-    """Run (or resume) a sweep to the end; returns the plan, whose store holds every row."""
+    """Run (or resume) a sweep to the end; returns the plan, whose store holds every row.
+
+    When Ray is not yet initialized: ``ray.init(**ray_init)`` if given, else ``connect()``, else
+    ``connect_or_start_ray()`` (the cluster named by RAY_ADDRESS, or a private local Ray)."""
     sweep = _absolute_paths(sweep)  # Ray workers run in their own folders: relative paths would move
     store = ResultsStore(sweep.results).check_writable()  # an unreachable location fails before anything runs
     plan = StudyPlan(sweep, store)
@@ -216,15 +256,10 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
     if plan.finished():  # a finished sweep: nothing to schedule, no cluster needed
         print(f"frugalray: sweep '{sweep.name}' is complete in {sweep.results}; nothing to run", file=stream)
         return plan
-    import ray
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    if not ray.is_initialized():
-        if connect is not None:
-            connect()
-        else:
-            ray.init(**(ray_init or {}))
+    ensure_ray(ray_init, connect)
     model_config = _model_config_dict(sweep.model)
     nodes = alive_nodes()
     has_gpus = any(node.get("GPU", 0) > 0 for node in nodes)
@@ -243,14 +278,36 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
             name=f"{sweep.name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}",
             storage_path=_tune_storage(sweep.results),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-            verbose=0,
+            verbose=sweep.verbose,
         ),
     )
-    tuner.fit()
+    with _tune_output(sweep.verbose):
+        tuner.fit()
     progress.show(force=True)
     for note in plan.notes:
         print(f"note: {note}", file=stream)
     return plan
+
+
+@contextlib.contextmanager
+def _tune_output(verbose: int):
+    """Tune's output at ``verbose``; at 0, none at all.
+
+    Tune's default output engine prints its experiment box at every verbosity, where a plan that grows as
+    results arrive (num_samples=-1) shows as "Number of trials 9223372036854775807". Its legacy engine,
+    chosen by RAY_AIR_NEW_OUTPUT=0 when Tune starts, prints nothing at verbose=0."""
+    if verbose:
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
 
 
 def _absolute_paths(sweep: SweepConfig) -> SweepConfig:
@@ -349,18 +406,6 @@ def summary(plan: StudyPlan, stream=sys.stdout) -> None:
         print(render(table), file=stream)
 
 
-def connect_or_start_ray(**local) -> None:
-    """Join the running cluster (``ray submit``, ``ray start``, RAY_ADDRESS); otherwise start a local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    try:
-        ray.init(address=os.environ.get("RAY_ADDRESS", "auto"))
-    except ConnectionError:
-        ray.init(address="local", include_dashboard=False, **local)
-
-
 def _names(text: str) -> list[str]:
     names = [part.strip() for part in text.split(",")]
     if not all(names):
@@ -438,6 +483,7 @@ def main(defaults: dict, argv: list[str] | None = None, runner: str = DEFAULT_RU
     parser.add_argument("--stages", type=_names, help="comma-separated subset of: " + ", ".join(STAGE_ORDER))
     parser.add_argument("--max-concurrent", type=_count)
     parser.add_argument("--autoscale-wait", type=_seconds, help="seconds to wait for autoscaled nodes")
+    parser.add_argument("--verbose", type=int, choices=range(4), help="Ray Tune's own output (default 0: none)")
     args = parser.parse_args(argv)
     values = dict(defaults)
     overrides = {field_name: getattr(args, key) for key, field_name in
@@ -461,12 +507,12 @@ def main(defaults: dict, argv: list[str] | None = None, runner: str = DEFAULT_RU
         data_dirs[task] = folder
     values["data_dirs"] = data_dirs
     for key, name in (("results", "results"), ("name", "name"), ("max_concurrent", "max_concurrent"),
-                      ("autoscale_wait", "autoscale_wait_s")):
+                      ("autoscale_wait", "autoscale_wait_s"), ("verbose", "verbose")):
         if getattr(args, key) is not None:
             values[name] = getattr(args, key)
     try:
         sweep = SweepConfig.from_dict(values, source="sweep file")
-        plan = run_sweep(sweep, runner=runner, connect=connect_or_start_ray)
+        plan = run_sweep(sweep, runner=runner)
     except FrugalrayError as error:
         print(f"frugalray: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -23,7 +24,8 @@ from frugalray import ResultsStore
 ROOT = Path(__file__).resolve().parents[1]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps Ray from swapping 127.0.0.1 for the NIC address
-                 "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+                 "HF_HUB_OFFLINE": "1"}
+INSTALLS = ("venv", "pip install")  # setup commands that need the network: frugalray is installed here already
 
 
 def _port_free(port: int) -> bool:
@@ -106,19 +108,23 @@ def test_ray_up_submit_quick_sweep_and_down(loopback_head):
     base, key, home = loopback_head
     user = os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     port = _free_port()
-    # The head's login shell: this interpreter (frugalray installed) first on PATH, and a `ray` whose
-    # `stop` stops only this test's Ray (the real `ray stop` kills every Ray process of the user).
-    bin_dir = home / "bin"
-    bin_dir.mkdir()
+    # The head's virtual environment (cluster.yaml's ~/frugalray-env): this interpreter, which has frugalray,
+    # and a `ray` whose `stop` stops only this test's Ray (the real `ray stop` kills every Ray of the user).
+    # The login shell imports this checkout and keeps Ray on loopback; cluster.yaml adds the rest.
+    bin_dir = home / "frugalray-env" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
     real_ray = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
     (bin_dir / "ray").write_text(f"""#!/bin/sh
 if [ "$1" = stop ]; then pkill -f "{base}/ray"; sleep 2; pkill -9 -f "{base}/ray"; exit 0; fi
 exec {real_ray} "$@"
 """)
     (bin_dir / "ray").chmod(0o755)
-    exports = " ".join(f"{k}={v}" for k, v in LOOPBACK_ONLY.items())
-    (home / ".bashrc").write_text(f"export PATH={bin_dir}:{os.path.dirname(sys.executable)}:$PATH\n"
-                                  f"export {exports} RAY_ADDRESS=127.0.0.1:{port}\n")
+    # RAY_TMPDIR: the launcher and the head's autoscaler keep the local provider's state in $RAY_TMPDIR/ray
+    # (else /tmp/ray, shared by every Ray of the machine).
+    test_env = LOOPBACK_ONLY | {"RAY_TMPDIR": str(base)}
+    exports = " ".join(f"{k}={v}" for k, v in test_env.items())
+    (home / ".bashrc").write_text(f"export {exports} PYTHONPATH={ROOT}\n")
 
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     config.update(
@@ -127,7 +133,8 @@ exec {real_ray} "$@"
         auth={"ssh_user": user, "ssh_private_key": str(key)},
         max_workers=0,
         file_mounts={},  # frugalray is installed where the head's interpreter looks
-        setup_commands=[],
+        setup_commands=[c for c in config["setup_commands"] if not any(i in c for i in INSTALLS)],
+        head_setup_commands=[c.replace(":6379", f":{port}") for c in config["head_setup_commands"]],
         head_start_ray_commands=[
             "ray stop",
             f"ray start --head --node-ip-address=127.0.0.1 --port={port} --temp-dir={base}/ray --num-cpus=2 "
@@ -140,7 +147,7 @@ exec {real_ray} "$@"
         config.pop(key_name, None)
     cluster_file = base / "cluster.yaml"
     cluster_file.write_text(yaml.safe_dump(config))
-    env = os.environ | LOOPBACK_ONLY
+    env = os.environ | test_env
     before = set(os.listdir("/tmp"))
 
     def ray_cli(*args, timeout=600, check=True):
@@ -152,10 +159,17 @@ exec {real_ray} "$@"
     try:
         up = ray_cli("up", "-y", "--no-config-cache", str(cluster_file))
         assert "Local node IP: 127.0.0.1" in up  # Ray kept the loopback address
+        token = home / ".ray" / "auth_token"  # made on the head, for the head's user only
+        assert token.read_text().strip() and token.stat().st_mode & 0o077 == 0
         submitted = ray_cli("submit", "--no-config-cache", str(cluster_file), "sweeps/quick.py", "--",
                             "--tasks", "demo_pos", "--stages", "single", "--epochs", "1",
                             "--results", str(results))
         assert "== demo_pos" in submitted
+        # The sweep joined the head's Ray, through RAY_ADDRESS and with the token, instead of starting its own.
+        assert f"Connecting to existing Ray cluster at address: 127.0.0.1:{port}" in submitted
+        assert "Started a local Ray instance" not in submitted
+        [head_gcs] = [p for p in map(psutil.Process, _processes_mentioning(f"{base}/ray")) if p.name() == "gcs_server"]
+        assert head_gcs.environ().get("RAY_AUTH_MODE") == "token"
     finally:
         down = ray_cli("down", "-y", str(cluster_file), check=False)
         for name in set(os.listdir("/tmp")) - before:  # the launcher's own leftovers
@@ -163,6 +177,8 @@ exec {real_ray} "$@"
             if name.startswith(("ray-config-", "ray_ssh_")):
                 shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
     assert not _processes_mentioning(f"{base}/ray"), down  # `ray down` stopped our head
+    assert list((base / "ray").glob(f"cluster-{config['cluster_name']}.*"))  # its state: here, not in /tmp/ray
+    assert not list(Path("/tmp/ray").glob(f"cluster-{config['cluster_name']}.*"))
 
     rows = ResultsStore(results).table().to_pylist()
     assert len(rows) == 7 and all(r["status"] == "ok" for r in rows)

@@ -5,6 +5,7 @@ import pytest
 
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.importance import proxy_prior, spearman
+from frugalray.ray_session import start_local_ray
 from frugalray.search import SearchConfig, mask_space, open_study, run_search
 from frugalray.strategies import kept_layers
 
@@ -14,10 +15,7 @@ RUNNER = "frugalray.testing:simulated_trial"
 
 @pytest.fixture(scope="module")
 def local_ray():
-    import tempfile
-
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False,
-             _temp_dir=tempfile.mkdtemp(prefix="fr-", dir="/tmp"))
+    start_local_ray(num_cpus=2, num_gpus=0)  # as a search started without RAY_ADDRESS: private, on loopback
     yield
     ray.shutdown()
 
