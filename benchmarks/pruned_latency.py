@@ -3,7 +3,7 @@
     python benchmarks/pruned_latency.py [--batch-size 32] [--seq-len 128] [--repeats 20] [--device cpu]
 
 The three models are loaded side by side and timed in alternating rounds on the same random batch
-(``frugalray.latency.bench_latency``). The ideal speedup is the ratio of forward FLOPs (encoder layers
+(``frugalray.model.latency.bench_latency``). The ideal speedup is the ratio of forward FLOPs (encoder layers
 plus embeddings and pooler, from the config). Target: each pruned model reaches at least 90% of its ideal
 speedup at batch 32 x 128 tokens.
 """
@@ -25,7 +25,7 @@ def main() -> int:
     parser.add_argument("--dtype", default="fp32")
     args = parser.parse_args()
 
-    from frugalray.latency import bench_latency
+    from frugalray.model.latency import bench_latency
 
     rows = bench_latency("minilm", [3, 2], batch_size=args.batch_size, seq_len=args.seq_len, device=args.device,
                          dtype=args.dtype, repeats=args.repeats)

@@ -36,12 +36,12 @@ import torch
 
 from frugalray import load_task
 from frugalray.config import TrainingSettings
-from frugalray.encoding import encode_examples
-from frugalray.models import load_model, load_tokenizer
-from frugalray.surgery import num_layers, prune_layers
-from frugalray.tasks import majority_baseline
-from frugalray.training import evaluate, train
-from frugalray.trial import is_degenerate
+from frugalray.data.encoding import encode_examples
+from frugalray.model.loading import load_model, load_tokenizer
+from frugalray.model.surgery import num_layers, prune_layers
+from frugalray.data.labels import majority_baseline
+from frugalray.training.loop import evaluate, train
+from frugalray.training.trial import is_degenerate
 
 # name -> changes to frugalray's default recipe. "trainer" and "frugalray" are the two compared recipes.
 ABLATIONS = {

@@ -19,8 +19,8 @@ import time
 COLD = """
 import sys, time
 start = time.perf_counter()
-from frugalray.results import ResultsStore
-from frugalray.views import compute_view
+from frugalray.results.store import ResultsStore
+from frugalray.results.views import compute_view
 view = compute_view(ResultsStore(sys.argv[1]), "budget")
 print(time.perf_counter() - start, view.table.num_rows)
 """
@@ -32,9 +32,9 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=10)
     args = parser.parse_args()
 
-    from frugalray.results import ResultsStore
+    from frugalray.results.store import ResultsStore
     from frugalray.testing import synthetic_catalog, synthetic_table
-    from frugalray.views import compute_view
+    from frugalray.results.views import compute_view
 
     catalog = synthetic_catalog(tasks=[f"task{i}" for i in range(8)], num_layers=12)
     seeds = -(-args.rows // len(catalog))

@@ -6,7 +6,7 @@
    resumable, the rows land in --results.
 2. Each search is then replayed against those results (training is deterministic per mask and seed, so a
    search that trained mask m would get exactly the stored score): random search, and frugalray's search
-   (Optuna TPE over the same constrained space ``frugalray.search.mask_space``) without help, with the
+   (Optuna TPE over the same constrained space ``frugalray.study.search.mask_space``) without help, with the
    proxy prior, and with a warm start from the study's hand-made strategies (their masks are already
    trained: they cost nothing new).
 For each it counts the new trainings needed to come within 0.5 F1 point (dev F1) of the best exhaustive
@@ -27,9 +27,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import optuna
 
 from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
-from frugalray.importance import proxy_prior, proxy_scores
-from frugalray.search import mask_params, mask_space
-from frugalray.strategies import STRATEGIES, alternate_family, kept_layers
+from frugalray.model.importance import proxy_prior, proxy_scores
+from frugalray.study.search import mask_params, mask_space
+from frugalray.study.strategies import STRATEGIES, alternate_family, kept_layers
 
 LAYERS = 6
 TOLERANCE = 0.005  # 0.5 F1 point
@@ -72,7 +72,7 @@ def tpe_order(seed: int, scores: dict, first: list[tuple[int, ...]], free: set, 
     """New masks in the order TPE trains them, up to the first within the target.
 
     ``first`` are enqueued; ``free`` already have results (told, not trained). Duplicates are told again
-    without training, as ``frugalray.search.MaskSearch`` does.
+    without training, as ``frugalray.study.search.MaskSearch`` does.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))

@@ -25,8 +25,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 RERUN = """
 import sys, time
 start = time.perf_counter()
-from frugalray.pipeline import SweepConfig
-from frugalray.sweep import run_sweep
+from frugalray.config import SweepConfig
+from frugalray.cluster.runs import run_sweep
 run_sweep(SweepConfig.from_dict(eval(sys.argv[1])))
 print(f"RERUN {time.perf_counter() - start:.2f}")
 """
@@ -39,10 +39,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from frugalray import ResultsStore
-    from frugalray.pipeline import StudyPlan, SweepConfig
+    from frugalray.study.plan import StudyPlan, SweepConfig
     from frugalray.testing import conll_words, tiny_model_dir
-    from frugalray.tasks import DEMO_DIR
-    from frugalray.trial import execute_trial
+    from frugalray.data.tasks import DEMO_DIR
+    from frugalray.training.trial import execute_trial
 
     work = tempfile.mkdtemp(prefix="frugalray-bench-")
     model = str(tiny_model_dir(os.path.join(work, "model"), conll_words(*DEMO_DIR.glob("pos_*.conll")),
@@ -65,9 +65,9 @@ def main() -> None:
     # 2. Through the sweep (Ray Tune), Ray started by the sweep script as a user would.
     sweep_settings = settings | {"results": os.path.join(work, "sweep")}
     code = ("import sys, time; start = time.perf_counter(); "
-            "from frugalray.pipeline import SweepConfig; from frugalray.sweep import run_sweep; "
-            "run_sweep(SweepConfig.from_dict(eval(sys.argv[1])), "
-            "ray_init=dict(address='local', num_cpus=2, include_dashboard=False)); "
+            "from frugalray.config import SweepConfig; from frugalray.cluster.runs import run_sweep; "
+            "from frugalray.cluster.session import start_local_ray; start_local_ray(num_cpus=2); "
+            "run_sweep(SweepConfig.from_dict(eval(sys.argv[1]))); "
             "print(f'SWEEP {time.perf_counter() - start:.2f}')")
     out = subprocess.run([sys.executable, "-c", code, repr(sweep_settings)], capture_output=True, text=True)
     sweep_s = _value(out, "SWEEP")

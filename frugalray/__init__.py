@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import importlib
 
+__version__ = "0.2.0"
+
 _PUBLIC = {
     "FrugalrayError": "frugalray._registry",
-    "LoraSettings": "frugalray.lora",
-    "ResultsStore": "frugalray.results",
-    "STRATEGIES": "frugalray.strategies",
-    "balanced_epochs": "frugalray.strategies",
-    "kept_layers": "frugalray.strategies",
-    "TASKS": "frugalray.tasks",
-    "TaskSpec": "frugalray.tasks",
-    "load_task": "frugalray.tasks",
-    "register_task": "frugalray.tasks",
+    "LoraSettings": "frugalray.config",
+    "SearchConfig": "frugalray.config",
+    "SweepConfig": "frugalray.config",
+    "TrialResult": "frugalray.results.schema",
+    "ResultsStore": "frugalray.results.store",
+    "STRATEGIES": "frugalray.study.strategies",
+    "balanced_epochs": "frugalray.study.strategies",
+    "kept_layers": "frugalray.study.strategies",
+    "TASKS": "frugalray.data.tasks",
+    "TaskSpec": "frugalray.data.tasks",
+    "load_task": "frugalray.data.tasks",
+    "register_task": "frugalray.data.tasks",
     "TrainingSettings": "frugalray.config",
-    "TrialConfig": "frugalray.trial",
-    "__version__": "frugalray.trial",
-    "execute_trial": "frugalray.trial",
-    "prepare_trial": "frugalray.trial",
-    "run_trial": "frugalray.trial",
+    "TrialConfig": "frugalray.config",
+    "execute_trial": "frugalray.training.trial",
+    "prepare_trial": "frugalray.training.trial",
+    "run_trial": "frugalray.training.trial",
 }
-__all__ = sorted(_PUBLIC)
+__all__ = sorted(_PUBLIC) + ["__version__"]
 
 
 def __getattr__(name: str):

@@ -134,7 +134,7 @@ def synthetic_catalog(tasks=("pos", "ner"), num_layers: int = 4, model: str = "t
     best_2 retrained at 6 epochs (balanced). ``last_1`` has the best dev F1 of the 1-layer sets but a poor
     test F1, so a view that chose on test F1 would pick another set.
     """
-    from frugalray.strategies import kept_layers
+    from frugalray.study.strategies import kept_layers
 
     layers = num_layers
     singles = [synthetic_truth((k,), layers) for k in range(layers)]
@@ -177,7 +177,7 @@ def synthetic_table(catalog: list[dict], seeds: int = 3, start: int = 0):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from frugalray.results import SCHEMA
+    from frugalray.results.store import SCHEMA
 
     base = pa.Table.from_pylist(catalog)
     index = np.repeat(np.arange(len(catalog)), seeds)

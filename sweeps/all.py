@@ -7,7 +7,7 @@
 Re-running the same command resumes: trials whose configuration already has a row are skipped.
 """
 
-from frugalray.sweep import main
+from frugalray.cli import sweep_main
 
 SWEEP = dict(
     name="camembert-study",
@@ -38,4 +38,4 @@ SWEEP = dict(
 )
 
 if __name__ == "__main__":
-    main(SWEEP)
+    sweep_main(SWEEP)

@@ -6,7 +6,7 @@
 Offline, CPU, a few minutes on 2 cores. Each number below is chosen for that budget, not for quality.
 """
 
-from frugalray.sweep import main
+from frugalray.cli import sweep_main
 
 SWEEP = dict(
     name="quick",
@@ -34,4 +34,4 @@ SWEEP = dict(
 )
 
 if __name__ == "__main__":
-    main(SWEEP)
+    sweep_main(SWEEP)

@@ -1,16 +1,13 @@
 """Search layer masks beyond the hand-made strategies: Optuna through Ray Tune, on the cluster or locally.
 
     python sweeps/search.py                                  # the demo: MiniLM, POS, <= 3 layers
-    ray submit cluster.yaml sweeps/search.py -- --task ftb_pos --model camembert-base --budget 100
+    ray submit cluster.yaml sweeps/search.py --task ftb_pos --model camembert-base --budget 100
 
 Re-running with the same name continues the same Optuna study: masks already trained (by earlier
 searches or by the study's strategies) are told to Optuna from the results, never retrained.
 """
 
-import argparse
-
-from frugalray.search import SearchConfig, run_search
-from frugalray.sweep import connect_or_start_ray
+from frugalray.cli import search_main
 
 SEARCH = dict(
     task="demo_pos",
@@ -26,12 +23,4 @@ SEARCH = dict(
 )
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Layer-mask search")
-    for key in ("task", "model", "objective", "results", "name", "storage"):
-        parser.add_argument(f"--{key}")
-    for key in ("budget", "min_layers", "max_layers", "exactly"):
-        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int)
-    args = {k: v for k, v in vars(parser.parse_args()).items() if v is not None}
-    outcome = run_search(SearchConfig.from_dict(SEARCH | args), connect=connect_or_start_ray)
-    for row in outcome["front"]:
-        print(row)
+    search_main(SEARCH)

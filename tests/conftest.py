@@ -15,7 +15,7 @@ import torch
 
 from frugalray.testing import conll_words, tiny_model_dir
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 torch.set_num_threads(2)
 
 try:
@@ -53,7 +53,7 @@ def tiny_model(tmp_path_factory) -> str:
 KILLED_WRITER = """
 import os, signal, sys
 import pyarrow.parquet as pq
-from frugalray.results import ResultsStore
+from frugalray.results.store import ResultsStore
 
 def half_written_then_killed(table, where, **options):
     with open(where, "wb") as out:

@@ -8,7 +8,7 @@ whose copy of the data differs would. The driver never imports this module and k
 import dataclasses
 import os
 
-from frugalray import tasks
+from frugalray.data import tasks
 from frugalray.testing import simulated_trial  # noqa: F401  (the runner, when the node agrees with the driver)
 
 _read_files = tasks._load_files

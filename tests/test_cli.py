@@ -8,9 +8,9 @@ import torch
 
 from frugalray import FrugalrayError
 from frugalray.cli import main
-from frugalray.results import ResultsStore
+from frugalray.results.store import ResultsStore
 
-FAST = ["--epochs", "1", "--batch-size", "2", "--max-length", "32"]
+FAST = ["--training.epochs", "1", "--training.batch-size", "2", "--training.max-length", "32"]
 
 
 def test_trial_then_results(tmp_path, tiny_model, ner_task_file, capsys):
@@ -56,9 +56,9 @@ def test_best_uses_the_stores_single_layer_scores(tmp_path, tiny_model, ner_task
     (["--task", "demo_pos", "--strategy", "mask", "--layers", "0,6"], "out of range"),
     (["--task", "ftb_pos"], "licensed"),
     (["--task", "demo_pos", "--lora-config", "missing.json"], "LoRA settings file 'missing.json' does not exist"),
-    (["--task", "demo_pos", "--lr", "inf"], "learning_rate must be a finite number, got inf"),
-    (["--task", "demo_pos", "--lora", "--lora-lr", "inf"], "lora_learning_rate must be a finite number"),
-    (["--task", "demo_pos", "--lr", "nan"], "learning_rate must be a finite number, got nan"),
+    (["--task", "demo_pos", "--training.learning-rate", "inf"], "learning_rate must be a finite number, got inf"),
+    (["--task", "demo_pos", "--lora", "--training.lora-learning-rate", "inf"], "lora_learning_rate must be a finite number"),
+    (["--task", "demo_pos", "--training.learning-rate", "nan"], "learning_rate must be a finite number, got nan"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
     results = tmp_path / "results"
@@ -68,9 +68,8 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
 
 
 def test_a_seed_out_of_numpys_range_is_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["trial", "--task", "demo_pos", "--seed", "-1", "--results", str(tmp_path / "r")])
-    assert "argument --seed: '-1' is not a seed: an integer from 0 to 2**32 - 1" in capsys.readouterr().err
+    assert main(["trial", "--task", "demo_pos", "--seed", "-1", "--results", str(tmp_path / "r")]) == 2
+    assert "seed -1: seeds are integers from 0 to 2**32 - 1" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -189,7 +188,7 @@ def test_lora_config_takes_pefts_own_adapter_config(tmp_path, tiny_model, ner_ta
 def test_peft_head_training_is_train_head(tmp_path, peft_values, train_head):
     from peft import LoraConfig
 
-    from frugalray.lora import LoraSettings
+    from frugalray.model.lora import LoraSettings
 
     LoraConfig(target_modules=["query"], **peft_values).save_pretrained(tmp_path)
     assert LoraSettings.from_json(tmp_path / "adapter_config.json").train_head is train_head
@@ -245,8 +244,9 @@ SWEEP = dict(name="t", tasks=["demo_pos", "demo_ner"], model="minilm", seeds=[0]
 
 @pytest.fixture
 def sweep_main(monkeypatch):
-    """sweep.main, with run_sweep replaced: it records the sweep it was given and stops there."""
-    import frugalray.sweep
+    """sweep_main, with run_sweep replaced: it records the sweep it was given and stops there."""
+    import frugalray.cluster.runs
+    from frugalray.cli import sweep_main
 
     given = []
 
@@ -254,11 +254,11 @@ def sweep_main(monkeypatch):
         given.append(sweep)
         raise FrugalrayError("stopped before running")
 
-    monkeypatch.setattr(frugalray.sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(frugalray.cluster.runs, "run_sweep", run_sweep)
 
     def main_(argv):
         with pytest.raises(SystemExit) as exit:
-            frugalray.sweep.main(SWEEP, argv)
+            sweep_main(SWEEP, argv)
         assert exit.value.code == 2
         return given[0] if given else None
 
@@ -266,22 +266,22 @@ def sweep_main(monkeypatch):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--seeds", "x"], "argument --seeds: 'x' is not a comma-separated list of seeds, e.g. 0,1,2"),
+    (["--seeds", "x"], "Error parsing --seeds: 'x' is not a list of int: give e.g. 0,1,2"),
     (["--seeds", "0,-1"], "seeds are integers from 0 to 2**32 - 1"),
-    (["--data-dir", "ftb_pos=/data/ftb"], "this sweep does not run task 'ftb_pos'; its tasks: demo_pos, demo_ner"),
-    (["--tasks", "demo_pos", "--data-dir", "demo_ner=/x"], "does not run task 'demo_ner'; its tasks: demo_pos"),
-    (["--data-dir", "demo_pos"], "argument --data-dir: 'demo_pos' is not TASK=FOLDER"),
-    (["--data-dir", "demo_pos="], "argument --data-dir: 'demo_pos=' is not TASK=FOLDER"),
-    (["--lr", "inf"], "argument --lr: 'inf' is not a positive number"),
-    (["--lora-lr", "nan"], "argument --lora-lr: 'nan' is not a positive number"),
-    (["--epochs", "two"], "argument --epochs: 'two' is not a positive whole number"),
-    (["--max-concurrent", "0"], "argument --max-concurrent: '0' is not a positive whole number"),
-    (["--autoscale-wait", "-5"], "argument --autoscale-wait: '-5' is not a number of seconds"),
-    (["--tasks", "demo_pos,"], "argument --tasks: 'demo_pos,' has an empty name"),
+    (["--data-dirs", "ftb_pos=/data/ftb"], "names task(s) ['ftb_pos'] that the sweep does not run: ['demo_pos', 'demo_ner']"),
+    (["--tasks", "demo_pos", "--data-dirs", "demo_ner=/x"], "names task(s) ['demo_ner'] that the sweep does not run: ['demo_pos']"),
+    (["--data-dirs", "demo_pos"], "'demo_pos' is not KEY=VALUE"),
+    (["--data-dirs", "demo_pos="], "'demo_pos=' is not KEY=VALUE"),
+    (["--training.learning-rate", "inf"], "learning_rate must be a finite number, got inf"),
+    (["--training.lora-learning-rate", "nan"], "lora_learning_rate must be a finite number, got nan"),
+    (["--training.epochs", "two"], "Error parsing --training.epochs: invalid literal for int() with base 10: 'two'"),
+    (["--max-concurrent", "0"], "max_concurrent must be >= 1"),
+    (["--autoscale-wait-s", "-5"], "autoscale_wait_s must be >= 0 seconds, got -5.0"),
+    (["--tasks", "demo_pos,"], "'demo_pos,' has an empty item"),
     (["--tasks", "demo_poss"], "Unknown task 'demo_poss'. Did you mean 'demo_pos'?"),
-    (["--stages", "single,lora2"], "unknown stage(s) ['lora2']"),
-    (["--results", " "], "argument --results: an empty value"),
-    (["--name", ""], "argument --name: an empty value"),
+    (["--stages", "single,lora2"], "Unknown stage 'lora2'. Did you mean 'lora'?"),
+    (["--results", " "], "results is empty"),
+    (["--name", ""], "name is empty"),
 ])
 def test_sweep_command_line_errors_are_clear(sweep_main, capsys, argv, message):
     assert sweep_main(argv) is None  # nothing ran
@@ -289,9 +289,25 @@ def test_sweep_command_line_errors_are_clear(sweep_main, capsys, argv, message):
 
 
 def test_sweep_command_line_overrides_the_file(sweep_main):
-    sweep = sweep_main(["--tasks", "demo_pos", "--seeds", "1,2", "--lr", "1e-4", "--epochs", "2",
-                        "--data-dir", "demo_pos=/data/pos", "--max-concurrent", "3", "--autoscale-wait", "60"])
+    sweep = sweep_main(["--tasks", "demo_pos", "--seeds", "1,2", "--training.learning-rate", "1e-4",
+                        "--training.epochs", "2", "--data-dirs", "demo_pos=/data/pos", "--max-concurrent", "3",
+                        "--autoscale-wait-s", "60"])
     assert sweep.tasks == ("demo_pos",) and sweep.seeds == (1, 2)
     assert (sweep.training.learning_rate, sweep.training.epochs) == (1e-4, 2)
     assert sweep.data_dirs == (("demo_pos", "/data/pos"),)  # the file's folder for demo_ner does not apply
     assert (sweep.max_concurrent, sweep.autoscale_wait_s) == (3, 60.0)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["results", "--help"], ["results", "STORE", "--view", "budget"],
+                                  ["results", "STORE", "--check"], ["results", "STORE", "--where", "task=demo_pos"]])
+def test_reading_commands_import_neither_torch_nor_ray(argv):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    store = str(Path(__file__).parent / "fixtures" / "store_v0_1")
+    code = ("import sys\nfrom frugalray.cli import main\nmain(sys.argv[1:])\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, *[store if a == "STORE" else a for a in argv]],
+                          capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]

@@ -1,0 +1,271 @@
+"""The commands that read: ``results``, ``report``, ``export``, ``importance``, ``bench-latency``, and the
+listings ``tasks``, ``strategies`` and ``stages``. None of them imports torch or Ray unless it needs a model.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Literal
+
+import tyro
+
+from frugalray._registry import FrugalrayError
+
+Location = Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="LOCATION")]
+Repeated = Annotated[tuple[str, ...], tyro.conf.UseAppendAction]  # --where a=1 --where 'b<=3'
+Pairs = Annotated[tuple[tuple[str, str], ...], tyro.conf.UseAppendAction]
+Format = Literal["table", "csv", "markdown"]
+
+
+def _reference(reference: tuple[str, ...], reference_task: tuple[tuple[str, str], ...], no_reference: bool) -> list[dict]:
+    from frugalray.results.reference import STUDY, load_reference
+
+    return [] if no_reference else load_reference(list(reference) or [STUDY], dict(reference_task))
+
+
+def results(
+    location: Location,
+    where: Repeated = (),
+    sql: str | None = None,
+    columns: tuple[str, ...] = (),
+    format: Format = "table",
+    view: str | None = None,
+    budget: tuple[int, ...] = (),
+    fronts: bool = False,
+    check: bool = False,
+    repair: bool = False,
+    reference: Repeated = (),
+    reference_task: tuple[tuple[str, str], ...] = (),
+    no_reference: bool = False,
+) -> int:
+    """Query a results store: rows, SQL, the study's tables (views), search fronts, or the store's health.
+
+    Example: frugalray results results/quick --view budget --where task=demo_pos
+
+    Args:
+        location: Results location: a folder, s3://bucket/prefix or gs://...
+        where: Filters, e.g. task=demo_pos 'n_kept_layers<=3' (all must hold).
+        sql: DuckDB SQL over the view 'trials'.
+        columns: Columns to show.
+        format: Output format.
+        view: A ready table: budget (4.4), best_worst (4.2), lora (4.6), balanced (4.8/4.9), baselines,
+            strategies; seeds give mean ± std [95% CI].
+        budget: With --view budget: the layer budgets to show (default: all).
+        fronts: Show the Pareto fronts of layer-mask searches.
+        check: The store's health: files, rows, unreadable files, staging leftovers, configurations trained
+            twice; exit 1 when something needs attention.
+        repair: Move unreadable files to <store>/quarantine/ and remove stale staging files.
+        reference: Reference CSV files or folders to show beside our numbers (default: the reference study's).
+        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS.
+        no_reference: Show our numbers only.
+    """
+    from frugalray.results.store import ResultsStore
+    from frugalray.results.tables import render
+
+    store, shown = ResultsStore(location), list(columns) or None
+    if fronts:
+        from frugalray.study.search import read_fronts
+
+        tables = read_fronts(store)
+        if not tables:
+            raise FrugalrayError(f"No search fronts in {location!r}; run `frugalray search` first")
+        for front in tables:
+            print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
+            print(render(front.drop_columns(["search", "objective"]), fmt=format))
+        return 0
+    if check or repair:
+        from frugalray.results.health import check_store, repair_store
+
+        if repair:
+            print("\n".join(repair_store(store)))
+        health = check_store(store)
+        print(health.text())
+        return 0 if health.healthy else 1
+    if view:
+        from frugalray.results.tables import with_uncertainty
+        from frugalray.results.views import compute_view
+
+        if sql:
+            raise FrugalrayError("--view and --sql do not combine; filter a view with --where")
+        computed = compute_view(store, view, where=list(where), budgets=list(budget) or None,
+                                reference=_reference(reference, reference_task, no_reference))
+        table = computed.table if format == "csv" else with_uncertainty(computed.table)
+        if table.num_columns:
+            print(render(table, shown, format))
+        for note in computed.notes:
+            print(f"# {note}", file=sys.stderr)
+        return 0
+    print(render(store.query(where=list(where), sql=sql), shown, format))
+    return 0
+
+
+def report(
+    location: Location,
+    out: str = "report",
+    embed: bool = False,
+    where: Repeated = (),
+    title: str | None = None,
+    reference: Repeated = (),
+    reference_task: tuple[tuple[str, str], ...] = (),
+    no_reference: bool = False,
+) -> int:
+    """Write an HTML report: the study's figures and tables per task.
+
+    Example: frugalray report results/quick --out report/
+
+    Args:
+        location: Results location: a folder, s3://bucket/prefix or gs://...
+        out: Folder for index.html and figures/.
+        embed: Inline the figures: one self-contained HTML file.
+        where: Only these trials, e.g. task=demo_pos.
+        title: Title of the report (default: from the results).
+        reference: Reference CSV files or folders to show beside our numbers (default: the reference study's).
+        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS.
+        no_reference: Show our numbers only.
+    """
+    from frugalray.results.report import write_report
+    from frugalray.results.store import ResultsStore
+
+    path = write_report(ResultsStore(location), out, reference=_reference(reference, reference_task, no_reference),
+                        where=list(where), embed=embed, title=title)
+    print(f"Report written to {path}")
+    return 0
+
+
+def export(location: Location, trial: str, out: str, force: bool = False, no_check: bool = False) -> int:
+    """Write a trial's pruned model (LoRA merged) as a plain Hugging Face folder.
+
+    Example: frugalray export results/quick --trial 3f2a9c01 --out exported/
+
+    Args:
+        location: Results location: a folder, s3://bucket/prefix or gs://...
+        trial: trial_id (or a unique prefix) of a trial run with --save-model.
+        out: Folder to write; an earlier export there is replaced, any other non-empty folder needs --force.
+        force: Write into a non-empty folder that is not an earlier export (its other files are kept).
+        no_check: Skip comparing the export's logits with the trained model.
+    """
+    from frugalray.model.export import export_trial
+    from frugalray.results.store import ResultsStore
+
+    done = export_trial(ResultsStore(location), trial, out, check=not no_check, force=force)
+    check = ("" if done["max_logit_difference"] is None
+             else f"; max logit difference vs the trained model {done['max_logit_difference']:.1e}")
+    print(f"Exported trial {done['trial_id']} (kept layers {done['kept_layers']}, {done['parameters']:,} parameters"
+          f"{', LoRA merged' if done['lora_merged'] else ''}) to {done['out']}{check}")
+    return 0
+
+
+def importance(task: str, model: str = "minilm", data_dir: str | None = None, results: str | None = None) -> int:
+    """Per-layer importance from the pretrained model alone, and its agreement with the trained ranking.
+
+    Example: frugalray importance --task demo_pos --model minilm
+
+    Args:
+        task: Registered task name or a task JSON file.
+        model: Alias, local folder or HF hub id.
+        data_dir: Where the task's files are (overrides).
+        results: Compare with the trained single(k) ranking stored here.
+    """
+    import pyarrow as pa
+
+    from frugalray.model.importance import proxy_scores, spearman
+    from frugalray.results.tables import render
+
+    scores = proxy_scores(task, model, data_dir)
+    rows = [{"layer": k, "proxy_importance": s} for k, s in enumerate(scores)]
+    trained = None
+    if results:
+        from frugalray.results.store import ResultsStore
+        from frugalray.study.scores import single_layer_scores
+
+        trained = [f1 for f1, _ in single_layer_scores(ResultsStore(results), task, model)]
+        for row, score in zip(rows, trained):
+            row["trained_single_dev_f1"] = score
+    print(render(pa.Table.from_pylist(rows)))
+    if trained is not None:
+        print(f"Spearman rank correlation, proxy vs trained single-layer scores: {spearman(scores, trained):+.3f}")
+    return 0
+
+
+def bench_latency(
+    model: str = "minilm",
+    keep: tuple[str, ...] = ("3", "2"),
+    batch_size: int = 32,
+    seq_len: int = 128,
+    device: str | None = None,
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
+    repeats: int = 10,
+    format: Format = "table",
+    results: str | None = None,
+) -> int:
+    """Inference latency and throughput, full vs pruned models, side by side.
+
+    Example: frugalray bench-latency --model minilm --keep 3 0/5 --repeats 2
+
+    Args:
+        model: Alias, folder (an exported model too) or hub id.
+        keep: Pruned variants: N (the first N layers) or kept layers joined by '/', e.g. 0/5.
+        batch_size: Sequences per batch.
+        seq_len: Tokens per sequence.
+        device: cpu, cuda, cuda:1... (default: cuda when present).
+        dtype: Precision.
+        repeats: Timed rounds (median shown).
+        format: Output format.
+        results: Also store the rows under <results>/latency/.
+    """
+    import pyarrow as pa
+
+    from frugalray.model.latency import bench_latency as measure
+    from frugalray.results.tables import render
+    from frugalray.training.environment import check_device
+
+    check_device(device)
+    variants = [int(k) if k.isdigit() else tuple(int(i) for i in k.split("/")) for k in keep]
+    rows = measure(model, variants, batch_size=batch_size, seq_len=seq_len, device=device, dtype=dtype,
+                   repeats=repeats)
+    table = pa.Table.from_pylist(rows)
+    shown = ["variant", "n_kept_layers", "latency_ms", "latency_p90_ms", "sequences_per_second", "speedup",
+             "ideal_speedup", "fraction_of_ideal"]
+    print(render(table, shown, format))
+    first = rows[0]
+    print(f"# {first['device']}, {first['dtype']}, batch {first['batch_size']} x {first['seq_len']} tokens; "
+          f"{first['hardware']}; torch {first['torch_version']} ({first['torch_threads']} threads), "
+          f"transformers {first['transformers_version']}", file=sys.stderr)
+    if results:
+        from datetime import datetime, timezone
+
+        from frugalray.results.store import ResultsStore
+
+        path = ResultsStore(results).write_table(table, "latency", f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.parquet")
+        print(f"# stored in {path}", file=sys.stderr)
+    return 0
+
+
+def tasks() -> int:
+    """List the registered tasks."""
+    from frugalray.data.tasks import TASKS
+
+    for name in TASKS:
+        spec = TASKS.get(name)
+        print(f"{name:16} {spec.head:8} {spec.metric:14} {spec.description}")
+    return 0
+
+
+def strategies() -> int:
+    """List the pruning strategies and the option each takes."""
+    from frugalray.study.strategies import STRATEGIES
+
+    for spec in STRATEGIES.entries():
+        param = f"--{spec.param}" if spec.param else ""
+        print(f"{spec.name:12} {param:9} {spec.family:18} {spec.doc}")
+    return 0
+
+
+def stages() -> int:
+    """List a sweep's stages and what each waits for."""
+    from frugalray.study.stages import STAGES
+
+    for stage in STAGES.entries():
+        needs = ", ".join(stage.needs) or "-"
+        print(f"{stage.name:12} needs {needs:12} {stage.doc}")
+    return 0

@@ -1,0 +1,3 @@
+"""Everything Ray: which Ray to run on (``session``), the one Tune driver every planner runs through
+(``driver``), what a trial asks of the cluster (``resources``), live progress (``progress``), and the
+sweep and search entry points (``runs``)."""

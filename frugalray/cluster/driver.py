@@ -1,0 +1,244 @@
+"""Ray Tune as frugalray's orchestrator, and only that: placement (CPU, or a GPU fraction sized from each
+trial's memory estimate), spreading over nodes, rescheduling trials whose worker or node died.
+
+What runs next comes from a planner (a sweep's ``StudyPlan``, a ``MaskSearch``: ``frugalray.study.planned``)
+through one Tune searcher; every trial is an ordinary ``execute_trial`` in a worker, which appends its row to
+the results store and reports it back as JSON (the wire format: ``TrialResult.to_json``).
+
+>>> run_planner(plan, results="results", demand=lambda planned: {"CPU": 1})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from ray.tune.search import Searcher
+
+from frugalray._registry import FrugalrayError
+from frugalray.cluster.resources import fits
+from frugalray.config import TrialConfig
+from frugalray.results.schema import TrialResult
+from frugalray.results.store import ResultsStore
+from frugalray.study.planned import DONE, Planned
+from frugalray.training.trial import base_row, execute_trial
+
+DEFAULT_RUNNER = "frugalray.training.trial:run_trial"
+
+
+# -- inside a Ray worker -------------------------------------------------------------------------------
+def tune_trial(config: dict) -> None:
+    """The Tune function: run one trial (with in-process retries), append its row, report it."""
+    import ray
+    from ray import tune
+
+    trial = TrialConfig.from_dict(config["trial"])
+    store = ResultsStore(config["results"])
+    runner = _same_as_planned(_import(config["runner"]), config["config_hash"], config["task_fingerprint"])
+    gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    attempts = config["retries"] + 1
+    for attempt in range(1, attempts + 1):
+        result = execute_trial(trial, store, append=False, runner=runner,  # appended below, after any retries
+                               gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None)
+        if result.status == "ok" or result.error.startswith("FrugalrayError") or attempt == attempts:
+            break
+        _free_gpu_memory()  # e.g. after a CUDA OOM, before the next attempt
+    if result.status != "ok":
+        error = f"failed {attempt} attempt(s); last: {result.error}" if attempts > 1 else result.error
+        # the driver waits for the trial it planned, even a failed one
+        result = result.replace(error=error, config_hash=config["config_hash"])
+    store.append(result)
+    tune.report(to_report(result))
+
+
+def _same_as_planned(runner, config_hash: str, task_fingerprint: str):
+    """``runner``, behind a check that this node prepared the trial the driver planned (same hash).
+
+    A node whose copy of a task's data differs would otherwise train another trial under another hash,
+    and the driver would wait for the planned one forever."""
+
+    def checked(prepared, *args, **kwargs):
+        if prepared.config_hash != config_hash:
+            raise FrugalrayError(_mismatch(prepared, config_hash, task_fingerprint))
+        return runner(prepared, *args, **kwargs)
+
+    return checked
+
+
+def _mismatch(prepared, config_hash: str, task_fingerprint: str) -> str:
+    import socket
+
+    import ray
+
+    node = f"Node {ray.get_runtime_context().get_node_id()} ({socket.gethostname()})"
+    task = prepared.task
+    if task.fingerprint == task_fingerprint:
+        return (f"{node} computes configuration {prepared.config_hash} for the trial the driver planned as "
+                f"{config_hash}, on the same data {task_fingerprint}: the model or frugalray version differs there")
+    return (f"{node} reads task '{task.name}' as data {task.fingerprint}, but the driver planned this trial on "
+            f"data {task_fingerprint}; every node must read the same data "
+            f"({task.spec.data_dir or task.spec.dataset}). The trial was not trained")
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    gc.collect()
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.empty_cache()
+
+
+def _import(path: str):
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# -- the wire ------------------------------------------------------------------------------------------
+REPORTED = ("f1", "dev_f1", "n_kept_layers", "latency_ms")  # scalars for Tune's own loggers
+
+
+def to_report(result: TrialResult) -> dict:
+    """What a worker reports: a few scalars for Tune's loggers, and the whole result as JSON."""
+    scalars = {key: float(result.get(key) or 0.0) for key in REPORTED}
+    return {"config_hash": result.config_hash, "ok": result.status == "ok", **scalars, "row_json": result.to_json()}
+
+
+def from_report(report: dict) -> TrialResult:
+    return TrialResult.from_json(report["row_json"])
+
+
+# -- in the driver -----------------------------------------------------------------------------------
+class PlannerSearcher(Searcher):
+    """The one Tune searcher: it hands out the planner's trials and gives it their results."""
+
+    def __init__(self, planner, extra: dict, demand: Callable[[Planned], dict]):
+        super().__init__(metric="f1", mode="max")
+        self.planner, self.extra, self.demand = planner, extra, demand
+        self.running: dict[str, Planned] = {}
+
+    def suggest(self, trial_id: str):
+        planned = self.planner.next()
+        if planned is DONE:
+            return Searcher.FINISHED
+        if planned is None:
+            return None
+        self.running[trial_id] = planned
+        return {"trial": planned.config.to_dict(), "config_hash": planned.config_hash,
+                "task_fingerprint": planned.task_fingerprint, "task": planned.task, "stage": planned.stage,
+                "resources": self.demand(planned), **self.extra}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        planned = self.running.pop(trial_id, None)
+        if planned is None:
+            return
+        if error or not result or "row_json" not in result:
+            # the worker or node died more often than max_failures allows: record it, keep going
+            lost = TrialResult.from_row(base_row(planned.config, None) | {
+                "config_hash": planned.config_hash, "status": "failed",
+                "error": "trial process died (worker or node lost) more often than max_failures allows",
+                "trial_id": f"{planned.config_hash}-lost-{int(time.time())}",
+                "finished_at": datetime.now(timezone.utc),
+            })
+            ResultsStore(self.extra["results"]).append(lost)
+            self.planner.finish(planned, lost)
+        else:
+            self.planner.finish(planned, from_report(result))
+
+    def save(self, checkpoint_path: str) -> None:  # the results store is the state; nothing else to save
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+
+def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned], dict], runner: str = DEFAULT_RUNNER,
+                retries: int = 0, max_failures: int = 2, max_concurrent: int | None = None, verbose: int = 0,
+                callbacks: list | None = None) -> None:
+    """Run every trial ``planner`` hands out until it says DONE (Ray must be initialized)."""
+    from ray import tune
+    from ray.tune import PlacementGroupFactory
+
+    extra = {"results": results, "retries": retries, "runner": runner}
+    searcher = PlannerSearcher(planner, extra, demand)
+    trainable = tune.with_resources(tune_trial, lambda config: PlacementGroupFactory([config["resources"]]))
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(
+            name=f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}", storage_path=_tune_storage(results),
+            failure_config=tune.FailureConfig(max_failures=max_failures), verbose=verbose,
+            callbacks=callbacks or [],
+        ),
+    )
+    with _tune_output(verbose):
+        tuner.fit()
+
+
+@contextlib.contextmanager
+def _tune_output(verbose: int):
+    """Tune's output at ``verbose``; at 0, none at all.
+
+    Tune's default output engine prints its experiment box at every verbosity, where a plan that grows as
+    results arrive (num_samples=-1) shows as "Number of trials 9223372036854775807". Its legacy engine,
+    chosen by RAY_AIR_NEW_OUTPUT=0 when Tune starts, prints nothing at verbose=0."""
+    if verbose:
+        yield
+        return
+    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["RAY_AIR_NEW_OUTPUT"]
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+
+
+def _tune_storage(results: str) -> str:
+    """Tune's own bookkeeping lives beside the results when they are shared storage, else in a temp dir."""
+    if "://" in results:
+        return results.rstrip("/") + "/_tune"
+    return os.path.join(tempfile.gettempdir(), "frugalray-tune")
+
+
+# -- capacity ----------------------------------------------------------------------------------------
+def alive_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected cluster."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def cluster_has_gpus() -> bool:
+    return any(node.get("GPU", 0) > 0 for node in alive_nodes())
+
+
+def check_fit(demands: list[dict[str, float]], wait_s: float = 0) -> None:
+    """Fail before scheduling when no node can hold a trial (after asking the autoscaler, if allowed)."""
+    nodes = alive_nodes()
+    missing = [d for d in {tuple(sorted(d.items())): d for d in demands}.values() if not fits(d, nodes)]
+    if not missing:
+        return
+    if wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=missing)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            time.sleep(5)
+            nodes = alive_nodes()
+            if all(fits(d, nodes) for d in missing):
+                return
+    shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU")} for n in nodes]
+    raise FrugalrayError(
+        f"No node of the cluster fits a trial: trials need {missing}, nodes have {shown}. Lower "
+        f"resources.cpus_per_trial or the GPU share, add nodes, or set autoscale_wait_s for an autoscaling cluster"
+    )

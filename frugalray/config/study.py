@@ -1,0 +1,227 @@
+"""What to run: one trial (``TrialConfig``), a sweep (``SweepConfig``), a layer-mask search
+(``SearchConfig``), and what each trial asks of the cluster (``ResourceRule``). Torch-free.
+
+>>> TrialConfig(task="demo_pos", strategy="first", n=2).learning_rate
+5e-05
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frugalray._registry import FrugalrayError, did_you_mean
+from frugalray.config._fields import Settings
+from frugalray.config.lora import LoraSettings
+from frugalray.config.training import TrainingSettings
+
+# Search objective -> (result columns, Optuna directions). Quality is dev F1: choosing layers never sees test.
+OBJECTIVES = {
+    "f1": (("dev_f1",), ("maximize",)),
+    "f1_vs_layers": (("dev_f1", "n_kept_layers"), ("maximize", "minimize")),
+    "f1_vs_latency": (("dev_f1", "latency_ms"), ("maximize", "minimize")),
+}
+PRIORS = ("none", "proxy")
+
+
+@dataclass(frozen=True)
+class ResourceRule(Settings):
+    """How a trial's resources follow from its config. Override any field, or fix the fraction."""
+
+    cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs each trial reserves."})
+    gpu_memory_gib: float = field(default=80.0, metadata={"help": "Memory of one GPU of the cluster."})
+    safety: float = field(default=1.5, metadata={"help": "Multiplier on the memory estimate."})
+    step: float = field(default=0.05, metadata={"help": "GPU fractions round up to a multiple of this."})
+    min_fraction: float = field(default=0.1, metadata={"help": "Smallest GPU share a trial gets."})
+    fixed_fraction: float | None = field(default=None, metadata={"help": "Use this GPU share for every trial."})
+    use_gpus: bool = field(default=True, metadata={"help": "Schedule on GPUs when the cluster has some."})
+
+    def check(self) -> None:
+        if self.cpus_per_trial <= 0:
+            raise FrugalrayError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:
+            raise FrugalrayError(f"fixed_fraction must be in (0, 1], got {self.fixed_fraction}")
+        if not 0 < self.step <= 1 or not 0 < self.min_fraction <= 1:
+            raise FrugalrayError("step and min_fraction must be in (0, 1]")
+
+    def gpu_fraction(self, estimate_gib: float) -> float:
+        if self.fixed_fraction is not None:
+            return self.fixed_fraction
+        share = estimate_gib * self.safety / self.gpu_memory_gib
+        if share > 1:
+            return float(math.ceil(share))  # a trial larger than one GPU takes whole GPUs
+        return round(max(self.min_fraction, math.ceil(share / self.step - 1e-9) * self.step), 4)
+
+    def for_trial(self, estimate_gib: float, cluster_has_gpus: bool) -> dict[str, float]:
+        """Ray resource request of one trial: CPU only when there is no GPU."""
+        if not (cluster_has_gpus and self.use_gpus):
+            return {"CPU": self.cpus_per_trial}
+        return {"CPU": self.cpus_per_trial, "GPU": self.gpu_fraction(estimate_gib)}
+
+
+@dataclass(frozen=True)
+class TrialConfig(Settings):
+    """One trial: (task, model, kept layers, LoRA, training settings, seed) -> one result row."""
+
+    task: str = field(metadata={"help": "Registered task name or a task JSON file."})
+    model: str = field(default="minilm", metadata={"help": "Alias, local folder or HF hub id."})
+    strategy: str = field(default="full", metadata={"help": "Pruning strategy name (frugalray strategies)."})
+    n: int | None = field(default=None, metadata={"help": "N for first/last/best/drop_*, k for single."})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "Explicit layers for 'mask'."})
+    scores: tuple[float | tuple[float, ...], ...] | None = field(
+        default=None, metadata={"help": "Per-layer scores for best/drop_worst, higher is better: numbers, or "
+                                        "tuples compared in order (single(k) results: dev F1, -dev eval loss)."}
+    )
+    lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
+    data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
+    save_model: bool = field(
+        default=False, metadata={"help": "Keep the trained weights in the store (models/<trial_id>) for export."}
+    )
+    sweep: str = field(default="", metadata={"help": "Label grouping the trials of one sweep."})
+    stage: str = field(default="", metadata={"help": "Sweep stage that scheduled the trial."})
+
+    def check(self) -> None:
+        from frugalray.study.strategies import STRATEGIES
+
+        STRATEGIES.get(self.strategy)  # unknown names fail here, with a did-you-mean
+        if not 0 <= self.seed < 2**32:  # what numpy (and so transformers.set_seed) accepts
+            raise FrugalrayError(f"seed {self.seed}: seeds are integers from 0 to 2**32 - 1")
+
+    @classmethod
+    def from_record(cls, values: dict, source: str = "stored row") -> "TrialConfig":
+        """From a row's ``config_json``, written by this or an earlier version (read as that version trained)."""
+        values = dict(values)
+        if isinstance(values.get("training"), dict):
+            values["training"] = TrainingSettings.from_record(values["training"], f"{source}: training")
+        return cls.from_dict(values, source)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.training.lora_learning_rate if self.lora else self.training.learning_rate
+
+
+@dataclass(frozen=True)
+class SweepConfig(Settings):
+    """Everything a sweep file sets. Unknown keys fail (``from_dict``)."""
+
+    name: str = field(default="study", metadata={"help": "Sweep label, recorded in every row."})
+    tasks: tuple[str, ...] = field(default=("wikiner", "ftb_ner", "ftb_pos", "allocine"),
+                                   metadata={"help": "Registered task names or task JSON files."})
+    model: str = field(default="camembert-base", metadata={"help": "Alias, folder or hub id."})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Each trial runs once per seed."})
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "Settings of the LoRA stage."})
+    data_dirs: tuple[tuple[str, str], ...] = field(default=(), metadata={"help": "(task, folder) pairs."})
+    results: str = field(default="results", metadata={"help": "Folder or s3:// gs:// URI all nodes reach."})
+    stages: tuple[str, ...] = field(default=("single", "strategies", "lora", "balanced"),
+                                    metadata={"help": "Stages to run (frugalray stages lists them)."})
+    first_last: tuple[int, ...] | None = field(default=None, metadata={"help": "N for first/last; None: 1..L-1."})
+    alternate: bool = field(default=True, metadata={"help": "Run the alternate family (even, odd, drop_every)."})
+    drop_middle: tuple[int, ...] = field(default=(2, 4, 6, 8, 10), metadata={"help": "N for drop_middle."})
+    drop_ends: tuple[int, ...] = field(default=(2, 4, 6, 8, 10), metadata={"help": "N for drop_ends (even)."})
+    best: tuple[int, ...] = field(default=(2, 3, 4, 5, 6), metadata={"help": "N for best."})
+    drop_worst: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata={"help": "N for drop_worst."})
+    lora_max_layers: int = field(default=6, metadata={"help": "Selection: best strategy with at most this many."})
+    lora_sizes: tuple[int, ...] = field(default=(2, 3), metadata={"help": "Selection: best with exactly N layers."})
+    save_models: tuple[str, ...] = field(
+        default=(), metadata={"help": "Stages whose trials keep their weights for export, e.g. lora balanced."}
+    )
+    report: str | None = field(default=None, metadata={"help": "Folder for the HTML report written at the end."})
+    reference_tasks: tuple[tuple[str, str], ...] = field(
+        default=(), metadata={"help": "(task, study dataset) pairs shown side by side in the report."}
+    )
+    resources: ResourceRule = field(default_factory=ResourceRule)
+    retries: int = field(default=1, metadata={"help": "Extra attempts for a trial that raises (e.g. CUDA OOM)."})
+    max_failures: int = field(default=3, metadata={"help": "Reschedules of a trial whose worker or node died."})
+    max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
+    autoscale_wait_s: float = field(default=0, metadata={"help": "Wait this long for the autoscaler to add nodes."})
+    verbose: int = field(
+        default=0, metadata={"help": "Ray Tune's own output: 0 none (frugalray's progress only), 1 status, 2 trials."}
+    )
+
+    def check(self) -> None:
+        from frugalray.data.tasks import resolve_task
+        from frugalray.study.stages import STAGES
+
+        for name in ("name", "results"):
+            if not getattr(self, name).strip():
+                raise FrugalrayError(f"{name} is empty; give the sweep a {name}")
+        if not self.tasks:
+            raise FrugalrayError("A sweep needs at least one task")
+        for task in self.tasks:
+            resolve_task(task)  # unknown names fail here, before anything is scheduled
+        for name in ("stages", "save_models"):
+            for stage in getattr(self, name):
+                if stage not in STAGES:
+                    raise FrugalrayError(f"{name}: " + did_you_mean("stage", stage, STAGES.names()))
+        if not self.seeds:
+            raise FrugalrayError("A sweep needs at least one seed")
+        if any(not 0 <= seed < 2**32 for seed in self.seeds):
+            raise FrugalrayError(f"seeds {list(self.seeds)}: seeds are integers from 0 to 2**32 - 1")
+        if self.retries < 0 or self.max_failures < 0:
+            raise FrugalrayError("retries and max_failures must be >= 0")
+        if self.autoscale_wait_s < 0:
+            raise FrugalrayError(f"autoscale_wait_s must be >= 0 seconds, got {self.autoscale_wait_s}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise FrugalrayError(f"max_concurrent must be >= 1 (or None: no cap), got {self.max_concurrent}")
+        if self.verbose not in (0, 1, 2, 3):
+            raise FrugalrayError(f"verbose must be 0, 1, 2 or 3 (Ray Tune's verbosity), got {self.verbose!r}")
+        stray = sorted({task for task, _ in self.data_dirs} - set(self.tasks))
+        if stray:
+            raise FrugalrayError(f"data_dirs names task(s) {stray} that the sweep does not run: {list(self.tasks)}")
+
+    def data_dir(self, task: str) -> str | None:
+        return dict(self.data_dirs).get(task)
+
+
+@dataclass(frozen=True)
+class SearchConfig(Settings):
+    """A layer-mask search: Optuna proposes masks, each trained as an ordinary trial."""
+
+    task: str = field(metadata={"help": "Task to search layer masks for."})
+    model: str = field(default="minilm", metadata={"help": "Model alias, folder or hub id."})
+    name: str = field(default="", metadata={"help": "Study name (default: search-<task>-<objective>)."})
+    budget: int = field(default=20, metadata={"help": "New masks to train in this run."})
+    min_layers: int = field(default=1, metadata={"help": "Fewest layers a mask keeps."})
+    max_layers: int | None = field(default=None, metadata={"help": "Most layers a mask keeps (default: L-1)."})
+    exactly: int | None = field(default=None, metadata={"help": "Keep exactly N layers (overrides min/max)."})
+    objective: str = field(default="f1", metadata={"help": ", ".join(OBJECTIVES) + "."})
+    seed: int = field(default=0, metadata={"help": "Training seed of every search trial."})
+    sampler_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler."})
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
+    data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
+    results: str = field(default="results", metadata={"help": "Results location."})
+    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file)."})
+    warm_start: bool = field(default=True, metadata={"help": "Tell Optuna every stored result of this space."})
+    prior: str = field(default="proxy", metadata={"help": "'proxy': first try masks ranked by layer importance."})
+    resources: ResourceRule = field(default_factory=ResourceRule)
+    max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise FrugalrayError(did_you_mean("objective", self.objective, list(OBJECTIVES)))
+        if self.prior not in PRIORS:
+            raise FrugalrayError(did_you_mean("prior", self.prior, list(PRIORS)))
+        if self.budget < 1:
+            raise FrugalrayError(f"The search budget must be a positive number of trials, got {self.budget!r}")
+        if not 0 <= self.seed < 2**32:
+            raise FrugalrayError(f"seed {self.seed}: seeds are integers from 0 to 2**32 - 1")
+        if not self.name:
+            object.__setattr__(self, "name", f"search-{Path(self.task).stem}-{self.objective}")
+
+    def bounds(self, num_layers: int) -> tuple[int, int]:
+        """(fewest, most) kept layers; an unsatisfiable constraint is an error."""
+        if self.exactly is not None:
+            low = high = self.exactly
+        else:
+            low, high = self.min_layers, self.max_layers if self.max_layers is not None else num_layers - 1
+        if not 1 <= low <= high <= num_layers:
+            raise FrugalrayError(
+                f"No mask satisfies the constraint: keep {low}..{high} layers of a {num_layers}-layer model "
+                f"(need 1 <= min <= max <= {num_layers})"
+            )
+        return low, high

@@ -1,0 +1,108 @@
+"""How a trial trains: the recipe (``TrainingSettings``), as a frozen dataclass, torch-free.
+
+>>> TrainingSettings(epochs=5).max_grad_norm
+1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from frugalray.config._fields import Settings
+from frugalray._registry import FrugalrayError
+
+DTYPES = ("auto", "fp32", "bf16")
+LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
+
+
+@dataclass(frozen=True)
+class TrainingSettings(Settings):
+    """How a trial trains. The defaults are ``transformers.TrainingArguments``' (the recipe users compare
+    with); the speed choices (length grouping, bf16 on CPU, compile) stay off until a benchmark over seeds
+    shows they cost no quality (``benchmarks/recipe_fidelity.py``)."""
+
+    epochs: int = field(default=3, metadata={"help": "Training epochs (the study: 3)."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for full fine-tuning."})
+    lora_learning_rate: float = field(
+        default=5e-4, metadata={"help": "Peak learning rate when LoRA is on (about 10x the full one)."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size (speed only)."})
+    max_length: int = field(default=256, metadata={"help": "Sub-tokens per example; longer ones are cut."})
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "AdamW weight decay; never on biases and LayerNorm weights."}
+    )
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Share of steps with linear LR warm-up."})
+    lr_schedule: str = field(default="linear", metadata={"help": "LR decay: " + ", ".join(LR_SCHEDULES) + "."})
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "Clip the gradient norm to this (0: no clipping, as frugalray <= 0.1)."}
+    )
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "AdamW epsilon."})
+    length_grouping: int = field(
+        default=0,
+        metadata={"help": "0: uniformly shuffled batches (the Trainer's). k: sort each group of k batches by "
+                          "length, then shuffle the batches (less padding, less random batches)."},
+    )
+    dtype: str = field(
+        default="auto", metadata={"help": "auto (bf16 autocast on GPUs that have it, else fp32), fp32 or bf16."}
+    )
+    pad_to_multiple_of: int | None = field(
+        default=None, metadata={"help": "Pad batches to a multiple of this (speed only; None: longest member)."}
+    )
+    fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (speed only)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (speed only)."})
+
+    # Fields that change speed, never results: left out of the configuration hash.
+    SPEED_ONLY = ("eval_batch_size", "pad_to_multiple_of", "fused_optimizer", "compile")
+
+    def check(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "learning_rate": self.learning_rate > 0,
+            "lora_learning_rate": self.lora_learning_rate > 0, "batch_size": self.batch_size >= 1,
+            "eval_batch_size": self.eval_batch_size >= 1, "max_length": self.max_length >= 8,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1, "weight_decay": self.weight_decay >= 0,
+            "max_grad_norm": self.max_grad_norm >= 0, "adam_beta1": 0 <= self.adam_beta1 < 1,
+            "adam_beta2": 0 <= self.adam_beta2 < 1, "adam_epsilon": self.adam_epsilon > 0,
+            "length_grouping": self.length_grouping >= 0,
+            "pad_to_multiple_of": self.pad_to_multiple_of is None or self.pad_to_multiple_of >= 1,
+        }
+        for name, ok in checks.items():
+            value = getattr(self, name)
+            if not ok or (isinstance(value, float) and not math.isfinite(value)):
+                raise FrugalrayError(f"Training setting {name}={value!r} is out of range")
+        if self.dtype not in DTYPES:
+            raise FrugalrayError(f"Training setting dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise FrugalrayError(f"Training setting lr_schedule={self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+
+    @classmethod
+    def from_record(cls, values: dict, source: str = "recorded training settings") -> "TrainingSettings":
+        """Settings as a row recorded them, including rows written before a field existed."""
+        return cls.from_dict(upgrade_training(values), source)
+
+    def identity(self) -> dict:
+        """The fields that change what a trial learns (for the configuration hash)."""
+        from dataclasses import asdict
+
+        values = asdict(self)
+        for name in self.SPEED_ONLY + ("learning_rate", "lora_learning_rate"):  # the rate used is hashed apart
+            values.pop(name)
+        return values
+
+
+def upgrade_training(values: dict) -> dict:
+    """Training settings recorded by frugalray 0.1, in today's fields, as that version trained.
+
+    It did not clip gradients and its ``length_grouping`` was a flag for groups of 50 batches.
+
+    >>> upgrade_training({"length_grouping": True})["length_grouping"], upgrade_training({})["max_grad_norm"]
+    (50, 0.0)
+    """
+    values = dict(values)
+    if isinstance(values.get("length_grouping"), bool):
+        values["length_grouping"] = 50 if values["length_grouping"] else 0
+    values.setdefault("max_grad_norm", 0.0)
+    return values

@@ -1,0 +1,195 @@
+"""Saved trial weights, and exporting a trial as a plain Hugging Face model folder.
+
+A trial run with ``save_model`` keeps its trained model under ``<results>/models/<trial_id>/``: the whole
+pruned model after full fine-tuning; after LoRA only the adapter and the head (megabytes, not the
+model), rebuilt at export from the base model and the kept layers. ``export_trial`` writes the pruned
+model with LoRA merged as a normal folder that ``AutoModelFor…Classification.from_pretrained`` loads,
+and checks that it predicts what the trained model predicts.
+
+    frugalray export results/ --trial 3f2a9c01 --out exported/
+    >>> AutoModelForTokenClassification.from_pretrained("exported/")   # doctest: +SKIP
+
+The base model is named as the trial named it (``minilm``, a hub id, the user's folder), never by this
+machine's path to it, so a saved trial and an export mean the same thing on another machine. An export
+only ever replaces an earlier export's files: other files in ``--out`` are kept, and a non-empty folder
+that is not an earlier export needs ``force``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePath
+
+from frugalray._registry import FrugalrayError
+from frugalray.results.store import ResultsStore, normal_permissions
+
+MANIFEST = "frugalray_trial.json"
+
+
+def save_trained(model, tokenizer, folder: str | Path, *, base_model: str, kept_layers, head: str,
+                 labels: list[str], lora: bool, trial: dict) -> None:
+    """Write what export needs: weights (whole model, or adapter + head), tokenizer and a manifest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _name_base_model(model, base_model)
+    model.save_pretrained(folder)  # a peft model saves its adapter and modules_to_save only
+    tokenizer.save_pretrained(folder)
+    manifest = {"base_model": base_model, "kept_layers": list(kept_layers), "head": head, "labels": list(labels),
+                "lora": lora, **trial}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _name_base_model(model, base_model: str) -> None:
+    """Make ``model`` call its base model ``base_model``: peft writes that name into adapter_config.json and
+    README.md, where the resolved location (e.g. a site-packages path) would only mean something here."""
+    for config in getattr(model, "peft_config", {}).values():
+        config.base_model_name_or_path = base_model
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.config.name_or_path = base_model
+    inner.name_or_path = base_model
+
+
+def load_trained(folder: str | Path):
+    """The trained model of a saved trial (LoRA merged), in eval mode, and its manifest."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    auto = AutoModelForTokenClassification if manifest["head"] == "token" else AutoModelForSequenceClassification
+    if manifest["lora"]:
+        from peft import PeftModel
+
+        from frugalray.model.lora import merged
+        from frugalray.model.loading import load_model
+        from frugalray.model.surgery import num_layers, prune_layers
+
+        model = load_model(manifest["base_model"], manifest["head"], manifest["labels"])
+        if list(manifest["kept_layers"]) != list(range(num_layers(model.config))):
+            prune_layers(model, manifest["kept_layers"])
+        model = merged(PeftModel.from_pretrained(model, folder))
+    else:
+        model = auto.from_pretrained(folder)
+    return model.eval(), manifest
+
+
+def find_trial(store: ResultsStore, trial: str) -> dict:
+    """The row whose trial_id is ``trial`` or starts with it (unique)."""
+    rows = store.query(sql="SELECT trial_id, status, error, model_path, task, model, strategy, strategy_n, "
+                           "kept_layers, lora, f1 FROM trials WHERE starts_with(trial_id, $1)", params=[trial]).to_pylist()
+    exact = [r for r in rows if r["trial_id"] == trial]
+    rows = exact or rows
+    if not rows:
+        raise FrugalrayError(
+            f"No trial {trial!r} in {store.location!r}; list them with: frugalray results {store.location} "
+            f"--columns trial_id,task,strategy,kept_layers,f1,model_path"
+        )
+    if len(rows) > 1:
+        ids = ", ".join(r["trial_id"] for r in rows[:5])
+        raise FrugalrayError(f"Trial {trial!r} is ambiguous in {store.location!r}: {ids}{'...' if len(rows) > 5 else ''}")
+    return rows[0]
+
+
+def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool = True, force: bool = False) -> dict:
+    """Write trial ``trial``'s model (pruned, LoRA merged) as a plain HF folder at ``out``.
+
+    ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
+    needs ``force`` (its files are kept). Returns what was written: trial row, output folder, parameters
+    and the largest logit difference between the exported model and the trained one (checked ``< 1e-4``
+    when ``check``).
+
+    >>> export_trial(ResultsStore("results/"), "3f2a9c01", "exported/")["kept_layers"]   # doctest: +SKIP
+    [0, 1, 5]
+    """
+    row = find_trial(store, trial)
+    if row["status"] != "ok":
+        raise FrugalrayError(f"Trial {row['trial_id']} failed ({(row['error'] or '').splitlines()[0][:200]}); "
+                             f"a failed trial has no model to export")
+    if not row["model_path"]:
+        raise FrugalrayError(
+            f"Trial {row['trial_id']} has no saved weights; run it again with --save-model "
+            f"(frugalray trial ... --save-model, or save_models=[stages] in a sweep) and export that run"
+        )
+    try:
+        store.path(row["model_path"])
+    except FrugalrayError as error:
+        raise FrugalrayError(f"Trial {row['trial_id']}: its model_path is not readable: {error}") from None
+    out = Path(out)
+    _check_out(out, force)
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = store.fetch_folder(row["model_path"], Path(scratch) / "saved")
+        model, manifest = load_trained(folder)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside ``out``: moves are renames
+        try:
+            model.save_pretrained(staging)
+            from transformers import AutoTokenizer
+
+            AutoTokenizer.from_pretrained(folder).save_pretrained(staging)
+            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+            (staging / MANIFEST).write_text(json.dumps(manifest | {"exported_files": written + [MANIFEST]},
+                                                       indent=2, sort_keys=True))
+            difference = _max_logit_difference(model, staging, manifest["head"]) if check else None
+            if difference is not None and difference > 1e-4:
+                raise FrugalrayError(f"Exported model of {row['trial_id']} differs from the trained one "
+                                     f"(max logit difference {difference:.2e}); nothing was written to {out}")
+            normal_permissions(staging)  # mkdtemp and some writers make files private
+            _install(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    from frugalray.model.surgery import parameter_count
+
+    return {"trial_id": row["trial_id"], "out": str(out), "kept_layers": manifest["kept_layers"],
+            "lora_merged": manifest["lora"], "parameters": parameter_count(model), "max_logit_difference": difference}
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, or a non-empty folder that is not an earlier export (unless ``force``)."""
+    if out.exists() and not out.is_dir():
+        raise FrugalrayError(f"Export folder {str(out)!r} is a file; give a folder to write the model into")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file() and not force:
+        raise FrugalrayError(
+            f"Export folder {str(out)!r} is not empty and is not an earlier frugalray export (no {MANIFEST}); "
+            f"give a new or empty folder, or --force to write into it (its other files are kept)"
+        )
+
+
+def _install(staging: Path, out: Path) -> None:
+    """Put the export in ``staging`` at ``out``. A new or empty ``out`` is replaced whole (one rename);
+    otherwise the files an earlier export listed are removed, the new ones moved in, and nothing else touched."""
+    if not out.exists() or not any(out.iterdir()):
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+        return
+    earlier = json.loads((out / MANIFEST).read_text()).get("exported_files", []) if (out / MANIFEST).is_file() else []
+    new = json.loads((staging / MANIFEST).read_text())["exported_files"]
+    for name in set(earlier) - set(new):  # e.g. the shards of an earlier, larger export
+        if not PurePath(name).is_absolute() and ".." not in PurePath(name).parts:
+            (out / name).unlink(missing_ok=True)
+    for name in sorted(new, key=lambda name: name == MANIFEST):  # the manifest last: it marks a whole export
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, out / name)
+
+
+def _max_logit_difference(model, folder: Path, head: str, batch: int = 4, length: int = 24) -> float:
+    """Largest |logit| difference between ``model`` and the model loaded back from ``folder``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
+    loaded = auto.from_pretrained(folder).eval()
+    generator = torch.Generator().manual_seed(0)
+    vocab = min(model.config.vocab_size, loaded.config.vocab_size)
+    ids = torch.randint(5, vocab, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, length // 2:] = 0  # padding too
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+        got = loaded(input_ids=ids, attention_mask=mask).logits
+    return float((expected - got).abs().max())

@@ -1,0 +1,74 @@
+"""The one aggregation every view starts from (DuckDB over the Parquet files, reading only the columns it
+needs): successful rows, one per (configuration hash, strategy, N) (the latest when a trial was re-run),
+grouped by task, model, settings, strategy, N and kept layers. Seeds give ``f1`` (mean), ``f1_std`` and the
+95% Student-t interval ``f1_ci_low``/``f1_ci_high``.
+
+>>> aggregate(ResultsStore("results/quick")).column_names[:3]  # doctest: +SKIP
+['task', 'model', 'num_layers']
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+
+from frugalray.results.store import ResultsStore, where_clauses
+
+# The training recipe's fields group too: runs of two recipes are never seeds of one configuration.
+RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule"]
+GROUP = ["task", "model", "num_layers", "lora", "lora_train_head", "learning_rate", "epochs", "batch_size",
+         "max_length", *RECIPE, "strategy", "strategy_n", "kept_layers"]
+MEAN = ["f1", "accuracy", "precision", "recall", "dev_f1", "train_seconds", "latency_ms", "model_mib"]
+SAME = ["trainable_params", "total_params", "majority_f1"]  # identical across seeds
+STD = ["f1", "train_seconds"]  # metrics that get a std column
+BASE = ("epochs", "learning_rate", "batch_size", "max_length", *RECIPE)
+
+
+def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -> pa.Table:
+    """One row per (task, model, settings, strategy, N, kept layers) with seeds aggregated."""
+    import duckdb
+
+    columns = sorted(set(GROUP + MEAN + SAME + ["status", "config_hash", "finished_at", "n_kept_layers", "seed",
+                                                "degenerate"]))
+    clauses, params = where_clauses(where or [])
+    filters = " AND ".join(["status = 'ok'"] + clauses)
+    means = ", ".join(f'avg("{m}") AS "{m}"' for m in MEAN)
+    stds = ", ".join(f'stddev_samp("{m}") AS "{m}_std"' for m in STD)
+    same = ", ".join(f'max("{m}") AS "{m}"' for m in SAME)
+    keys = ", ".join(f'"{c}"' for c in GROUP)
+    # One row per training (a trial re-run by hand keeps its latest result), then seeds aggregated.
+    sql = f"""
+        WITH runs AS (
+            SELECT {", ".join(f'"{c}"' for c in columns)} FROM trials WHERE {filters}
+            QUALIFY row_number() OVER (PARTITION BY config_hash, strategy, strategy_n ORDER BY finished_at DESC) = 1
+        )
+        SELECT {keys}, any_value(n_kept_layers) AS n_kept_layers, count(*) AS seeds,
+               count(*) FILTER (WHERE degenerate) AS degenerate, {means}, {stds}, {same}
+        FROM runs GROUP BY {keys}
+        ORDER BY task, model, lora, n_kept_layers, strategy, strategy_n
+    """
+    connection = duckdb.connect()
+    if isinstance(source, ResultsStore):
+        source.register(connection, "trials")
+    else:
+        connection.register("trials", source)
+    table = connection.sql(sql, params=params).to_arrow_table()
+    return with_ci(table)
+
+
+def with_ci(table: pa.Table) -> pa.Table:
+    """Add the 95% Student-t interval of the mean F1 (null with one seed)."""
+    from scipy.special import stdtrit  # Student-t quantile, without importing all of scipy.stats
+
+    seeds = table.column("seeds").to_pylist()
+    means, stds = table.column("f1").to_pylist(), table.column("f1_std").to_pylist()
+    low, high = [], []
+    for n, mean, std in zip(seeds, means, stds):
+        if n < 2 or mean is None or std is None:
+            low.append(None), high.append(None)
+            continue
+        half = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
+        low.append(mean - half), high.append(mean + half)
+    return table.append_column("f1_ci_low", pa.array(low, pa.float64())).append_column(
+        "f1_ci_high", pa.array(high, pa.float64()))

@@ -1,0 +1,166 @@
+"""The result of one trial: one typed record (``TrialResult``), one Parquet row. The Arrow schema of the
+store (``SCHEMA``) is derived from it, so a column exists in one place only.
+
+A result reads like a row too (``result["f1"]``, ``result.get("dev_f1")``), and every field but the
+identity is optional: a failed trial has its configuration, its status and its error, and nothing else.
+
+>>> TrialResult(trial_id="t1", config_hash="h", status="ok", f1=0.9)["f1"]
+0.9
+>>> SCHEMA.field("kept_layers").type
+ListType(list<item: int32>)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+_STRING, _BOOL, _INT32, _INT64, _FLOAT = pa.string(), pa.bool_(), pa.int32(), pa.int64(), pa.float64()
+_TIME = pa.timestamp("us", tz="UTC")
+
+
+def column(arrow: pa.DataType, doc: str = ""):
+    """A result field: optional (None), stored as ``arrow``; ``doc`` says what it holds."""
+    return field(default=None, metadata={"arrow": arrow, "doc": doc})
+
+
+@dataclass
+class TrialResult:
+    # -- identity and outcome
+    trial_id: str | None = column(_STRING, "config hash + start time; unique")
+    config_hash: str | None = column(_STRING, "hash of everything that changes the result")
+    status: str | None = column(_STRING, "ok or failed")
+    error: str | None = column(_STRING, "why a failed trial failed")
+    reused_from: str | None = column(_STRING, "trial_id whose training this row reports (same layer set)")
+    sweep: str | None = column(_STRING, "sweep label")
+    stage: str | None = column(_STRING, "sweep stage that scheduled it")
+    # -- what was trained
+    task: str | None = column(_STRING)
+    task_fingerprint: str | None = column(_STRING, "hash of the task's data and reading options")
+    model: str | None = column(_STRING, "alias, folder or hub id")
+    num_layers: int | None = column(_INT32, "layer count of the unpruned model")
+    strategy: str | None = column(_STRING)
+    strategy_n: int | None = column(_INT32, "N (k for single)")
+    kept_layers: list[int] | None = column(pa.list_(_INT32), "original indices of the kept layers")
+    n_kept_layers: int | None = column(_INT32)
+    lora: bool | None = column(_BOOL)
+    lora_r: int | None = column(_INT32)
+    lora_alpha: float | None = column(_FLOAT)
+    lora_dropout: float | None = column(_FLOAT)
+    lora_target_modules: list[str] | None = column(pa.list_(_STRING))
+    lora_train_head: bool | None = column(_BOOL)
+    learning_rate: float | None = column(_FLOAT, "the rate actually used (LoRA's when LoRA is on)")
+    epochs: int | None = column(_INT32)
+    batch_size: int | None = column(_INT32)
+    max_length: int | None = column(_INT32)
+    length_grouping: bool | None = column(_BOOL, "any length grouping")
+    dtype: str | None = column(_STRING)
+    weight_decay: float | None = column(_FLOAT)
+    warmup_ratio: float | None = column(_FLOAT)
+    lr_schedule: str | None = column(_STRING)
+    max_grad_norm: float | None = column(_FLOAT, "0: no clipping")
+    length_group_batches: int | None = column(_INT32, "batches per length group; 0: uniform shuffling")
+    pad_to_multiple_of: int | None = column(_INT32)
+    fused_optimizer: bool | None = column(_BOOL)
+    compile: bool | None = column(_BOOL)
+    seed: int | None = column(_INT64)
+    # -- quality (test, then dev)
+    accuracy: float | None = column(_FLOAT)
+    precision: float | None = column(_FLOAT)
+    recall: float | None = column(_FLOAT)
+    f1: float | None = column(_FLOAT)
+    f1_macro: float | None = column(_FLOAT)
+    eval_loss: float | None = column(_FLOAT)
+    dev_accuracy: float | None = column(_FLOAT)
+    dev_f1: float | None = column(_FLOAT)
+    dev_eval_loss: float | None = column(_FLOAT)
+    predicted_classes: int | None = column(_INT32, "distinct labels predicted on test; 1: one class everywhere")
+    dev_predicted_classes: int | None = column(_INT32)
+    majority_f1: float | None = column(_FLOAT, "test F1 of always answering train's most frequent label")
+    dev_majority_f1: float | None = column(_FLOAT)
+    degenerate: bool | None = column(_BOOL, "one class predicted, or no better than the majority baseline (test)")
+    dev_degenerate: bool | None = column(_BOOL)
+    # -- cost
+    train_seconds: float | None = column(_FLOAT, "training steps only")
+    seconds_per_epoch: float | None = column(_FLOAT)
+    eval_seconds: float | None = column(_FLOAT)
+    total_seconds: float | None = column(_FLOAT)
+    train_tokens: int | None = column(_INT64, "non-padding tokens seen, all epochs")
+    train_padded_tokens: int | None = column(_INT64, "tokens computed on, padding included")
+    train_tokens_per_second: float | None = column(_FLOAT)
+    model_mib: float | None = column(_FLOAT, "parameter bytes")
+    total_params: int | None = column(_INT64)
+    trainable_params: int | None = column(_INT64)
+    peak_memory_mib: float | None = column(_FLOAT)
+    peak_memory_kind: str | None = column(_STRING, "cuda_allocated or cpu_rss")
+    latency_ms: float | None = column(_FLOAT)
+    latency_batch_size: int | None = column(_INT32)
+    latency_seq_len: int | None = column(_INT32)
+    # -- where and with what
+    device: str | None = column(_STRING)
+    hardware: str | None = column(_STRING)
+    torch_version: str | None = column(_STRING)
+    transformers_version: str | None = column(_STRING)
+    peft_version: str | None = column(_STRING)
+    frugalray_version: str | None = column(_STRING)
+    code_version: str | None = column(_STRING)
+    started_at: datetime | None = column(_TIME)
+    finished_at: datetime | None = column(_TIME)
+    config_json: str | None = column(_STRING, "the whole TrialConfig")
+    config_version: int | None = column(_INT32, "how config_json/config_hash were written; null: frugalray 0.1")
+    model_path: str | None = column(_STRING, "saved weights, relative to the store (None: not saved)")
+
+    # -- reading it like a row
+    def __getitem__(self, name: str) -> Any:
+        if name not in COLUMN_SET:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name) if name in COLUMN_SET else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in COLUMN_SET
+
+    def to_row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "TrialResult":
+        """From a dict of columns; an unknown column is an error (KeyError names it)."""
+        unknown = sorted(set(row) - COLUMN_SET)
+        if unknown:
+            raise KeyError(f"Result row has unknown columns {unknown}; schema columns: {', '.join(COLUMNS)}")
+        return cls(**row)
+
+    def replace(self, **changes: Any) -> "TrialResult":
+        return dataclasses.replace(self, **changes)
+
+    # -- the wire format between a Ray worker and the driver
+    def to_json(self) -> str:
+        return json.dumps({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in self.to_row().items()})
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialResult":
+        values = json.loads(text)
+        for key in ("started_at", "finished_at"):
+            if isinstance(values.get(key), str):
+                values[key] = datetime.fromisoformat(values[key])
+        return cls(**{k: values.get(k) for k in COLUMNS})
+
+
+SCHEMA = pa.schema([pa.field(f.name, f.metadata["arrow"], metadata={"doc": f.metadata["doc"]})
+                    for f in dataclasses.fields(TrialResult)])
+COLUMNS = SCHEMA.names
+COLUMN_SET = frozenset(COLUMNS)
+
+
+def table(results: list[TrialResult | dict]) -> pa.Table:
+    """Results as an Arrow table of ``SCHEMA``."""
+    rows = [r.to_row() if isinstance(r, TrialResult) else r for r in results]
+    return pa.Table.from_pylist(rows, schema=SCHEMA)

@@ -1,0 +1,3 @@
+"""The study, without Ray: pruning strategies (``strategies``), a sweep's stages (``stages``) and the plan
+that grows from results (``plan``), per-layer scores (``scores``), and the Optuna layer-mask search
+(``search``). A planner hands ``planned`` trials to the cluster."""

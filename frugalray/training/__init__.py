@@ -1,0 +1,3 @@
+"""Training one trial, without Ray: the loop, the Trainer's recipe written out (``loop``); one trial from
+configuration to result row (``trial``); its configuration hash (``identity``); the device and versions it
+records (``environment``)."""

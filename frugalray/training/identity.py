@@ -1,0 +1,53 @@
+"""A trial's identity: the configuration hash, how a stored row's hash is read back, and the version of how
+rows record their configuration.
+
+>>> len(config_hash(TrialConfig(task="demo_pos"), (0, 1), "sha256:abc"))
+16
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from frugalray._registry import FrugalrayError
+from frugalray.config import TrialConfig
+from frugalray.data.tasks import resolve_task
+
+# Version of how a row records its configuration; rows without one were written by frugalray 0.1.
+CONFIG_VERSION = 2
+
+
+def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: str) -> str:
+    """Hash of exactly what changes a trial's result: not its strategy name (same layers, same run), not
+    the settings that change only speed, and only the learning rate the trial uses (LoRA's or the full one)."""
+    identity = {
+        "task": resolve_task(config.task).name,
+        "data": task_fingerprint,
+        "model": config.model,
+        "kept_layers": list(kept),
+        "lora": config.lora.as_record() if config.lora else None,
+        "training": config.training.identity(),
+        "learning_rate": config.learning_rate,
+        "seed": config.seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recorded_hash(row: dict) -> str:
+    """The configuration hash of a stored row as this version computes it (rows of frugalray 0.1 hashed
+    differently: their settings are read back as that version trained and hashed again).
+
+    A row whose configuration cannot be read back keeps its stored hash."""
+    if row.get("config_version") == CONFIG_VERSION or not row.get("config_json") or row.get("kept_layers") is None:
+        return row["config_hash"]
+    try:
+        config = TrialConfig.from_record(json.loads(row["config_json"]))
+        return config_hash(config, tuple(row["kept_layers"]), row["task_fingerprint"])
+    except (FrugalrayError, ValueError, TypeError):
+        return row["config_hash"]
+
+
+def fallback_hash(config: TrialConfig) -> str:
+    """A failed preparation has no data fingerprint; hash the config itself."""
+    return "x" + hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:15]

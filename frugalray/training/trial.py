@@ -1,0 +1,255 @@
+"""One trial: (task, model, kept layers, LoRA, training settings, seed) -> one result row.
+
+No Ray here: a trial runs the same from a test, a notebook, the CLI and inside Ray Tune.
+
+>>> row = execute_trial(TrialConfig(task="demo_pos", strategy="first", n=2), ResultsStore("results"))  # doctest: +SKIP
+>>> row["status"], row["kept_layers"]  # doctest: +SKIP
+('ok', [0, 1])
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import resource
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from frugalray._registry import FrugalrayError
+from frugalray.config import TrialConfig
+from frugalray.data.tasks import TaskData, load_task, resolve_task
+from frugalray.results.schema import TrialResult
+from frugalray.results.store import ResultsStore
+from frugalray.study.strategies import kept_layers
+from frugalray.training.environment import check_device, device_name, environment
+from frugalray.training.identity import CONFIG_VERSION, config_hash, fallback_hash
+
+__all__ = ["PreparedTrial", "TrialConfig", "execute_trial", "layer_count", "prepare_trial", "run_trial"]
+
+
+@dataclass(frozen=True)
+class PreparedTrial:
+    """A validated trial: data read, layer count known, kept layers resolved, hash computed."""
+
+    config: TrialConfig
+    task: TaskData
+    num_layers: int
+    kept_layers: tuple[int, ...]
+    config_hash: str
+
+
+@functools.cache
+def layer_count(model: str) -> int:
+    """Layers of a model, read from its config once per process."""
+    from frugalray.model.loading import load_model_config
+    from frugalray.model.surgery import num_layers
+
+    return num_layers(load_model_config(model))
+
+
+def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> PreparedTrial:
+    """Validate a config without training: raises FrugalrayError on any bad input."""
+    task = task or load_task(config.task, config.data_dir)
+    count = layer_count(config.model)
+    kept = kept_layers(config.strategy, count, n=config.n, layers=config.layers, scores=config.scores)
+    return PreparedTrial(config, task, count, kept, config_hash(config, kept, task.fingerprint))
+
+
+def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None,
+              save_to: str | None = None) -> dict:
+    """Train and evaluate one prepared trial; returns its result row (raises on failure).
+
+    With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.model.export``)."""
+    import torch
+    from transformers import set_seed
+
+    from frugalray.data.encoding import encode_examples
+    from frugalray.model.lora import apply_lora
+    from frugalray.model.loading import load_model, load_tokenizer
+    from frugalray.model.surgery import parameter_count, parameter_mib, prune_layers
+    from frugalray.data.labels import majority_baseline
+    from frugalray.training.loop import evaluate, measure_latency, train
+
+    config, task = prepared.config, prepared.task
+    started = time.perf_counter()
+    check_device(device)  # before the model loads: a missing GPU is bad input, not a failure after minutes
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if target.type == "cuda":
+        if gpu_memory_fraction:  # a trial that shares a GPU keeps to its share
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction, target)
+        torch.cuda.reset_peak_memory_stats(target)
+    set_seed(config.seed)
+
+    tokenizer = load_tokenizer(config.model)
+    label2id = {label: i for i, label in enumerate(task.labels)}
+    max_length = config.training.max_length
+    train_data = encode_examples(task.train, tokenizer, label2id, max_length)
+    dev_data = encode_examples(task.dev, tokenizer, label2id, max_length)
+    test_data = encode_examples(task.test, tokenizer, label2id, max_length)
+
+    model = load_model(config.model, task.spec.head, task.labels)
+    if list(prepared.kept_layers) != list(range(prepared.num_layers)):
+        prune_layers(model, prepared.kept_layers)  # prune first, then wrap with LoRA
+    if config.lora:
+        model = apply_lora(model, config.lora)
+    model.to(target)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed)
+    eval_start = time.perf_counter()
+    settings = (config.training.eval_batch_size, pad_id, target, config.training.dtype)
+    test_metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
+    dev_metrics = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
+    eval_seconds = time.perf_counter() - eval_start
+    latency = measure_latency(model, test_data, 32, pad_id, target, config.training.dtype)
+    if save_to:
+        from frugalray.model.export import save_trained
+
+        save_trained(model, tokenizer, save_to, base_model=config.model, kept_layers=prepared.kept_layers,
+                     head=task.spec.head, labels=task.labels, lora=config.lora is not None,
+                     trial={"task": task.name, "config_hash": prepared.config_hash, "strategy": config.strategy})
+
+    if target.type == "cuda":
+        peak, peak_kind = torch.cuda.max_memory_allocated(target) / 2**20, "cuda_allocated"
+    else:
+        peak, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_rss"
+    majority = majority_baseline(task)
+    return {
+        **test_metrics,
+        "dev_accuracy": dev_metrics["accuracy"],
+        "dev_f1": dev_metrics["f1"],
+        "dev_eval_loss": dev_metrics["eval_loss"],
+        "dev_predicted_classes": dev_metrics["predicted_classes"],
+        "majority_f1": majority["test"]["f1"],
+        "dev_majority_f1": majority["dev"]["f1"],
+        "degenerate": is_degenerate(test_metrics, majority["test"]),
+        "dev_degenerate": is_degenerate(dev_metrics, majority["dev"]),
+        "train_seconds": stats.train_seconds,
+        "seconds_per_epoch": stats.train_seconds / len(stats.epoch_seconds),
+        "eval_seconds": eval_seconds,
+        "total_seconds": time.perf_counter() - started,
+        "train_tokens": stats.train_tokens,
+        "train_padded_tokens": stats.padded_tokens,
+        "train_tokens_per_second": stats.train_tokens / stats.train_seconds,
+        "model_mib": parameter_mib(model),
+        "total_params": parameter_count(model),
+        "trainable_params": parameter_count(model, trainable_only=True),
+        "peak_memory_mib": peak,
+        "peak_memory_kind": peak_kind,
+        **latency,
+        "device": device_name(target),
+    }
+
+
+def is_degenerate(metrics: dict, majority: dict) -> bool:
+    """A model that predicts one class everywhere, or scores no better than always answering the majority
+    class, has learnt nothing its F1 could rank.
+
+    >>> is_degenerate({"f1": 0.29, "predicted_classes": 2}, {"f1": 0.294})
+    True
+    """
+    return metrics["predicted_classes"] <= 1 or metrics["f1"] <= 0 or metrics["f1"] <= majority["f1"] + 1e-9
+
+
+def base_row(config: TrialConfig, prepared: PreparedTrial | None) -> dict:
+    """The row's identity columns, from the config (and the prepared trial when there is one)."""
+    lora, training = config.lora, config.training
+    return {
+        "trial_id": None,
+        "config_hash": prepared.config_hash if prepared else None,
+        "sweep": config.sweep,
+        "stage": config.stage,
+        "task": _task_name(config),
+        "task_fingerprint": prepared.task.fingerprint if prepared else None,
+        "model": config.model,
+        "num_layers": prepared.num_layers if prepared else None,
+        "strategy": config.strategy,
+        "strategy_n": config.n,
+        "kept_layers": list(prepared.kept_layers) if prepared else (list(config.layers) if config.layers else None),
+        "n_kept_layers": len(prepared.kept_layers) if prepared else None,
+        "lora": lora is not None,
+        "lora_r": lora.r if lora else None,
+        "lora_alpha": float(lora.alpha) if lora else None,
+        "lora_dropout": lora.dropout if lora else None,
+        "lora_target_modules": list(lora.target_modules) if lora else None,
+        "lora_train_head": lora.train_head if lora else None,
+        "learning_rate": config.learning_rate,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size,
+        "max_length": training.max_length,
+        "weight_decay": training.weight_decay,
+        "warmup_ratio": training.warmup_ratio,
+        "lr_schedule": training.lr_schedule,
+        "max_grad_norm": training.max_grad_norm,
+        "length_grouping": training.length_grouping > 0,
+        "length_group_batches": training.length_grouping,
+        "pad_to_multiple_of": training.pad_to_multiple_of,
+        "fused_optimizer": training.fused_optimizer,
+        "compile": training.compile,
+        "dtype": training.dtype,
+        "seed": config.seed,
+        "config_json": json.dumps(config.to_dict(), sort_keys=True),
+        "config_version": CONFIG_VERSION,
+        **environment(),
+    }
+
+
+def execute_trial(
+    config: TrialConfig,
+    store: ResultsStore | None = None,
+    *,
+    prepared: PreparedTrial | None = None,
+    raise_input_errors: bool = False,
+    device: str | None = None,
+    gpu_memory_fraction: float | None = None,
+    runner=None,
+    append: bool = True,
+) -> TrialResult:
+    """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error.
+
+    With a ``store``, the row is appended to it (unless ``append`` is False: the caller appends it, e.g.
+    after retries) and the weights of a ``save_model`` trial are put in it.
+
+    With ``raise_input_errors`` a bad input (FrugalrayError) is raised instead, and nothing is written.
+    ``runner`` replaces ``run_trial`` (same signature), e.g. the simulated trials of ``frugalray.testing``.
+    """
+    started_at = datetime.now(timezone.utc)
+    row: dict
+    saving = store.staging_folder() if config.save_model and store is not None else None
+    try:
+        prepared = prepared or prepare_trial(config)
+        extra = {"save_to": saving} if saving else {}
+        row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction, **extra)
+        row["status"], row["error"] = "ok", None
+    except FrugalrayError as error:
+        if raise_input_errors:
+            raise
+        row = base_row(config, prepared) | {"status": "failed", "error": f"FrugalrayError: {error}"}
+    except Exception as error:  # a trial never takes its caller down: it becomes a failed row
+        tail = "".join(traceback.format_exception(error)[-3:])
+        row = base_row(config, prepared) | {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
+    row["config_hash"] = row.get("config_hash") or fallback_hash(config)
+    row["trial_id"] = f"{row['config_hash']}-{started_at.strftime('%Y%m%dT%H%M%S%f')}"
+    if saving:
+        try:
+            if row["status"] == "ok":  # the weights land before the row that points at them
+                row["model_path"] = store.put_folder(saving, store.model_folder(row["trial_id"]))
+        except Exception as error:
+            row |= {"status": "failed", "error": f"Saving the trained weights failed: {type(error).__name__}: {error}"}
+        finally:
+            shutil.rmtree(saving, ignore_errors=True)
+    row["started_at"], row["finished_at"] = started_at, datetime.now(timezone.utc)
+    result = TrialResult.from_row(row)
+    if store is not None and append:
+        store.append(result)
+    return result
+
+
+def _task_name(config: TrialConfig) -> str:
+    try:
+        return resolve_task(config.task).name
+    except FrugalrayError:
+        return config.task

@@ -1,0 +1,154 @@
+import json
+import os
+import re
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+from frugalray import FrugalrayError, LoraSettings, ResultsStore, TrainingSettings, TrialConfig, execute_trial
+from frugalray.cli import main
+from frugalray.model.export import export_trial, load_trained
+from frugalray.model.loading import MODELS
+
+FAST = TrainingSettings(epochs=1, batch_size=2, max_length=32, learning_rate=1e-3, lora_learning_rate=1e-2)
+
+
+def _predict(model, tokenizer, sentences):
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full-fine-tuning", "lora-merged"])
+def test_export_round_trip_gives_the_trained_models_predictions(tmp_path, tiny_model, ner_task_file, lora):
+    store = ResultsStore(tmp_path / "results")
+    row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="mask", layers=(0, 2),
+                                    lora=LoraSettings() if lora else None, training=FAST, save_model=True), store)
+    assert row["status"] == "ok", row["error"]
+    assert row["model_path"] == f"models/{row['trial_id']}"
+    saved = tmp_path / "results" / row["model_path"]
+    if lora:  # LoRA trials keep the adapter and the head, not a copy of the encoder
+        assert (saved / "adapter_model.safetensors").is_file() and not (saved / "model.safetensors").exists()
+    assert not list((tmp_path / "results" / ".staging").iterdir())  # the staging folder was moved into place
+
+    assert main(["export", store.location, "--trial", row["trial_id"][:20], "--out", str(tmp_path / "out")]) == 0
+    exported = AutoModelForTokenClassification.from_pretrained(tmp_path / "out").eval()
+    assert exported.config.num_hidden_layers == 2 and exported.config.frugalray_kept_layers == [0, 2]
+    assert len(exported.roberta.encoder.layer) == 2
+    assert not any("lora" in name for name, _ in exported.named_parameters())
+    assert json.loads((tmp_path / "out" / "frugalray_trial.json").read_text())["lora"] is lora
+
+    trained, _ = load_trained(saved)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    sentences = ["Jean habite à Paris .", "Marie travaille chez Renault à Lyon depuis 2010 ."]
+    expected, got = _predict(trained, tokenizer, sentences), _predict(exported, tokenizer, sentences)
+    assert torch.allclose(expected, got, atol=1e-5)
+    assert torch.equal(expected.argmax(-1), got.argmax(-1))
+    if lora:  # merging changed the encoder: the export is not the untrained base
+        base = AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=exported.num_labels)
+        assert not torch.allclose(base.roberta.encoder.layer[2].attention.self.query.weight,
+                                  exported.roberta.encoder.layer[1].attention.self.query.weight)
+
+
+def test_export_refuses_failed_trials_and_trials_without_weights(tmp_path, tiny_model, ner_task_file):
+    store = ResultsStore(tmp_path / "results")
+    plain = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=1, training=FAST), store)
+    with pytest.raises(FrugalrayError, match=f"Trial {plain['trial_id']} has no saved weights; run it again with --save-model"):
+        export_trial(store, plain["trial_id"], tmp_path / "out")
+    store.append({"trial_id": "broken-1", "config_hash": "broken", "status": "failed", "error": "RuntimeError: CUDA out of memory"})
+    with pytest.raises(FrugalrayError, match="Trial broken-1 failed \\(RuntimeError: CUDA out of memory\\)"):
+        export_trial(store, "broken", tmp_path / "out")
+    with pytest.raises(FrugalrayError, match="No trial 'nope'"):
+        export_trial(store, "nope", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, tiny_model, ner_task_file):
+    """A store holding one trial with saved weights: (store, trial_id)."""
+    store = ResultsStore(tmp_path_factory.mktemp("results"))
+    row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, training=FAST,
+                                    save_model=True), store)
+    assert row["status"] == "ok", row["error"]
+    return store, row["trial_id"]
+
+
+def test_export_writes_only_where_it_may_and_keeps_other_files(tmp_path, saved, capsys):
+    store, trial = saved
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FrugalrayError, match="is not empty and is not an earlier frugalray export .*--force"):
+        export_trial(store, trial, out)
+    assert main(["export", store.location, "--trial", trial, "--out", str(out)]) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and not list(tmp_path.glob(".out.*"))
+
+    assert main(["export", store.location, "--trial", trial, "--out", str(out), "--force"]) == 0
+    assert (out / "config.json").is_file() and (out / "notes.txt").read_text() == "mine"
+    manifest = json.loads((out / "frugalray_trial.json").read_text())
+    manifest["exported_files"].append("model-00002-of-00002.safetensors")  # as a larger, sharded export left it
+    (out / "frugalray_trial.json").write_text(json.dumps(manifest))
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"old shard")
+    export_trial(store, trial, out)  # an earlier export: replaced without --force
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "frugalray_trial.json", "model.safetensors",
+                                                     "notes.txt", "tokenizer.json", "tokenizer_config.json"]
+    assert AutoModelForTokenClassification.from_pretrained(out).config.frugalray_kept_layers == [0, 1]
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FrugalrayError, match="Export folder '.*file' is a file; give a folder"):
+        export_trial(store, trial, tmp_path / "file")
+
+
+@pytest.mark.parametrize("model_path", ["../elsewhere", "/tmp/elsewhere", "models/../../elsewhere", "models/link"])
+def test_a_model_path_outside_the_store_is_refused(tmp_path, saved, model_path):
+    store, _ = saved
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = Path(store.root) / "models" / "link"
+    if model_path == "models/link" and not link.exists():
+        link.symlink_to(elsewhere)
+    trial_id = f"outside-{len(store.files())}"
+    store.append({"trial_id": trial_id, "config_hash": "outside", "status": "ok", "model_path": model_path})
+    with pytest.raises(FrugalrayError, match=f"Trial {trial_id}: .*{re.escape(repr(model_path))} is outside the "
+                                             f"results store"):
+        export_trial(store, trial_id, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_saved_and_exported_files_get_the_permissions_the_umask_gives(tmp_path, tiny_model, ner_task_file):
+    mask = os.umask(0o027)  # not the usual 022: the permissions must follow it
+    try:
+        store = ResultsStore(tmp_path / "results")
+        row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=1, training=FAST,
+                                        save_model=True), store)
+        export_trial(store, row["trial_id"], tmp_path / "out")
+    finally:
+        os.umask(mask)
+    for folder in (tmp_path / "out", Path(store.root) / row["model_path"]):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+        assert modes == {folder.name: 0o750} | {p.name: 0o640 for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize("how", ["alias", "relative folder"])
+def test_saved_and_exported_trials_name_the_base_model_as_the_trial_did(tmp_path, tiny_model, ner_task_file,
+                                                                        monkeypatch, how):
+    if how == "alias":
+        monkeypatch.setitem(MODELS._items, "tiny-alias", lambda: tiny_model)
+        name = "tiny-alias"
+    else:
+        monkeypatch.chdir(Path(tiny_model).parent)
+        name = Path(tiny_model).name
+    store = ResultsStore(tmp_path / "results")
+    row = execute_trial(TrialConfig(task=ner_task_file, model=name, strategy="first", n=2, lora=LoraSettings(),
+                                    training=FAST, save_model=True), store)
+    assert row["status"] == "ok", row["error"]
+    saved = Path(store.root) / row["model_path"]
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] == name
+    export_trial(store, row["trial_id"], tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "frugalray_trial.json").read_text())["base_model"] == name
+    for path in [*saved.iterdir(), *(tmp_path / "out").iterdir()]:
+        if path.suffix in (".json", ".md"):
+            assert tiny_model not in path.read_text(), path  # this machine's path to the model appears nowhere

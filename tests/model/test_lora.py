@@ -1,0 +1,68 @@
+import json
+
+import pytest
+from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+from frugalray import FrugalrayError, LoraSettings
+from frugalray.model.lora import apply_lora, head_modules, merged
+from frugalray.model.surgery import prune_layers
+from frugalray.testing import tiny_config
+
+
+def _trainable(model):
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_study_defaults():
+    settings = LoraSettings()
+    assert (settings.r, settings.alpha, settings.dropout, settings.target_modules) == (8, 32, 0.1, ("query", "value"))
+    assert settings.train_head
+
+
+@pytest.mark.parametrize("auto", [AutoModelForTokenClassification, AutoModelForSequenceClassification])
+def test_head_trains_by_default_and_freezes_on_request(auto):
+    model = prune_layers(auto.from_config(tiny_config("camembert", 4)), [0, 3])
+    assert head_modules(model) == ["classifier"]
+    trained = _trainable(apply_lora(model, LoraSettings()))
+    assert any("classifier" in name for name in trained)
+    assert any("lora_A" in name and "query" in name for name in trained)
+    assert not any("key" in name or "intermediate" in name for name in trained)
+
+    frozen_model = prune_layers(auto.from_config(tiny_config("camembert", 4)), [0, 3])
+    frozen = _trainable(apply_lora(frozen_model, LoraSettings(train_head=False)))
+    assert not any("classifier" in name for name in frozen)
+    assert frozen and all("lora_" in name for name in frozen)
+
+
+def test_distilbert_head_has_both_layers():
+    model = AutoModelForSequenceClassification.from_config(tiny_config("distilbert", 4))
+    assert head_modules(model) == ["pre_classifier", "classifier"]
+    trained = _trainable(apply_lora(model, LoraSettings(target_modules=("q_lin", "v_lin"))))
+    assert any("pre_classifier" in name for name in trained)
+
+
+def test_merge_gives_a_plain_pruned_model():
+    model = apply_lora(prune_layers(AutoModelForTokenClassification.from_config(tiny_config("bert", 4)), [1]), LoraSettings())
+    plain = merged(model)
+    assert not any("lora" in name for name, _ in plain.named_parameters())
+    assert plain.config.num_hidden_layers == 1
+
+
+def test_settings_from_json_accept_peft_names(tmp_path):
+    path = tmp_path / "lora.json"
+    path.write_text(json.dumps({"r": 16, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["query"],
+                                "train_head": False}))
+    assert LoraSettings.from_json(path) == LoraSettings(16, 16, 0.05, ("query",), False)
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"rank": 8}', "unknown key 'rank'"),
+    ('{"r": 0}', "r must be >= 1"),
+    ('{"target_modules": []}', "target_modules is empty"),
+    ('{"r": 8', "not valid JSON"),
+])
+def test_bad_settings_files(tmp_path, content, message):
+    path = tmp_path / "lora.json"
+    path.write_text(content)
+    with pytest.raises(FrugalrayError, match=message):
+        LoraSettings.from_json(path)

@@ -1,0 +1,226 @@
+import os
+import signal
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from frugalray import FrugalrayError, ResultsStore
+from frugalray.results.store import SCHEMA
+from frugalray.results.tables import render
+from frugalray.testing import synthetic_catalog, synthetic_table
+from frugalray.results.views import aggregate, compute_view
+
+
+def _row(**values):
+    row = {"config_hash": "h", "status": "ok", "task": "demo_pos", "model": "m", "strategy": "first",
+           "strategy_n": 2, "kept_layers": [0, 1], "n_kept_layers": 2, "seed": 0, "f1": 0.5,
+           "started_at": datetime.now(timezone.utc)}
+    return row | values
+
+
+def test_append_then_read_back_typed_rows(tmp_path):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_row(config_hash="a", f1=0.8))
+    store.append(_row(config_hash="b", status="failed", error="RuntimeError: boom", f1=None))
+    table = store.table()
+    assert table.schema == SCHEMA
+    rows = sorted(table.to_pylist(), key=lambda r: r["config_hash"])
+    assert [(r["config_hash"], r["status"], r["f1"]) for r in rows] == [("a", "ok", 0.8), ("b", "failed", None)]
+    assert rows[1]["error"] == "RuntimeError: boom"
+    assert rows[0]["kept_layers"] == [0, 1]
+    assert _ok_hashes(store) == {"a"}
+
+
+def test_readers_never_see_staging_files(tmp_path):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_row())
+    # a writer that died mid-write leaves only a staging file behind
+    (tmp_path / "trials" / ".staging-dead.tmp").write_bytes(b"PAR1 half written")
+    assert store.table().num_rows == 1
+    assert all(not os.path.basename(f).startswith(".") for f in store.files())
+
+
+def test_each_row_is_a_complete_parquet_file(tmp_path):
+    store = ResultsStore(tmp_path)
+    path = store.append(_row())
+    assert pq.read_table(path).num_rows == 1
+    assert not [p for p in (tmp_path / "trials").iterdir() if p.name.startswith(".staging")]
+
+
+def test_many_concurrent_writers_lose_nothing(tmp_path):
+    store = ResultsStore(tmp_path).check_writable()
+    threads = [threading.Thread(target=lambda i=i: [store.append(_row(config_hash=f"{i}-{j}")) for j in range(10)])
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(store.table().column("config_hash").to_pylist()) == sorted(f"{i}-{j}" for i in range(8) for j in range(10))
+
+
+def test_unknown_columns_are_refused(tmp_path):
+    with pytest.raises(FrugalrayError, match="unknown columns"):
+        ResultsStore(tmp_path).append(_row(f1_score=1.0))
+
+
+def test_filters_and_sql(tmp_path):
+    store = ResultsStore(tmp_path)
+    for n, f1 in [(1, 0.4), (2, 0.6), (4, 0.9)]:
+        store.append(_row(config_hash=f"h{n}", n_kept_layers=n, f1=f1, strategy_n=n))
+    assert store.query(where=["n_kept_layers<=2"]).column("f1").to_pylist() == [0.4, 0.6]
+    assert store.query(where=["f1>0.5", "task=demo_pos"]).num_rows == 2
+    assert store.query(where=["task=other"]).num_rows == 0
+    result = store.query(sql="SELECT max(f1) AS best FROM trials WHERE n_kept_layers < 4")
+    assert result.column("best").to_pylist() == [0.6]
+
+
+def test_bad_queries_are_clear(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(_row())
+    with pytest.raises(FrugalrayError, match=r"(?s)SQL failed: .*nope.*columns: trial_id, config_hash"):
+        store.query(sql="SELECT nope FROM trials")
+    with pytest.raises(FrugalrayError, match="Unknown column 'f11'. Did you mean 'f1'"):
+        store.query(where=["f11>0.5"])
+    with pytest.raises(FrugalrayError, match="not 'column<op>value'"):
+        store.query(where=["f1 ~ 3"])
+    with pytest.raises(FrugalrayError, match="not a valid"):
+        store.query(where=["n_kept_layers=two"])
+
+
+def test_empty_or_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(FrugalrayError, match="No results in"):
+        ResultsStore(tmp_path / "none").query()
+
+
+def test_unwritable_location_is_refused(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(FrugalrayError, match="is not writable"):
+        ResultsStore(blocker / "results").check_writable()
+
+
+def test_file_uri_works_like_a_path(tmp_path):
+    store = ResultsStore(f"file://{tmp_path}")
+    store.check_writable().append(_row())
+    assert ResultsStore(tmp_path).table().num_rows == 1
+
+
+def test_render_formats(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(_row(f1=0.91234))
+    table = store.table()
+    text = render(table)
+    assert text.splitlines()[0].split()[:3] == ["task", "model", "strategy"]
+    assert "0.9123" in text and "0,1" in text
+    assert render(table, ["task", "f1"], "csv") == "task,f1\ndemo_pos,0.91234"  # CSV keeps full precision
+    assert render(table, ["task", "f1"], "markdown").splitlines()[2] == "| demo_pos | 0.9123 |"
+    with pytest.raises(FrugalrayError, match="Unknown column"):
+        render(table, ["nope"])
+
+
+def _bad_files(folder):
+    """One of each kind of file a reader must skip, by name."""
+    good = pa.Table.from_pylist([_row(config_hash="bad")], schema=SCHEMA)
+    whole = pa.BufferOutputStream()
+    pq.write_table(good, whole)
+    return {
+        "empty": b"",
+        "truncated": whole.getvalue().to_pybytes()[:200],
+        "not_parquet": b"config_hash,status\nbad,ok\n",
+        "f1_as_text": good.set_column(SCHEMA.get_field_index("f1"), "f1", pa.array(["0.5"])),
+        "no_config_hash": good.drop_columns(["config_hash"]),
+        "n_kept_layers_too_big": good.set_column(SCHEMA.get_field_index("n_kept_layers"), "n_kept_layers",
+                                                 pa.array([2**40], pa.int64())),
+    }
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "not_parquet", "f1_as_text", "no_config_hash",
+                                  "n_kept_layers_too_big"])
+def test_one_bad_file_is_skipped_by_every_reader_with_one_warning(tmp_path, caplog, kind):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_row(config_hash="a", f1=0.8))
+    store.append(_row(config_hash="b", f1=0.6, n_kept_layers=3))
+    bad = tmp_path / "trials" / f"{kind}.parquet"
+    content = _bad_files(tmp_path)[kind]
+    if isinstance(content, bytes):
+        bad.write_bytes(content)
+    else:
+        pq.write_table(content, bad)
+
+    assert sorted(store.table().column("config_hash").to_pylist()) == ["a", "b"]
+    assert store.table().schema == SCHEMA
+    assert store.dataset().to_table().num_rows == 2
+    assert store.query(where=["f1>0.5"]).num_rows == 2
+    assert store.query(sql="SELECT count(*) AS n FROM trials").column("n").to_pylist() == [2]
+    assert _ok_hashes(store) == {"a", "b"}
+    connection = duckdb.connect()
+    store.register(connection, "mine")
+    assert connection.sql("SELECT sum(n_kept_layers) FROM mine").fetchall() == [(5,)]
+    warned = [r for r in caplog.records if str(bad) in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelname == "WARNING" and "--repair" in warned[0].getMessage()
+
+
+def test_views_read_past_a_bad_file(tmp_path, caplog):
+    store = ResultsStore(tmp_path)
+    store.write_table(synthetic_table(synthetic_catalog(tasks=("pos",))), "trials", "synthetic.parquet")
+    expected = aggregate(store).to_pylist()
+    (tmp_path / "trials" / "zz-broken.parquet").write_bytes(b"PAR1")
+    assert aggregate(store).to_pylist() == expected
+    assert compute_view(store, "budget").table.num_rows > 0
+    assert sum("zz-broken.parquet" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_compatible_columns_are_cast_to_the_schema(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(_row(config_hash="typed", f1=0.5))
+    loose = pa.table({  # what another writer (pandas, an older version) may leave: wider ints, float32, ns
+        "trial_id": ["t-loose"], "config_hash": ["loose"], "status": ["ok"], "task": ["demo_pos"],
+        "n_kept_layers": pa.array([2], pa.int64()), "f1": pa.array([0.75], pa.float32()),
+        "kept_layers": pa.array([[0, 3]], pa.list_(pa.int64())),
+        "started_at": pa.array([1_700_000_000_123_456_000], pa.timestamp("ns")),
+        "lora": pa.array([None], pa.null()), "not_a_column": [1],
+    })
+    pq.write_table(loose, tmp_path / "trials" / "loose.parquet")
+    table = store.table()
+    assert table.schema == SCHEMA
+    row = next(r for r in table.to_pylist() if r["config_hash"] == "loose")
+    assert (row["n_kept_layers"], row["f1"], row["kept_layers"]) == (2, 0.75, [0, 3])
+    assert row["started_at"] == datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=timezone.utc)
+    types = store.query(sql="SELECT typeof(n_kept_layers) AS n, typeof(f1) AS f1, typeof(kept_layers) AS k, "
+                            "typeof(model_path) AS p FROM trials WHERE config_hash = 'loose'").to_pylist()
+    assert types == [{"n": "INTEGER", "f1": "DOUBLE", "k": "INTEGER[]", "p": "VARCHAR"}]
+    assert store.query(where=["n_kept_layers<=2", "f1>0.6"]).column("config_hash").to_pylist() == ["loose"]
+
+
+def test_a_file_is_checked_once_per_version(tmp_path, monkeypatch):
+    store = ResultsStore(tmp_path)
+    path = store.append(_row())
+    opened = []
+    original = pq.ParquetFile
+    monkeypatch.setattr(pq, "ParquetFile", lambda *a, **k: opened.append(a[0]) or original(*a, **k))
+    store.table(), store.query(), store.table()
+    assert opened == [path]  # its footer was read once, by the first reader
+    os.utime(path, ns=(1, 1))  # a new version of the file
+    store.table()
+    assert opened == [path, path]
+
+
+def test_a_killed_writer_leaves_nothing_in_trials(tmp_path, kill_a_writer):
+    store = ResultsStore(tmp_path).check_writable()
+    store.append(_row(config_hash="kept"))
+    assert kill_a_writer(tmp_path) == -signal.SIGKILL
+    assert [p.name for p in (tmp_path / "trials").iterdir()] == [Path(store.files()[0]).name]
+    assert len(list((tmp_path / ".staging").iterdir())) == 2  # half a row, and a model folder
+    glob = str(tmp_path / "trials" / "*")
+    assert duckdb.sql(f"SELECT count(*) FROM read_parquet('{glob}')").fetchall() == [(1,)]
+    assert store.table().num_rows == 1
+
+
+def _ok_hashes(store) -> set[str]:
+    """Configuration hashes that have a successful row."""
+    return {row["config_hash"] for row in store.table().to_pylist() if row["status"] == "ok"}

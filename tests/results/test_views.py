@@ -1,0 +1,147 @@
+import math
+
+import pyarrow as pa
+import pytest
+from scipy import stats
+
+from frugalray import FrugalrayError, ResultsStore
+from frugalray.cli import main
+from frugalray.results.reference import find, load_reference
+from frugalray.study.strategies import balanced_epochs
+from frugalray.testing import SYNTHETIC_NOISE, synthetic_catalog, synthetic_table
+from frugalray.results.views import aggregate, compute_view
+
+SEEDS = 3
+HALF_CI = stats.t.ppf(0.975, SEEDS - 1) * SYNTHETIC_NOISE / math.sqrt(SEEDS)  # std of the seed shifts is NOISE
+
+
+@pytest.fixture()
+def store(tmp_path):
+    store = ResultsStore(tmp_path / "results")
+    store.write_table(synthetic_table(synthetic_catalog(), seeds=SEEDS), "trials", "synthetic.parquet")
+    return store
+
+
+def _rows(view, **match):
+    return [r for r in view.table.to_pylist() if all(r[k] == v for k, v in match.items())]
+
+
+def test_seeds_aggregate_to_mean_std_and_student_interval(store):
+    [row] = [r for r in aggregate(store).to_pylist() if r["task"] == "pos" and r["strategy"] == "first"
+             and r["strategy_n"] == 2]
+    assert row["seeds"] == 3 and row["kept_layers"] == [0, 1]
+    assert row["f1"] == pytest.approx(0.6875)
+    assert row["f1_std"] == pytest.approx(SYNTHETIC_NOISE)
+    assert (row["f1_ci_low"], row["f1_ci_high"]) == pytest.approx((0.6875 - HALF_CI, 0.6875 + HALF_CI))
+
+
+def test_a_rerun_trial_counts_once_with_its_latest_result_and_failures_are_ignored(store):
+    table = store.table()
+    first = table.filter(pa.compute.equal(table.column("trial_id"), "t0")).to_pylist()[0]  # pos, full, seed 0
+    older = first | {"trial_id": "old", "f1": 0.0, "finished_at": first["finished_at"].replace(year=2020)}
+    failed = first | {"trial_id": "bad", "config_hash": "other", "status": "failed", "f1": None}
+    store.append(older), store.append(failed)
+    [full] = [r for r in aggregate(store).to_pylist() if (r["task"], r["strategy"], r["lora"]) == ("pos", "full", False)]
+    assert full["seeds"] == 3 and full["f1"] == pytest.approx(0.8625)
+
+
+def test_budget_view_chooses_on_dev_f1_and_reports_test_f1_against_the_full_model(store):
+    view = compute_view(store, "budget", reference=[])
+    assert [r["budget"] for r in _rows(view, task="pos")] == [1, 2, 3]
+    [one] = _rows(view, task="pos", budget=1)
+    # last_1 has the best dev F1 of the 1-layer sets, though first_1 is better on test
+    assert one["strategy"] == "last_1" and one["kept_layers"] == [3] and one["f1"] == pytest.approx(0.525)
+    [two] = _rows(view, task="pos", budget=2)
+    assert two["kept_layers"] == [0, 1] and two["f1"] == pytest.approx(0.6875)
+    assert two["f1_vs_full"] == pytest.approx(0.6875 - 0.8625)
+    assert two["train_speedup"] == pytest.approx(9.0 / 5.0) and two["latency_speedup"] == pytest.approx(5 / 3)
+    assert two["f1_ci_high"] - two["f1"] == pytest.approx(HALF_CI)
+    assert [r["budget"] for r in compute_view(store, "budget", budgets=[2]).table.to_pylist()] == [2, 2]
+
+
+def test_best_worst_lora_and_balanced_views(store):
+    best_worst = compute_view(store, "best_worst")
+    assert [(r["strategy"], r["kept_layers"]) for r in _rows(best_worst, task="ner")] == [
+        ("best_2", [0, 1]), ("best_3", [0, 1, 2]), ("drop_worst_1", [0, 1, 2]), ("drop_worst_2", [0, 1])]
+
+    lora = compute_view(store, "lora")
+    [pruned] = _rows(lora, task="pos", n_kept_layers=2)
+    assert pruned["lora_f1"] == pytest.approx(0.6375) and pruned["full_f1"] == pytest.approx(0.6875)
+    assert pruned["lora_vs_full"] == pytest.approx(-0.05) and pruned["lora_f1_std"] == pytest.approx(SYNTHETIC_NOISE)
+    assert pruned["trainable_params"] == 10 and pruned["lora_lr"] == 5e-4
+
+    [balanced] = _rows(compute_view(store, "balanced"), task="pos")
+    assert balanced["kept_layers"] == [0, 1] and balanced["epochs"] == 6 and balanced["base_epochs"] == 3
+    assert balanced["full_train_seconds"] == pytest.approx(9.0)
+    assert balanced["pruned_train_seconds"] == pytest.approx(5.0)
+    assert balanced["balanced_epochs"] == balanced_epochs(9.0, 5.0, 3) == 5
+    assert balanced["gain"] == pytest.approx(0.02) and balanced["balanced_f1"] == pytest.approx(0.7075)
+
+
+def test_filters_apply_before_the_view(store):
+    view = compute_view(store, "baselines", where=["task=ner"])
+    assert {r["task"] for r in view.table.to_pylist()} == {"ner"}
+    assert sorted(r["lora"] for r in view.table.to_pylist()) == [False, True]
+
+
+def test_reference_rows_show_beside_ours_only_where_they_match(store, tmp_path):
+    reference = tmp_path / "ref.csv"
+    reference.write_text("dataset,strategy,f1,layers\nPOS,best_2,0.9,\"0,1\"\nPOS,del_worst_1,0.95,\"0,1,2\"\n")
+    view = compute_view(store, "best_worst", reference=load_reference([str(reference)]))
+    study = {(r["task"], r["strategy"]): r["study_f1"] for r in view.table.to_pylist()}
+    assert study[("pos", "best_2")] == 0.9 and study[("pos", "drop_worst_1")] == 0.95
+    assert study[("ner", "best_2")] is None
+    assert "reference: 2 of 8 rows matched a study row" in view.notes
+    paired = load_reference([str(reference)], {"ner": "POS"})
+    assert {r["task"] for r in paired} == {"ner"}
+    # no match at all: no study columns
+    assert "study_f1" not in compute_view(store, "best_worst", reference=paired, where=["task=pos"]).table.column_names
+
+
+def test_reference_files_with_unknown_columns_or_bad_values_are_refused(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("dataset,strategy,f1,speed\nPOS,best_2,0.9,3\n")
+    with pytest.raises(FrugalrayError, match=r"bad.csv:1: unknown column\(s\) \['speed'\]. Known columns: dataset"):
+        load_reference([str(bad)])
+    bad.write_text("dataset,strategy,f1\nPOS,best_2,0.9\nPOS,best_3,high\n")
+    with pytest.raises(FrugalrayError, match=r"bad.csv:3: column 'f1' has 'high', which is not a number"):
+        load_reference([str(bad)])
+    with pytest.raises(FrugalrayError, match="does not exist"):
+        load_reference([str(tmp_path / "missing.csv")])
+
+
+def test_the_packaged_study_tables_load_and_agree_with_the_balanced_formula():
+    records = load_reference(["study"])
+    assert find(records, "ftb_pos", strategy="best", n=2)["f1"] == 0.949
+    assert find(records, "ftb_ner", strategy="drop_worst", n=3)["kept_layers"] == (0, 1, 2, 3, 6, 7, 8, 9, 10)
+    assert find(records, "wikiner", lora=True, full=True)["f1"] == 0.821
+    balanced = [r for r in records if r.get("adjusted_epochs") is not None]
+    assert len(balanced) == 7
+    for record in balanced:
+        assert balanced_epochs(record["full_train_seconds"], record["train_seconds"], 3) == record["adjusted_epochs"]
+
+
+def test_views_from_the_command_line(store, capsys):
+    assert main(["results", store.location, "--view", "budget", "--format", "csv", "--where", "task=pos"]) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert lines[0].startswith("task,model,budget,strategy,kept_layers,n_kept_layers,seeds,f1,f1_std,f1_ci_low")
+    assert len(lines) == 4 and "base settings epochs=3" in out.err
+    assert main(["results", store.location, "--view", "lora", "--no-reference"]) == 0
+    assert "0.6375 ± 0.0100 [" in capsys.readouterr().out
+    assert main(["results", store.location, "--view", "tables"]) == 2
+    assert "Unknown view 'tables'. Did you mean 'baselines'? Available: balanced, baselines, best_worst" in capsys.readouterr().err
+
+
+def test_empty_or_missing_results_are_clear_errors(tmp_path, capsys):
+    assert main(["results", str(tmp_path / "missing"), "--view", "budget"]) == 2
+    err = capsys.readouterr().err
+    assert "No results in" in err and "missing' does not exist" not in err and "it does not exist" in err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FrugalrayError, match="exists but has no trials"):
+        compute_view(ResultsStore(tmp_path / "empty"), "budget")
+
+
+def test_bad_sql_names_duckdbs_message_and_the_columns(store):
+    with pytest.raises(FrugalrayError, match=r'(?s)SQL failed: .*"nope".* its columns: trial_id, config_hash'):
+        store.query(sql="SELECT nope FROM trials")

@@ -1,0 +1,212 @@
+"""The staged plan without Ray: trials are run in-process with the simulated runner."""
+
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from frugalray import FrugalrayError, ResultsStore
+from frugalray.study.plan import StudyPlan, SweepConfig
+from frugalray.testing import simulated_trial
+from frugalray.training.trial import execute_trial
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+
+
+def _sweep(tmp_path, tiny_model, **values):
+    defaults = dict(name="t", tasks=("demo_pos",), model=tiny_model, seeds=(0,), results=str(tmp_path / "r"),
+                    drop_middle=(2,), drop_ends=(2,), best=(2, 3), drop_worst=(1, 2))
+    return SweepConfig(**(defaults | values))
+
+
+def _run(plan: StudyPlan, limit: int | None = None, only_task: str | None = None) -> int:
+    """Run queued trials in-process; returns how many were trained."""
+    trained = 0
+    while limit is None or trained < limit:
+        plan.expand()
+        queued = [p for p in plan.queue if only_task is None or p.task == only_task]
+        if not queued:
+            break
+        plan.queue.remove(queued[0])
+        row = execute_trial(queued[0].config, runner=simulated_trial)
+        plan.store.append(row)
+        plan.record(row)
+        trained += 1
+    return trained
+
+
+def _rows(store):
+    return store.table().to_pylist()
+
+
+def test_stage_one_is_full_and_every_single_layer(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, seeds=(0, 1)), ResultsStore(tmp_path / "r"))
+    plan.expand()
+    queued = [(p.stage, p.config.strategy, p.config.n, p.config.seed) for p in plan.queue]
+    assert queued == [("single", "full", None, 0)] + [("single", "single", k, 0) for k in range(4)] + \
+        [("single", "full", None, 1)] + [("single", "single", k, 1) for k in range(4)]
+
+
+def test_best_n_uses_the_tasks_stage_one_scores(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    rows = _rows(plan.store)
+    singles = {r["kept_layers"][0]: r["dev_f1"] for r in rows if r["strategy"] == "single"}
+    ranked = sorted(singles, key=lambda k: (-singles[k], k))
+    best = {r["strategy_n"]: r["kept_layers"] for r in rows if r["strategy"] == "best"}
+    worst = {r["strategy_n"]: r["kept_layers"] for r in rows if r["strategy"] == "drop_worst"}
+    assert best == {2: sorted(ranked[:2]), 3: sorted(ranked[:3])}
+    assert worst == {1: sorted(ranked[:3]), 2: sorted(ranked[:2])}
+
+
+def test_a_task_moves_on_while_another_is_still_in_stage_one(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, tasks=("demo_pos", "demo_ner")), ResultsStore(tmp_path / "r"))
+    _run(plan, only_task="demo_pos", limit=5)  # demo_pos stage 1 done, demo_ner not started
+    plan.expand()
+    assert ("demo_pos", "strategies") in plan.planned
+    assert ("demo_ner", "strategies") not in plan.planned
+    assert {p.task for p in plan.queue if p.stage == "strategies"} == {"demo_pos"}
+
+
+def test_same_layer_set_trains_once_and_both_are_reported(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model), ResultsStore(tmp_path / "r"))
+    trained = _run(plan)
+    rows = _rows(plan.store)
+    by_key = {(r["strategy"], r["strategy_n"], r["stage"]): r for r in rows}
+    single0, first1 = by_key[("single", 0, "single")], by_key[("first", 1, "strategies")]
+    assert single0["kept_layers"] == first1["kept_layers"] == [0]
+    assert single0["config_hash"] == first1["config_hash"]
+    assert single0["reused_from"] is None and first1["reused_from"] == single0["trial_id"]
+    assert first1["f1"] == single0["f1"]
+    trained_rows = [r for r in rows if r["reused_from"] is None]
+    assert len(trained_rows) == trained == len({r["config_hash"] for r in rows})
+
+
+def test_lora_and_balanced_stages_follow_the_selection_rule(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, lora_max_layers=3, lora_sizes=(2,)), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    rows = _rows(plan.store)
+    stage2 = [r for r in rows if r["stage"] == "strategies"]
+    best_upto3 = max((r for r in stage2 if r["n_kept_layers"] <= 3), key=lambda r: (r["dev_f1"], -r["n_kept_layers"]))
+    best_2 = max((r for r in stage2 if r["n_kept_layers"] == 2), key=lambda r: r["dev_f1"])
+    lora = sorted(tuple(r["kept_layers"]) for r in rows if r["stage"] == "lora")
+    assert lora == sorted({tuple(best_upto3["kept_layers"]), tuple(best_2["kept_layers"]), (0, 1, 2, 3)})
+    assert all(r["lora"] and r["lora_train_head"] for r in rows if r["stage"] == "lora")
+    full_seconds = next(r["train_seconds"] for r in rows if r["strategy"] == "full" and not r["lora"])
+    for row in (r for r in rows if r["stage"] == "balanced"):
+        pruned = next(r["train_seconds"] for r in stage2 if r["kept_layers"] == row["kept_layers"])
+        assert row["epochs"] == round(full_seconds * 3 / pruned)
+    assert plan.finished()
+
+
+def test_only_the_chosen_stages_keep_their_weights(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, save_models=("lora",)), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    planned = [p for trials in plan.planned.values() for p in trials]
+    assert {p.stage for p in planned} == {"single", "strategies", "lora", "balanced"}
+    assert all(p.config.save_model == (p.stage == "lora") for p in planned)
+
+
+def test_rerun_skips_what_the_store_holds(tmp_path, tiny_model):
+    sweep = _sweep(tmp_path, tiny_model)
+    first = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    _run(first, limit=7)  # stage 1 complete, a couple of stage-2 trials
+    again = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    again.expand()
+    done = {r["config_hash"] for r in _rows(again.store)}
+    assert not done & {p.config_hash for p in again.queue}
+    _run(again)
+    complete = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    assert complete.finished() and not complete.queue
+
+
+def test_a_corrupt_trial_file_retrains_only_what_it_held(tmp_path, tiny_model):
+    sweep = _sweep(tmp_path, tiny_model)
+    _run(StudyPlan(sweep, ResultsStore(tmp_path / "r")))
+    store = ResultsStore(tmp_path / "r")
+    victim = next(r for r in _rows(store) if (r["strategy"], r["strategy_n"]) == ("first", 3))
+    assert victim["reused_from"] is None  # drop_every 4 (and best 3...) keep the same layers: alias rows
+    [path] = [f for f in store.files() if pq.read_table(f).column("trial_id")[0].as_py() == victim["trial_id"]]
+    Path(path).write_bytes(Path(path).read_bytes()[:100])  # truncated, as a full disk leaves a file
+
+    again = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    again.expand()
+    assert [(p.config.strategy, p.config.n) for p in again.queue] == [("first", 3)]
+    assert _run(again) == 1 and again.finished()
+    reported = [(r["config_hash"], r["strategy"], r["strategy_n"], r["stage"]) for r in _rows(again.store)]
+    assert len(reported) == len(set(reported))  # the alias rows the store kept are not written again
+
+
+def test_summary_counts_configurations_whose_latest_run_failed(tmp_path, tiny_model):
+    from frugalray.results.summary import summary
+
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single",)), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    fixed, broken, *_ = _rows(plan.store)
+    hour = timedelta(hours=1)
+    plan.store.append(fixed | {"trial_id": "oom-then-fixed", "status": "failed", "error": "RuntimeError: CUDA out of memory",
+                               "finished_at": fixed["finished_at"] - hour})
+    plan.store.append(broken | {"trial_id": "broken-later", "status": "failed", "error": "RuntimeError: boom",
+                                "finished_at": broken["finished_at"] + hour})
+    out = io.StringIO()
+    summary(plan, stream=out)
+    assert "failed trials: 1" in out.getvalue()
+
+
+def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_dir):
+    task = tmp_path / "task.json"
+    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
+                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
+                    '"test": "ner_test.conll"}')
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, tasks=(str(task),)), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    rows = _rows(plan.store)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [r["kept_layers"] for r in failed if r["reused_from"] is None] == [[1]]
+    assert "CUDA out of memory" in failed[0]["error"]
+    assert any(r["stage"] == "lora" for r in rows)  # later stages still ran
+    assert any("missing for layer(s) [1]" in note for note in plan.notes)  # best/drop_worst need every layer
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"tasks": ("wikiner_ner",)}, "Did you mean 'wikiner'"),
+    ({"stages": ("single", "lora_stage")}, "stages: Unknown stage 'lora_stage'. Did you mean 'lora'?"),
+    ({"save_models": ("loras",)}, r"save_models: Unknown stage 'loras'. Did you mean 'lora'\? Available: balanced, lora, single, strategies"),
+    ({"seeds": ()}, "at least one seed"),
+    ({"data_dirs": {"ftb_pos": "/x"}}, "does not run"),
+])
+def test_bad_sweep_settings_fail_before_anything_runs(tmp_path, tiny_model, values, message):
+    with pytest.raises(FrugalrayError, match=message):
+        _sweep(tmp_path, tiny_model, **values)
+
+
+def test_unknown_sweep_key_fails(tmp_path):
+    with pytest.raises(FrugalrayError, match="unknown key 'seed'.*Did you mean 'seeds'"):
+        SweepConfig.from_dict({"tasks": ["demo_pos"], "seed": [0]})
+    with pytest.raises(FrugalrayError, match="unknown key 'epoch'"):
+        SweepConfig.from_dict({"tasks": ["demo_pos"], "training": {"epoch": 3}})
+
+
+def test_a_registered_stage_is_planned_listed_and_accepted_with_nothing_else_changed(tmp_path, tiny_model,
+                                                                                    monkeypatch, capsys):
+    from frugalray.cli import main
+    from frugalray.study.stages import STAGES, Stage
+
+    def extra(inputs):
+        """Two layers more than the best single layer (an example)."""
+        best = max(r["dev_f1"] for r in inputs.rows(("single",)) if r["strategy"] == "single")
+        return [("first", {"n": 3})] if best >= 0 else []
+
+    monkeypatch.setitem(STAGES._items, "extra", Stage("extra", ("single",), extra, "An example stage."))
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "extra")), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    assert plan.finished()
+    assert [(r["stage"], r["strategy"], r["kept_layers"]) for r in _rows(plan.store) if r["stage"] == "extra"] == [
+        ("extra", "first", [0, 1, 2])]
+    assert main(["stages"]) == 0
+    assert "extra" in capsys.readouterr().out

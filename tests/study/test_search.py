@@ -1,0 +1,139 @@
+"""Layer-mask search through Ray Tune's OptunaSearch, with simulated trials (scheduling is under test)."""
+
+import optuna
+import pytest
+
+from frugalray import FrugalrayError, ResultsStore
+from frugalray.model.importance import proxy_prior, spearman
+from frugalray.cluster.session import start_local_ray
+from frugalray.cluster.runs import run_search
+from frugalray.study.search import SearchConfig, mask_space, open_study
+from frugalray.study.strategies import kept_layers
+
+ray = pytest.importorskip("ray")
+RUNNER = "frugalray.testing:simulated_trial"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    start_local_ray(num_cpus=2, num_gpus=0)  # as a search started without RAY_ADDRESS: private, on loopback
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+
+
+def _search(tmp_path, model, **values):
+    defaults = dict(task="demo_pos", model=model, budget=4, results=str(tmp_path / "r"), prior="none",
+                    resources={"cpus_per_trial": 0.5}, name="s")
+    return SearchConfig(**(defaults | values))
+
+
+def _trained(tmp_path):
+    return [r for r in ResultsStore(tmp_path / "r").table().to_pylist() if r["reused_from"] is None]
+
+
+def test_space_respects_the_constraint_for_any_sample():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    space = mask_space(6, 2, 3)
+    for _ in range(200):
+        kept = space(study.ask())["layers"]
+        assert 2 <= len(kept) <= 3 and kept == sorted(set(kept))
+
+
+def test_search_trains_masks_within_the_constraint_once_each(tmp_path, tiny_model, local_ray):
+    run_search(_search(tmp_path, tiny_model, budget=5, exactly=3), runner=RUNNER)
+    rows = _trained(tmp_path)
+    assert len(rows) == 4  # 4 layers, exactly 3: only four masks exist, however often they are sampled
+    assert all(len(r["kept_layers"]) == 3 and r["stage"] == "search" for r in rows)
+    assert len({r["config_hash"] for r in rows}) == len(rows)
+
+
+def test_warm_start_tells_stored_results_instead_of_retraining(tmp_path, tiny_model, local_ray):
+    run_search(_search(tmp_path, tiny_model, budget=3, max_layers=2), runner=RUNNER)
+    first = {r["config_hash"] for r in _trained(tmp_path)}
+    outcome = run_search(_search(tmp_path, tiny_model, name="s2", budget=3, max_layers=2), runner=RUNNER)
+    rows = _trained(tmp_path)
+    assert len(rows) == len({r["config_hash"] for r in rows}) == 6  # three new masks, nothing twice
+    assert first <= {r["config_hash"] for r in rows}
+    study = outcome["study"]
+    told = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert outcome["told_from_store"] >= 3 and len(told) >= 6
+
+
+def test_multi_objective_front_is_non_dominated(tmp_path, tiny_model, local_ray):
+    outcome = run_search(_search(tmp_path, tiny_model, budget=6, objective="f1_vs_layers", max_layers=3),
+                         runner=RUNNER)
+    front = outcome["front"]
+    assert front
+    for a in front:
+        for b in front:
+            dominated = (b["dev_f1"] >= a["dev_f1"] and b["n_kept_layers"] <= a["n_kept_layers"]
+                         and (b["dev_f1"], b["n_kept_layers"]) != (a["dev_f1"], a["n_kept_layers"]))
+            assert not dominated, (a, b)
+        assert len(a["kept_layers"]) == a["n_kept_layers"]
+    from frugalray.study.search import read_fronts
+
+    [stored] = read_fronts(ResultsStore(tmp_path / "r"))
+    assert stored.num_rows == len(front)
+
+
+def test_resume_continues_the_same_study(tmp_path, tiny_model, local_ray):
+    config = _search(tmp_path, tiny_model, budget=3, min_layers=1, max_layers=3)
+    run_search(config, runner=RUNNER)
+    study, _ = open_study(config, ResultsStore(tmp_path / "r"))
+    before = len(study.trials)
+    outcome = run_search(config, runner=RUNNER)
+    assert outcome["study"].study_name == "s" and len(outcome["study"].trials) >= before + 3
+    assert len(_trained(tmp_path)) == 6
+
+
+def test_proxy_prior_is_tried_first(tmp_path, tiny_model, local_ray):
+    outcome = run_search(_search(tmp_path, tiny_model, budget=3, min_layers=1, max_layers=3, prior="proxy"),
+                         runner=RUNNER)
+    first = [t.user_attrs["kept_layers"] for t in outcome["study"].trials[:3]]
+    assert [len(k) for k in first] == [1, 2, 3]  # keep the 1, 2, 3 most important layers by the proxy
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"min_layers": 3, "max_layers": 2}, "No mask satisfies the constraint"),
+    ({"exactly": 5}, "No mask satisfies the constraint"),
+    ({"min_layers": 0}, "No mask satisfies the constraint"),
+    ({"objective": "f1_vs_layer"}, "Unknown objective 'f1_vs_layer'. Did you mean 'f1_vs_layers'"),
+    ({"budget": 0}, "budget must be a positive"),
+])
+def test_bad_search_input_fails_before_any_trial(tmp_path, tiny_model, values, message):
+    with pytest.raises(FrugalrayError, match=message):
+        run_search(_search(tmp_path, tiny_model, **values), runner=RUNNER)
+    assert not (tmp_path / "r" / "trials").exists() or not list((tmp_path / "r" / "trials").iterdir())
+
+
+def test_unwritable_storage_fails_before_any_trial(tmp_path, tiny_model):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FrugalrayError, match="storage .* cannot be opened or written"):
+        run_search(_search(tmp_path, tiny_model, storage=f"sqlite:///{tmp_path}/file/db.sqlite3"), runner=RUNNER)
+
+
+def test_proxy_prior_and_strategy_agree():
+    scores = (0.4, 0.1, 0.3, 0.2)
+    assert proxy_prior(scores, 1, 3) == [(0,), (0, 2), (0, 2, 3)]
+    assert kept_layers("drop_proxy", 4, n=1, scores=scores) == (0, 2, 3)
+    assert spearman(scores, (4, 1, 3, 2)) == pytest.approx(1.0)
+    assert spearman(scores, (1, 4, 2, 3)) == pytest.approx(-1.0)
+
+
+def test_fronts_and_importance_on_the_command_line(tmp_path, tiny_model, ner_task_file, local_ray, capsys):
+    from frugalray.cli import main
+
+    run_search(_search(tmp_path, tiny_model, budget=3, objective="f1_vs_layers", max_layers=2), runner=RUNNER)
+    capsys.readouterr()
+    assert main(["results", str(tmp_path / "r"), "--fronts"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "== s (f1_vs_layers)" and out[1].split()[:3] == ["kept_layers", "dev_f1", "n_kept_layers"]
+    assert main(["importance", "--task", ner_task_file, "--model", tiny_model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["layer", "proxy_importance"] and len(lines) == 2 + 4
+    assert main(["results", str(tmp_path / "empty"), "--fronts"]) == 2

@@ -1,0 +1,217 @@
+import dataclasses
+import json
+import re
+
+import pyarrow as pa
+import pytest
+import torch
+
+from frugalray import (FrugalrayError, LoraSettings, ResultsStore, TrainingSettings, TrialConfig,
+                       execute_trial, prepare_trial)
+from frugalray.cluster.resources import ResourceRule
+from frugalray.results.store import SCHEMA
+from frugalray.training.trial import check_device
+
+FAST = TrainingSettings(epochs=2, batch_size=2, learning_rate=1e-3, lora_learning_rate=1e-3, max_length=32)
+
+
+def _config(task, model, **values):
+    return TrialConfig(task=task, model=model, training=FAST, **values)
+
+
+def test_trial_writes_a_valid_row(tmp_path, tiny_model, ner_task_file):
+    store = ResultsStore(tmp_path)
+    row = execute_trial(_config(ner_task_file, tiny_model, strategy="first", n=2, seed=3), store)
+    assert row["status"] == "ok", row["error"]
+    [stored] = store.table().to_pylist()
+    pa.Table.from_pylist([stored], schema=SCHEMA)  # every column typed as the schema says
+    assert stored["kept_layers"] == [0, 1] and stored["n_kept_layers"] == 2 and stored["num_layers"] == 4
+    assert stored["task"] == "tiny_ner" and stored["strategy"] == "first" and stored["seed"] == 3
+    for metric in ("accuracy", "precision", "recall", "f1", "dev_f1"):
+        assert 0.0 <= stored[metric] <= 1.0
+    assert stored["eval_loss"] > 0
+    assert stored["train_seconds"] > 0 and stored["eval_seconds"] > 0
+    assert stored["seconds_per_epoch"] == pytest.approx(stored["train_seconds"] / 2)
+    assert stored["total_seconds"] > stored["train_seconds"] + stored["eval_seconds"]
+    assert stored["train_tokens"] > 0 and stored["latency_ms"] > 0 and stored["peak_memory_mib"] > 0
+    assert stored["total_params"] == stored["trainable_params"] > 0
+    assert stored["model_mib"] == pytest.approx(stored["total_params"] * 4 / 2**20)
+    assert stored["torch_version"] and stored["transformers_version"] and stored["code_version"]
+    assert stored["device"] == "cpu" and stored["config_hash"] == row["config_hash"]
+
+
+def test_pruned_trial_is_smaller_than_full(tiny_model, ner_task_file):
+    full = execute_trial(_config(ner_task_file, tiny_model))
+    pruned = execute_trial(_config(ner_task_file, tiny_model, strategy="single", n=3))
+    assert full["kept_layers"] == [0, 1, 2, 3] and pruned["kept_layers"] == [3]
+    assert pruned["total_params"] < full["total_params"]
+    assert pruned["model_mib"] < full["model_mib"]
+
+
+def test_sequence_task_trial(tmp_path, tiny_model, data_dir):
+    spec = {"name": "tiny_sentiment", "head": "sequence", "metric": "classification", "format": "jsonl",
+            "data_dir": str(data_dir), "train": "sentiment.jsonl", "dev": "sentiment.jsonl", "test": "sentiment.jsonl"}
+    (tmp_path / "task.json").write_text(json.dumps(spec))
+    row = execute_trial(TrialConfig(task=str(tmp_path / "task.json"), model=tiny_model, training=FAST))
+    assert row["status"] == "ok", row["error"]
+    assert row["task"] == "tiny_sentiment"
+    assert row["accuracy"] in {0.0, 0.25, 0.5, 0.75, 1.0}
+
+
+def test_lora_trial_trains_adapters_and_head(tiny_model, ner_task_file):
+    row = execute_trial(_config(ner_task_file, tiny_model, strategy="first", n=2, lora=LoraSettings(r=4)))
+    assert row["status"] == "ok", row["error"]
+    assert row["lora"] and row["lora_r"] == 4 and row["lora_train_head"] is True
+    assert 0 < row["trainable_params"] < row["total_params"]
+    assert row["learning_rate"] == FAST.lora_learning_rate
+
+
+def test_same_layers_same_hash_and_seed_changes_it(tiny_model, ner_task_file):
+    first = prepare_trial(_config(ner_task_file, tiny_model, strategy="first", n=2))
+    mask = prepare_trial(_config(ner_task_file, tiny_model, strategy="mask", layers=(0, 1)))
+    other_seed = prepare_trial(_config(ner_task_file, tiny_model, strategy="first", n=2, seed=1))
+    lora = prepare_trial(_config(ner_task_file, tiny_model, strategy="first", n=2, lora=LoraSettings()))
+    assert first.config_hash == mask.config_hash
+    assert len({first.config_hash, other_seed.config_hash, lora.config_hash}) == 3
+
+
+def test_a_failing_trial_is_a_failed_row(tmp_path, tiny_model, ner_task_file, monkeypatch):
+    import frugalray.training.loop
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(frugalray.training.loop, "train", out_of_memory)
+    store = ResultsStore(tmp_path)
+    row = execute_trial(_config(ner_task_file, tiny_model), store)
+    assert row["status"] == "failed"
+    assert row["error"].startswith("RuntimeError: CUDA out of memory")
+    [stored] = store.table().to_pylist()
+    assert stored["status"] == "failed" and stored["config_hash"] == row["config_hash"]
+    assert _ok_hashes(store) == set()
+
+
+def test_bad_input_is_recorded_or_raised(tmp_path, tiny_model, ner_task_file):
+    store = ResultsStore(tmp_path)
+    bad = _config(ner_task_file, tiny_model, strategy="first", n=9)
+    row = execute_trial(bad, store)
+    assert row["status"] == "failed" and "valid N: 1..4" in row["error"]
+    with pytest.raises(FrugalrayError, match="valid N"):
+        execute_trial(bad, store, raise_input_errors=True)
+    assert store.table().num_rows == 1
+
+
+def test_lora_targets_missing_from_the_model(tiny_model, ner_task_file):
+    config = _config(ner_task_file, tiny_model, lora=LoraSettings(target_modules=("q_proj",)))
+    with pytest.raises(FrugalrayError, match=r"LoRA target module\(s\) \['q_proj'\] are not in .*query, value"):
+        execute_trial(config, raise_input_errors=True)
+
+
+def test_unknown_names_fail_before_anything_runs(tiny_model):
+    with pytest.raises(FrugalrayError, match="Did you mean 'drop_middle'"):
+        TrialConfig(task="demo_pos", strategy="drop_midle")
+    with pytest.raises(FrugalrayError, match="Unknown model 'minilmm'. Did you mean 'minilm'"):
+        prepare_trial(TrialConfig(task="demo_pos", model="minilmm"))
+
+
+def test_config_round_trips_through_a_dict(tiny_model):
+    config = TrialConfig(task="demo_pos", model=tiny_model, strategy="mask", layers=(0, 2),
+                         lora=LoraSettings(train_head=False), training=FAST, seed=4)
+    assert TrialConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(FrugalrayError, match="unknown key 'epoch'.*Did you mean 'epochs'"):
+        TrialConfig.from_dict({"task": "demo_pos", "training": {"epoch": 3}})
+    assert dataclasses.replace(config, seed=5).seed == 5
+
+
+# -- settings are type-checked, devices exist -----------------------------------------------------------
+def _search(**values):
+    from frugalray.study.search import SearchConfig
+
+    return SearchConfig(task="demo_pos", **values)
+
+
+def _sweep(**values):
+    from frugalray.study.plan import SweepConfig
+
+    return SweepConfig(**({"tasks": ("demo_pos",)} | values))
+
+
+@pytest.mark.parametrize("build,message", [
+    (lambda: LoraSettings(r="8"), r"^LoraSettings: r must be int, got '8' \(str\)$"),
+    (lambda: LoraSettings(target_modules="query"), r"target_modules must be a list of str, got 'query' \(str\)"),
+    (lambda: LoraSettings(train_head="no"), r"train_head must be bool, got 'no'"),
+    (lambda: LoraSettings(dropout=float("nan")), r"dropout must be a finite number, got nan"),
+    (lambda: ResourceRule(fixed_fraction=float("inf")), r"^ResourceRule: fixed_fraction must be a finite number"),
+    (lambda: ResourceRule(use_gpus=1), r"use_gpus must be bool, got 1 \(int\)"),
+    (lambda: _sweep(seeds=("0",)), r"^SweepConfig: seeds must be a list of int, got \('0',\) \(tuple\)"),
+    (lambda: _sweep(tasks="demo_pos"), r"tasks must be a list of str, got 'demo_pos' \(str\)"),
+    (lambda: _sweep(data_dirs={"demo_pos": 3}), r"data_dirs must be a list of \(str, str\), got \{'demo_pos': 3\}"),
+    (lambda: _sweep(autoscale_wait_s=float("inf")), r"autoscale_wait_s must be a finite number"),
+    (lambda: _search(budget=True), r"^SearchConfig: budget must be int, got True \(bool\)"),
+    (lambda: _search(training={"learning_rate": float("inf")}), r"SearchConfig: training: learning_rate must be a finite"),
+    (lambda: TrialConfig(task="demo_pos", n="2"), r"^TrialConfig: n must be int or None, got '2' \(str\)"),
+    (lambda: TrialConfig(task="demo_pos", layers=(0, "1")), r"layers must be a list of int or None"),
+    (lambda: TrialConfig(task="demo_pos", scores=(0.5, float("nan"))), r"scores must be a list of finite numbers"),
+    (lambda: TrialConfig(task="demo_pos", lora={"r": "4"}), r"^TrialConfig: lora: r must be int, got '4' \(str\)$"),
+    (lambda: TrialConfig(task="demo_pos", training=TrainingSettings(learning_rate=float("inf"))),
+     r"^TrainingSettings: learning_rate must be a finite number, got inf \(float\)$"),
+])
+def test_every_settings_class_checks_its_field_types(build, message):
+    with pytest.raises(FrugalrayError, match=message):
+        build()
+
+
+def test_settings_from_files_name_the_file_and_the_key(tmp_path):
+    with pytest.raises(FrugalrayError, match=r"^trial.json: training: epochs must be int, got '3' \(str\)$"):
+        TrialConfig.from_dict({"task": "demo_pos", "training": {"epochs": "3"}}, "trial.json")
+    path = tmp_path / "lora.json"
+    path.write_text('{"r": 8, "lora_alpha": 16, "train_head": "false"}')
+    with pytest.raises(FrugalrayError, match=rf"^{re.escape(str(path))}: train_head must be bool, got 'false'"):
+        LoraSettings.from_json(path)
+    assert ResourceRule(cpus_per_trial=2).cpus_per_trial == 2  # an int is a float
+    assert _sweep(seeds=[0, 1], data_dirs={"demo_pos": "/data"}).data_dirs == (("demo_pos", "/data"),)
+
+
+def test_the_field_check_needs_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, frugalray.config._fields as c; from dataclasses import dataclass\n"
+            "@dataclass\nclass S:\n    rate: float = 1.0\n"
+            "try:\n    c.check_fields(S(rate=float('inf')))\nexcept c.FrugalrayError as e:\n    print(e)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["S: rate must be a finite number, got inf (float)", "False"]
+
+
+def test_check_device_accepts_cpu_and_names_what_exists():
+    check_device(None)
+    check_device("cpu")
+    with pytest.raises(FrugalrayError, match=r"^Device 'gpu' is not a device name; available here: cpu"):
+        check_device("gpu")
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(),
+                            reason="needs a machine without a GPU")
+
+
+@NO_GPU
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "mps"])
+def test_a_missing_device_fails_the_trial_before_the_model_loads(tiny_model, ner_task_file, monkeypatch, device):
+    import frugalray.model.loading
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(frugalray.model.loading, "load_tokenizer", loaded)
+    monkeypatch.setattr(frugalray.model.loading, "load_model", loaded)
+    row = execute_trial(_config(ner_task_file, tiny_model), device=device)
+    assert row["status"] == "failed"
+    assert row["error"] == f"FrugalrayError: Device '{device}' is not available on this machine; available here: cpu"
+    with pytest.raises(FrugalrayError, match=f"Device '{device}'"):
+        execute_trial(_config(ner_task_file, tiny_model), device=device, raise_input_errors=True)
+
+
+def _ok_hashes(store) -> set[str]:
+    """Configuration hashes that have a successful row."""
+    return {row["config_hash"] for row in store.table().to_pylist() if row["status"] == "ok"}
