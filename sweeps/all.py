@@ -22,6 +22,10 @@ SWEEP = dict(
         max_length=256,
     ),
     lora=dict(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"], train_head=True),
+    # The study's four stages, then students of the fine-tuned full model on the LoRA stage's layer sets and
+    # on the first half: pruned after fine-tuning, distilled, partially fine-tuned, from both starts.
+    stages=["single", "strategies", "lora", "balanced", "recover"],
+    recovery=dict(temperature=2.0, alpha=0.5, beta=0.0, partial_layers=2),
     # French Treebank files are licensed: each folder holds train.conll, dev.conll, test.conll.
     data_dirs={"ftb_ner": "/data/ftb/ner", "ftb_pos": "/data/ftb/pos"},
     # Every node must reach the results: an S3/GCS bucket (pyarrow filesystems) or an NFS mount.

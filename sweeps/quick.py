@@ -21,8 +21,15 @@ SWEEP = dict(
         max_length=64,  # demo sentences are short
     ),
     lora=dict(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"], train_head=True),
+    stages=["single", "strategies", "lora", "balanced", "recover"],
     drop_middle=[2, 4],  # 6 layers: the study's N=6..10 do not apply
     drop_ends=[2, 4],
+    drop_block=[2, 4],  # the contiguous block the angular-distance proxy ranks lowest
+    # Recovery on the first half of the layers only (the study's sets would triple it): pruned after
+    # fine-tuning, and distilled from the fine-tuned full model, each from both starts.
+    recover_layers="half",
+    recover_methods=["finetune", "distill"],
+    recovery=dict(temperature=2.0, alpha=0.5),
     best=[2, 3, 4, 5],
     drop_worst=[1, 2, 3, 4, 5],
     results="results/quick",

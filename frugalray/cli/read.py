@@ -156,7 +156,7 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
 
 
 def importance(task: str, model: str = "minilm", data_dir: str | None = None, results: str | None = None) -> int:
-    """Per-layer importance from the pretrained model alone, and its agreement with the trained ranking.
+    """Layer and block importance from the pretrained model alone, and their agreement with trained results.
 
     Example: frugalray importance --task demo_pos --model minilm
 
@@ -164,18 +164,19 @@ def importance(task: str, model: str = "minilm", data_dir: str | None = None, re
         task: Registered task name or a task JSON file.
         model: Alias, local folder or HF hub id.
         data_dir: Where the task's files are (overrides).
-        results: Compare with the trained single(k) ranking stored here.
+        results: Compare with the trained results stored here (single(k) ranking, dropped blocks).
     """
     import pyarrow as pa
 
-    from frugalray.model.importance import proxy_scores, spearman
+    from frugalray.model.importance import block_agreement, block_scores, block_table, proxy_scores, spearman
     from frugalray.results.tables import render
 
     scores = proxy_scores(task, model, data_dir)
     rows = [{"layer": k, "proxy_importance": s} for k, s in enumerate(scores)]
     trained = None
+    from frugalray.results.store import ResultsStore
+
     if results:
-        from frugalray.results.store import ResultsStore
         from frugalray.study.scores import single_layer_scores
 
         trained = [f1 for f1, _ in single_layer_scores(ResultsStore(results), task, model)]
@@ -184,7 +185,24 @@ def importance(task: str, model: str = "minilm", data_dir: str | None = None, re
     print(render(pa.Table.from_pylist(rows)))
     if trained is not None:
         print(f"Spearman rank correlation, proxy vs trained single-layer scores: {spearman(scores, trained):+.3f}")
+    by_layers = _trained_layer_sets(ResultsStore(results), task, model) if results else None
+    blocks = block_table(block_scores(task, model, data_dir), by_layers)
+    print("\nBlocks: the contiguous block the angular-distance proxy would drop, per size (drop_block)")
+    print(render(pa.Table.from_pylist(blocks)))
+    agreement = block_agreement(blocks)
+    if agreement:
+        print(agreement)
     return 0
+
+
+def _trained_layer_sets(store, task: str, model: str) -> dict[tuple[int, ...], float]:
+    """Mean dev F1 per kept-layer set of ``task`` and ``model``, full fine-tuning at the task's base settings."""
+    from frugalray.data.tasks import resolve_task
+    from frugalray.results.views import aggregate, at_base
+
+    name = resolve_task(task).name
+    rows = at_base(aggregate(store, [f"task={name}", f"model={model}"]).to_pylist(), [])
+    return {tuple(r["kept_layers"]): r["dev_f1"] for r in rows if r["dev_f1"] is not None}
 
 
 def bench_latency(

@@ -65,13 +65,16 @@ def trial(
 
 
 def _layer_scores(config: TrialConfig, store) -> tuple:
-    if config.strategy == "drop_proxy":  # importance from the pretrained model: no training needed
-        from frugalray.model.importance import proxy_scores
-
-        return proxy_scores(config.task, config.model, config.data_dir)
+    from frugalray.model import importance
     from frugalray.study.scores import single_layer_scores
+    from frugalray.study.strategies import STRATEGIES
 
-    return single_layer_scores(store, config.task, config.model)
+    source = STRATEGIES.get(config.strategy).scores_from
+    if source == "single_layer":
+        return single_layer_scores(store, config.task, config.model)
+    # a proxy from the pretrained model: no training needed
+    compute = {"proxy": importance.proxy_scores, "block_proxy": importance.block_scores}[source]
+    return compute(config.task, config.model, config.data_dir)
 
 
 def load_settings_file(path: str, name: str) -> dict:

@@ -14,6 +14,7 @@ from pathlib import Path
 from frugalray._registry import FrugalrayError, did_you_mean
 from frugalray.config._fields import Settings
 from frugalray.config.lora import LoraSettings
+from frugalray.config.recovery import RecoverySettings
 from frugalray.config.training import TrainingSettings
 
 # Search objective -> (result columns, Optuna directions). Quality is dev F1: choosing layers never sees test.
@@ -75,6 +76,7 @@ class TrialConfig(Settings):
     )
     lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
     training: TrainingSettings = field(default_factory=TrainingSettings)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
     save_model: bool = field(
@@ -89,6 +91,12 @@ class TrialConfig(Settings):
         STRATEGIES.get(self.strategy)  # unknown names fail here, with a did-you-mean
         if not 0 <= self.seed < 2**32:  # what numpy (and so transformers.set_seed) accepts
             raise FrugalrayError(f"seed {self.seed}: seeds are integers from 0 to 2**32 - 1")
+        if self.lora and self.recovery.method == "partial":
+            raise FrugalrayError("recovery method 'partial' trains whole layers and LoRA trains adapters: they do "
+                                 "not combine; use LoRA with recovery finetune or distill, or partial without LoRA")
+        if self.recovery.needs_teacher and self.strategy == "full" and not self.lora:
+            raise FrugalrayError(f"recovery {self.recovery.label()} learns from the full model fine-tuned on the task: "
+                                 f"the full model itself has nothing to recover; prune it (another strategy)")
 
     @classmethod
     def from_record(cls, values: dict, source: str = "stored row") -> "TrialConfig":
@@ -126,6 +134,17 @@ class SweepConfig(Settings):
     drop_worst: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata={"help": "N for drop_worst."})
     lora_max_layers: int = field(default=6, metadata={"help": "Selection: best strategy with at most this many."})
     lora_sizes: tuple[int, ...] = field(default=(2, 3), metadata={"help": "Selection: best with exactly N layers."})
+    recovery: RecoverySettings = field(default_factory=RecoverySettings,
+                                       metadata={"help": "Settings of the recover stage's distillation and partial runs."})
+    recover_inits: tuple[str, ...] = field(default=("pretrained", "finetuned"),
+                                           metadata={"help": "recover stage: where students start."})
+    recover_methods: tuple[str, ...] = field(default=("finetune", "distill", "partial"),
+                                             metadata={"help": "recover stage: how students train."})
+    recover_layers: str = field(default="selection", metadata={
+        "help": "recover stage's layer sets: selection (those of the lora stage) and first half, or half (first "
+                "half only)."})
+    drop_block: tuple[int, ...] = field(default=(2, 4, 6, 8, 10), metadata={
+        "help": "N for drop_block (the contiguous block the angular-distance proxy ranks lowest)."})
     save_models: tuple[str, ...] = field(
         default=(), metadata={"help": "Stages whose trials keep their weights for export, e.g. lora balanced."}
     )
@@ -169,6 +188,14 @@ class SweepConfig(Settings):
             raise FrugalrayError(f"max_concurrent must be >= 1 (or None: no cap), got {self.max_concurrent}")
         if self.verbose not in (0, 1, 2, 3):
             raise FrugalrayError(f"verbose must be 0, 1, 2 or 3 (Ray Tune's verbosity), got {self.verbose!r}")
+        from frugalray.config.recovery import INITS, METHODS
+
+        for name, valid in (("recover_inits", INITS), ("recover_methods", METHODS)):
+            for value in getattr(self, name):
+                if value not in valid:
+                    raise FrugalrayError(f"{name}: " + did_you_mean(name[8:-1], value, list(valid)))
+        if self.recover_layers not in ("selection", "half"):
+            raise FrugalrayError(f"recover_layers {self.recover_layers!r}; valid: selection, half")
         stray = sorted({task for task, _ in self.data_dirs} - set(self.tasks))
         if stray:
             raise FrugalrayError(f"data_dirs names task(s) {stray} that the sweep does not run: {list(self.tasks)}")

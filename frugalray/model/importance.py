@@ -1,8 +1,11 @@
 """Cheap layer importance: rank layers from the pretrained model alone, in seconds, instead of L trainings.
 
-The proxy is 1 - cos(layer input, layer output) averaged over a task's tokens (He et al. 2024; ShortGPT's
-block influence): a layer that barely changes its input matters little. It backs the ``drop_proxy``
-strategy and the search's prior, and ``spearman`` says how well it agrees with the trained ranking.
+The layer proxy is 1 - cos(layer input, layer output) averaged over a task's tokens (He et al. 2024;
+ShortGPT's block influence): a layer that barely changes its input matters little. It backs the
+``drop_proxy`` strategy and the search's prior, and ``spearman`` says how well it agrees with the trained
+ranking. The block proxy is the angular distance arccos(cos)/pi between the input of layer l and the
+output of layer l+n-1 (Gromov et al. 2024), for every block size n: ``drop_block(N)`` drops the block of N
+layers it ranks lowest.
 
 >>> proxy_prior((0.1, 0.5, 0.3), low=1, high=2)
 [(1,), (1, 2)]
@@ -13,15 +16,11 @@ from __future__ import annotations
 from frugalray.data.tasks import load_task
 
 
-def proxy_scores(task: str, model: str, data_dir: str | None = None, examples: int = 64,
-                 batch_size: int = 16) -> tuple[float, ...]:
-    """Per-layer importance from the pretrained model alone (1 - cos(input, output)) on the task's train text."""
-    import torch
+def _encoder_and_batches(task: str, model: str, data_dir: str | None, examples: int, batch_size: int):
     from transformers import AutoModel
 
     from frugalray.data.encoding import collate, encode_examples
     from frugalray.model.loading import load_tokenizer, resolve_model
-    from frugalray.model.surgery import layer_importance
 
     data = load_task(task, data_dir)
     tokenizer = load_tokenizer(model)
@@ -29,9 +28,42 @@ def proxy_scores(task: str, model: str, data_dir: str | None = None, examples: i
     encoded = encode_examples(data.train[:examples], tokenizer, label2id, max_length=128)
     pad = tokenizer.pad_token_id or 0
     batches = [collate(encoded[i : i + batch_size], pad) for i in range(0, len(encoded), batch_size)]
+    return AutoModel.from_pretrained(resolve_model(model)), batches
+
+
+def proxy_scores(task: str, model: str, data_dir: str | None = None, examples: int = 64,
+                 batch_size: int = 16) -> tuple[float, ...]:
+    """Per-layer importance from the pretrained model alone (1 - cos(input, output)) on the task's train text."""
+    import torch
+
+    from frugalray.model.surgery import layer_importance
+
+    encoder, batches = _encoder_and_batches(task, model, data_dir, examples, batch_size)
     with torch.inference_mode():
-        encoder = AutoModel.from_pretrained(resolve_model(model))
         return tuple(layer_importance(encoder, batches))
+
+
+def block_scores(task: str, model: str, data_dir: str | None = None, examples: int = 64,
+                 batch_size: int = 16) -> tuple[tuple[float, ...], ...]:
+    """Per start layer l, the angular distance of the blocks l..l+n-1 for n = 1, 2, ... (as far as the model
+    goes), from the pretrained model alone: ``scores[l][n - 1]``. A small distance: the block changes little."""
+    import torch
+
+    from frugalray.model.surgery import block_distances
+
+    encoder, batches = _encoder_and_batches(task, model, data_dir, examples, batch_size)
+    with torch.inference_mode():
+        return tuple(tuple(row) for row in block_distances(encoder, batches))
+
+
+def lowest_block(scores, size: int) -> int:
+    """The start of the block of ``size`` layers with the smallest angular distance (ties: the earlier one).
+
+    >>> lowest_block(((0.3, 0.5), (0.1, 0.4), (0.2,)), 2)
+    1
+    """
+    starts = [start for start, row in enumerate(scores) if len(row) >= size]
+    return min(starts, key=lambda start: (scores[start][size - 1], start))
 
 
 def proxy_prior(scores: tuple[float, ...], low: int, high: int) -> list[tuple[int, ...]]:
@@ -45,3 +77,42 @@ def spearman(proxy: tuple[float, ...], trained: tuple[float, ...]) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(proxy, trained).statistic)
+
+
+def block_table(blocks, trained: dict[tuple[int, ...], float] | None = None) -> list[dict]:
+    """Per block size n: the block the angular-distance proxy would drop and, with ``trained`` (mean dev F1
+    per kept-layer set), how that drop did against dropping the last n layers (the reverse-order baseline)
+    and against the best contiguous block drop that was trained.
+
+    >>> block_table(((0.3, 0.5), (0.1, 0.4), (0.2,)))[0]["proxy_drops"]
+    '1'
+    """
+    count = len(blocks)
+    rows = []
+    for size in range(1, count):
+        start = lowest_block(blocks, size)
+        row = {"block_size": size, "proxy_drops": f"{start}" if size == 1 else f"{start}-{start + size - 1}",
+               "angular_distance": blocks[start][size - 1]}
+        if trained is not None:
+            def kept(first: int) -> tuple[int, ...]:
+                return tuple(k for k in range(count) if not first <= k < first + size)
+
+            scored = {first: trained[kept(first)] for first in range(count - size + 1) if kept(first) in trained}
+            best = max(scored, key=lambda first: scored[first]) if scored else None
+            row |= {"proxy_dev_f1": scored.get(start), "drop_last_dev_f1": scored.get(count - size),
+                    "best_block_drops": None if best is None else f"{best}-{best + size - 1}",
+                    "best_block_dev_f1": None if best is None else scored[best]}
+        rows.append(row)
+    return rows
+
+
+def block_agreement(rows: list[dict]) -> str | None:
+    """One line: how often the proxy's drop did at least as well as dropping the last N, where both trained."""
+    pairs = [(r["proxy_dev_f1"], r["drop_last_dev_f1"]) for r in rows
+             if r.get("proxy_dev_f1") is not None and r.get("drop_last_dev_f1") is not None]
+    if not pairs:
+        return None
+    wins = sum(proxy >= last for proxy, last in pairs)
+    mean = sum(proxy - last for proxy, last in pairs) / len(pairs)
+    return (f"drop_block (angular distance) vs dropping the last N: at least as good in {wins} of {len(pairs)} "
+            f"block sizes, mean dev F1 difference {mean:+.4f}")

@@ -125,3 +125,26 @@ def layer_importance(model: nn.Module, batches, method: str = "cosine") -> list[
     if tokens == 0:
         raise FrugalrayError("Layer importance needs at least one non-padding token")
     return (totals / tokens).tolist()
+
+
+@torch.inference_mode()
+def block_distances(model: nn.Module, batches) -> list[list[float]]:
+    """Angular distance arccos(cos)/pi between the input of layer l and the output of layer l+n-1, averaged
+    over non-padding tokens: ``distances[l][n - 1]`` for every block that fits (Gromov et al. 2024)."""
+    model.eval()
+    count = num_layers(model.config)
+    totals = torch.zeros(count, count, dtype=torch.float64)
+    tokens = 0
+    for batch in batches:
+        mask = batch["attention_mask"].bool()
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=True).hidden_states
+        for start in range(count):
+            for size in range(1, count - start + 1):
+                cosine = nn.functional.cosine_similarity(hidden[start], hidden[start + size], dim=-1)
+                angle = torch.arccos(cosine.clamp(-1, 1)) / torch.pi
+                totals[start, size - 1] += angle[mask].double().sum()
+        tokens += int(mask.sum())
+    if tokens == 0:
+        raise FrugalrayError("Block distances need at least one non-padding token")
+    return [(totals[start, : count - start] / tokens).tolist() for start in range(count)]

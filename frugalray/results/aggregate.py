@@ -17,9 +17,14 @@ from frugalray.results.store import ResultsStore, where_clauses
 
 # The training recipe's fields group too: runs of two recipes are never seeds of one configuration.
 RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule"]
+# How a pruned model recovered groups too (null: rows written before these columns, the study's recovery).
+RECOVERY = ["init", "recovery", "distill_temperature", "distill_alpha", "distill_beta", "partial_layers"]
 GROUP = ["task", "model", "num_layers", "lora", "lora_train_head", "learning_rate", "epochs", "batch_size",
-         "max_length", *RECIPE, "strategy", "strategy_n", "kept_layers"]
-MEAN = ["f1", "accuracy", "precision", "recall", "dev_f1", "train_seconds", "latency_ms", "model_mib"]
+         "max_length", *RECIPE, *RECOVERY, "strategy", "strategy_n", "kept_layers"]
+# compute_seconds: a trial's training plus, for a student of the fine-tuned full model, its share of the
+# teacher's training (split over the students that share that teacher) and the teacher logits it computed.
+MEAN = ["f1", "accuracy", "precision", "recall", "dev_f1", "train_seconds", "compute_seconds", "latency_ms",
+        "model_mib"]
 SAME = ["trainable_params", "total_params", "majority_f1"]  # identical across seeds
 STD = ["f1", "train_seconds"]  # metrics that get a std column
 BASE = ("epochs", "learning_rate", "batch_size", "max_length", *RECIPE)
@@ -30,7 +35,8 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     import duckdb
 
     columns = sorted(set(GROUP + MEAN + SAME + ["status", "config_hash", "finished_at", "n_kept_layers", "seed",
-                                                "degenerate"]))
+                                                "degenerate", "teacher_trial_id", "teacher_seconds",
+                                                "teacher_logits_seconds"]) - {"compute_seconds"})
     clauses, params = where_clauses(where or [])
     filters = " AND ".join(["status = 'ok'"] + clauses)
     means = ", ".join(f'avg("{m}") AS "{m}"' for m in MEAN)
@@ -39,9 +45,13 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     keys = ", ".join(f'"{c}"' for c in GROUP)
     # One row per training (a trial re-run by hand keeps its latest result), then seeds aggregated.
     sql = f"""
-        WITH runs AS (
+        WITH latest AS (
             SELECT {", ".join(f'"{c}"' for c in columns)} FROM trials WHERE {filters}
             QUALIFY row_number() OVER (PARTITION BY config_hash, strategy, strategy_n ORDER BY finished_at DESC) = 1
+        ), runs AS (
+            SELECT *, train_seconds + coalesce(teacher_logits_seconds, 0) + coalesce(teacher_seconds / count(
+                DISTINCT config_hash) OVER (PARTITION BY teacher_trial_id), 0) AS compute_seconds
+            FROM latest
         )
         SELECT {keys}, any_value(n_kept_layers) AS n_kept_layers, count(*) AS seeds,
                count(*) FILTER (WHERE degenerate) AS degenerate, {means}, {stds}, {same}

@@ -27,6 +27,7 @@ import pyarrow as pa
 from frugalray._registry import FrugalrayError
 from frugalray.results.store import ResultsStore
 from frugalray.results.tables import with_uncertainty
+from frugalray.results.recovery_view import recommendation
 from frugalray.results.views import VIEWS, View, aggregate, at_base, compute_view
 from frugalray.study.strategies import STRATEGIES
 
@@ -36,7 +37,7 @@ FAMILIES = {
     "symmetric": "#ff7f0e", "alternate": "#9467bd", "importance proxy": "#8c564b", "searched mask": "#d62728",
 }
 STUDY_STYLE = dict(marker="D", facecolors="white", edgecolors="#444444", linewidths=1.5, s=40, zorder=4)
-TABLE_VIEWS = ("baselines", "budget", "best_worst", "lora", "balanced")
+TABLE_VIEWS = ("baselines", "budget", "best_worst", "lora", "balanced", "recovery")
 
 
 def family(strategy: str) -> tuple[str, str]:
@@ -274,12 +275,15 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
     strategies = at_base(aggregated.to_pylist(), reference or [])
     lora = views["lora"].table.to_pylist() if views["lora"].table.num_columns else []
     keys = sorted({(r["task"], r["model"]) for r in aggregated.to_pylist()})
+    advice = recommendation(views["recovery"].table.to_pylist()) if views["recovery"].table.num_columns else {}
     for task, model in keys:
         key = f"{task}-{model}".replace("/", "_").replace(os.sep, "_")
         parts.append(f"<h2>{html.escape(task)} <small>({html.escape(model)})</small></h2>")
         mine = [r for r in strategies if (r["task"], r["model"]) == (task, model)]
         mine_lora = [r for r in lora if (r["task"], r["model"]) == (task, model)]
         parts += _task_figures(figures, _safe(key), mine, mine_lora)
+        if (task, model) in advice:
+            parts.append(f"<p><b>Recovery:</b> {html.escape(advice[(task, model)])}.</p>")
         for name in TABLE_VIEWS:
             table = views[name].table
             if not table.num_columns:

@@ -83,8 +83,16 @@ def _base_settings(rows: list[dict]) -> dict[tuple[str, str], tuple]:
     return out
 
 
-def _at_base(row: dict, base: dict, ignore: tuple[str, ...] = ()) -> bool:
-    """Whether a row was trained with its task's base settings (LoRA rows have their own learning rate)."""
+def study_recovery(row: dict) -> bool:
+    """Whether a row recovered as the study did: the pretrained encoder's layers, fine-tuned on the labels."""
+    return row.get("init") in (None, "pretrained") and row.get("recovery") in (None, "finetune")
+
+
+def _at_base(row: dict, base: dict, ignore: tuple[str, ...] = (), any_recovery: bool = False) -> bool:
+    """Whether a row was trained with its task's base settings (LoRA rows have their own learning rate) and,
+    unless ``any_recovery``, recovered as the study did (the recovery view compares the other recoveries)."""
+    if not any_recovery and not study_recovery(row):
+        return False
     for name, value in zip(BASE, base[(row["task"], row["model"])]):
         if name in ignore or (name == "learning_rate" and row["lora"]):
             continue
@@ -283,3 +291,6 @@ def compute_view(source: ResultsStore | pa.Table, name: str, where: list[str] | 
         hits = sum(1 for r in out if any(r.get(c) is not None for c in matched))
         notes.append(f"reference: {hits} of {len(out)} rows matched a study row")
     return View(name, pa.Table.from_pylist(out), notes)
+
+
+from frugalray.results import recovery_view  # noqa: E402,F401 (registers the recovery view)

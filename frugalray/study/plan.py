@@ -46,6 +46,7 @@ class StudyPlan:
         self.waiting: dict[str, list[Planned]] = {}  # hash -> other strategies waiting on that run
         self.notes: list[str] = []
         self.running: set[str] = set()  # config hashes handed out by next() and not finished
+        self.proxies: dict[tuple[str, str], tuple] = {}
 
     # -- results in -------------------------------------------------------------------------------
     def _remember(self, row: dict) -> None:
@@ -140,14 +141,24 @@ class StudyPlan:
     # -- the stages -----------------------------------------------------------------------------------
     def _stage_configs(self, task: str, stage: str) -> list[TrialConfig]:
         inputs = StageInputs(self.sweep, task, self.num_layers, lambda stages: self._task_rows(task, stages),
-                             lambda text: self.note(f"{task}: {text}"))
+                             lambda text: self.note(f"{task}: {text}"), lambda source: self._proxy(task, source))
         sweep = self.sweep
         return [
             TrialConfig(task=task, model=sweep.model, strategy=name, seed=seed, data_dir=sweep.data_dir(task),
-                        sweep=sweep.name, stage=stage, save_model=stage in sweep.save_models,
-                        **({"training": sweep.training} | values))
+                        sweep=sweep.name, stage=stage,
+                        **({"training": sweep.training, "save_model": stage in sweep.save_models} | values))
             for seed in sweep.seeds for name, values in STAGES.get(stage).plan(inputs)
         ]
+
+    def _proxy(self, task: str, source: str) -> tuple:
+        """A proxy's scores, from the pretrained model alone (seconds; computed once per task and source)."""
+        key = (task, source)
+        if key not in self.proxies:
+            from frugalray.model import importance
+
+            compute = {"proxy": importance.proxy_scores, "block_proxy": importance.block_scores}[source]
+            self.proxies[key] = compute(task, self.sweep.model, self.sweep.data_dir(task))
+        return self.proxies[key]
 
     def _task_rows(self, task: str, stages: tuple[str, ...]) -> list[dict]:
         hashes = {p.config_hash for s in stages for p in self.planned.get((task, s), [])}

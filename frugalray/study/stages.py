@@ -7,10 +7,12 @@ Per task (each trial for every seed):
   2. ``strategies``: every registered strategy the sweep gives N values for (first/last, the alternate
      family, drop_middle/drop_ends, and best/drop_worst ranked by the task's own stage-1 scores);
   3. ``lora``: LoRA on the selection rule (best with <= 6 layers, best with 2 and with 3) and on the full model;
-  4. ``balanced``: the same selection retrained for the full model's training time.
+  4. ``balanced``: the same selection retrained for the full model's training time;
+  5. ``recover``: students of the fine-tuned full model on the selection and the first half of the layers:
+     pruned after fine-tuning, distilled, or partially fine-tuned (``frugalray.config.RecoverySettings``).
 
 >>> [stage.name for stage in STAGES.entries()]
-['single', 'strategies', 'lora', 'balanced']
+['single', 'strategies', 'lora', 'balanced', 'recover']
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class StageInputs:
     num_layers: int
     rows: Callable[[tuple[str, ...]], list[dict]]  # successful rows of these stages of this task
     note: Callable[[str], None]  # say something the user must know (a skipped part, a tied ranking)
+    proxy: Callable[[str], tuple]  # a proxy's scores for this task's model ("proxy", "block_proxy")
 
 
 @dataclass(frozen=True)
@@ -61,21 +64,23 @@ def stage(name: str, needs: tuple[str, ...] = ()):
 @stage("single")
 def single(inputs: StageInputs) -> list[Spec]:
     """The full model and every layer alone: the baseline and the per-layer scores."""
-    return [("full", {})] + [("single", {"n": k}) for k in range(inputs.num_layers)]
+    teacher = {"save_model": True} if "recover" in inputs.sweep.stages else {}  # students start or learn from it
+    return [("full", teacher)] + [("single", {"n": k}) for k in range(inputs.num_layers)]
 
 
 @stage("strategies", needs=("single",))
 def strategies(inputs: StageInputs) -> list[Spec]:
     """Every strategy the sweep gives N values for; best/drop_worst rank layers by this task's single(k) dev F1."""
-    scores = None
+    scores: dict[str, tuple | None] = {}
     specs: list[Spec] = []
     for strategy in STRATEGIES.entries():
         values = strategy.sweep_values(inputs.sweep, inputs.num_layers) if strategy.sweep_values else []
-        if values and strategy.needs_scores:
-            scores = scores or layer_scores(inputs)
-            if scores is None:
-                continue
-        extra = {"scores": scores} if strategy.needs_scores else {}
+        source = strategy.scores_from
+        if values and source and source not in scores:
+            scores[source] = layer_scores(inputs) if source == "single_layer" else inputs.proxy(source)
+        if source and scores.get(source) is None:
+            continue
+        extra = {"scores": scores[source]} if source else {}
         specs += [(strategy.name, extra | ({"n": n} if n is not None else {})) for n in values]
     return specs
 
@@ -102,6 +107,19 @@ def balanced(inputs: StageInputs) -> list[Spec]:
         epochs = balanced_epochs(baseline, seconds, training.epochs)
         specs.append(("mask", {"layers": kept, "training": dataclasses.replace(training, epochs=epochs)}))
     return specs
+
+
+@stage("recover", needs=("strategies",))
+def recover(inputs: StageInputs) -> list[Spec]:
+    """Students recovering from pruning: every init x method asked for, on the selection and the first half."""
+    sweep = inputs.sweep
+    sets = selection(inputs) if sweep.recover_layers == "selection" else []
+    half = tuple(range(max(1, inputs.num_layers // 2)))
+    sets += [half] if half not in sets else []
+    combos = [(init, method) for init in sweep.recover_inits for method in sweep.recover_methods
+              if (init, method) != ("pretrained", "finetune")]  # the study's own recovery ran in the strategies stage
+    return [("mask", {"layers": kept, "recovery": dataclasses.replace(sweep.recovery, init=init, method=method)})
+            for kept in sets for init, method in combos]
 
 
 def layer_scores(inputs: StageInputs) -> tuple[tuple[float, float], ...] | None:

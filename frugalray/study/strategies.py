@@ -28,9 +28,13 @@ class Strategy:
     fn: Callable[..., tuple[int, ...]]
     param: str | None  # "n", "layers" or None: which argument the strategy takes
     family: str  # strategies compared together, drawn in one colour
-    needs_scores: bool = False
+    scores_from: str | None = None  # what its scores are: "single_layer" (trained), "proxy", "block_proxy"
     sweep_values: SweepValues | None = None  # the N values the sweep's strategies stage runs (None: not run there)
     doc: str = ""
+
+    @property
+    def needs_scores(self) -> bool:
+        return self.scores_from is not None
 
     def label(self, n: int | None) -> str:
         """How a table names one trial of it: ``best_3``, ``even``."""
@@ -40,10 +44,10 @@ class Strategy:
 STRATEGIES: Registry[Strategy] = Registry("strategy")
 
 
-def strategy(name: str, param: str | None, family: str, needs_scores: bool = False,
+def strategy(name: str, param: str | None, family: str, scores_from: str | None = None,
              sweep_values: SweepValues | None = None):
     def decorate(fn):
-        STRATEGIES.add(name, Strategy(name, fn, param, family, needs_scores, sweep_values, (fn.__doc__ or "").strip()))
+        STRATEGIES.add(name, Strategy(name, fn, param, family, scores_from, sweep_values, (fn.__doc__ or "").strip()))
         return fn
 
     return decorate
@@ -145,7 +149,7 @@ def last(num_layers: int, n: int | None = None) -> tuple[int, ...]:
     return tuple(range(num_layers - n, num_layers))
 
 
-@strategy("best", "n", "best / drop_worst", needs_scores=True,
+@strategy("best", "n", "best / drop_worst", scores_from="single_layer",
           sweep_values=lambda sweep, layers: _below(sweep.best, layers))
 def best(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
     """The N layers with the highest single-layer score."""
@@ -153,17 +157,34 @@ def best(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
     return tuple(sorted(_ranked(scores, num_layers, "best")[:n]))
 
 
-@strategy("drop_worst", "n", "best / drop_worst", needs_scores=True,
+@strategy("drop_worst", "n", "best / drop_worst", scores_from="single_layer",
           sweep_values=lambda sweep, layers: _below(sweep.drop_worst, layers))
 def drop_worst(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
     """All but the N layers with the lowest single-layer score."""
     return _all_but_lowest("drop_worst", num_layers, n, scores)
 
 
-@strategy("drop_proxy", "n", "importance proxy", needs_scores=True)
+@strategy("drop_proxy", "n", "importance proxy", scores_from="proxy")
 def drop_proxy(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
     """All but the N least important layers by a proxy computed from the pretrained model (no training)."""
     return _all_but_lowest("drop_proxy", num_layers, n, scores)
+
+
+@strategy("drop_block", "n", "importance proxy", scores_from="block_proxy",
+          sweep_values=lambda sweep, layers: _below(sweep.drop_block, layers))
+def drop_block(num_layers: int, n: int | None = None, scores=None) -> tuple[int, ...]:
+    """All but the contiguous block of N layers whose input and output are closest (angular distance,
+    Gromov et al. 2024); scores[l][N-1] is the distance of the block starting at l."""
+    n = _check_n("drop_block", n, 1, num_layers - 1, num_layers)
+    if scores is None or len(scores) != num_layers:
+        raise FrugalrayError(f"Strategy 'drop_block' needs the block distances of all {num_layers} start layers "
+                             f"(frugalray importance computes them); got {None if scores is None else len(scores)}")
+    starts = [start for start in range(num_layers - n + 1)
+              if isinstance(scores[start], (tuple, list)) and len(scores[start]) >= n]
+    if not starts:
+        raise FrugalrayError(f"Strategy 'drop_block': no block distance of size {n} was given")
+    start = min(starts, key=lambda s: (float(scores[s][n - 1]), s))
+    return tuple(k for k in range(num_layers) if not start <= k < start + n)
 
 
 def _all_but_lowest(name: str, num_layers: int, n: int | None, scores) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: st
         "kept_layers": list(kept),
         "lora": config.lora.as_record() if config.lora else None,
         "training": config.training.identity(),
+        **({"recovery": config.recovery.identity()} if not config.recovery.is_default else {}),
         "learning_rate": config.learning_rate,
         "seed": config.seed,
     }

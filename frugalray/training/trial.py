@@ -59,19 +59,22 @@ def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> Prepared
 
 
 def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None,
-              save_to: str | None = None) -> dict:
+              save_to: str | None = None, teacher=None) -> dict:
     """Train and evaluate one prepared trial; returns its result row (raises on failure).
 
-    With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.model.export``)."""
+    With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.model.export``).
+    ``teacher`` (``frugalray.training.recovery.Teacher``): the fine-tuned full model a recovering student
+    starts from or learns from."""
     import torch
     from transformers import set_seed
 
     from frugalray.data.encoding import encode_examples
-    from frugalray.model.lora import apply_lora
-    from frugalray.model.loading import load_model, load_tokenizer
-    from frugalray.model.surgery import parameter_count, parameter_mib, prune_layers
     from frugalray.data.labels import majority_baseline
-    from frugalray.training.loop import evaluate, measure_latency, train
+    from frugalray.model.lora import apply_lora
+    from frugalray.model.loading import load_tokenizer
+    from frugalray.model.surgery import parameter_count, parameter_mib
+    from frugalray.training import recovery
+    from frugalray.training.loop import evaluate, measure_latency, model_loss, train
 
     config, task = prepared.config, prepared.task
     started = time.perf_counter()
@@ -90,15 +93,21 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     dev_data = encode_examples(task.dev, tokenizer, label2id, max_length)
     test_data = encode_examples(task.test, tokenizer, label2id, max_length)
 
-    model = load_model(config.model, task.spec.head, task.labels)
-    if list(prepared.kept_layers) != list(range(prepared.num_layers)):
-        prune_layers(model, prepared.kept_layers)  # prune first, then wrap with LoRA
+    model = recovery.student_model(prepared, teacher, task.spec.head, task.labels)
+    if config.recovery.method == "partial":
+        recovery.freeze_all_but_last(model, config.recovery.partial_layers)
     if config.lora:
         model = apply_lora(model, config.lora)
     model.to(target)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed)
+    objective = model_loss
+    if config.recovery.method == "distill":
+        logits = recovery.teacher_logits(teacher, train_data, pad_id, target, config.training.eval_batch_size)
+        teacher_model = recovery.load_teacher(teacher).to(target) if config.recovery.beta > 0 else None
+        objective = recovery.distillation(config.recovery, logits, prepared.kept_layers, teacher_model)
+    stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed,
+                  objective=objective)
     eval_start = time.perf_counter()
     settings = (config.training.eval_batch_size, pad_id, target, config.training.dtype)
     test_metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
@@ -141,6 +150,8 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         "peak_memory_kind": peak_kind,
         **latency,
         "device": device_name(target),
+        **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds,
+            "teacher_logits_seconds": teacher.logits_seconds} if teacher else {}),
     }
 
 
@@ -191,9 +202,21 @@ def base_row(config: TrialConfig, prepared: PreparedTrial | None) -> dict:
         "compile": training.compile,
         "dtype": training.dtype,
         "seed": config.seed,
+        **recovery_columns(config.recovery),
         "config_json": json.dumps(config.to_dict(), sort_keys=True),
         "config_version": CONFIG_VERSION,
         **environment(),
+    }
+
+
+def recovery_columns(recovery) -> dict:
+    distill, partial = recovery.method == "distill", recovery.method == "partial"
+    return {
+        "init": recovery.init, "recovery": recovery.method,
+        "distill_temperature": recovery.temperature if distill else None,
+        "distill_alpha": recovery.alpha if distill else None,
+        "distill_beta": recovery.beta if distill else None,
+        "partial_layers": recovery.partial_layers if partial else None,
     }
 
 
@@ -222,6 +245,10 @@ def execute_trial(
     try:
         prepared = prepared or prepare_trial(config)
         extra = {"save_to": saving} if saving else {}
+        if config.recovery.needs_teacher:
+            from frugalray.training.recovery import find_teacher
+
+            extra["teacher"] = find_teacher(store, prepared)
         row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction, **extra)
         row["status"], row["error"] = "ok", None
     except FrugalrayError as error:

@@ -101,3 +101,22 @@ def test_importance_ranks_identity_layers_least_important():
     scores = layer_importance(model, [INPUT])
     least = sorted(range(6), key=lambda k: scores[k])[:2]
     assert sorted(least) == [1, 4]
+
+
+def test_a_block_that_passes_its_input_through_is_the_closest():
+    from frugalray.model.surgery import block_distances
+
+    model = _model("camembert", 6)
+    with torch.no_grad():
+        for index in (2, 3):  # zero output projections: the residual passes the input through unchanged
+            layer = model.encoder.layer[index]
+            for linear in (layer.attention.output.dense, layer.output.dense):
+                linear.weight.zero_()
+                linear.bias.zero_()
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 60, (4, 12)), "attention_mask": torch.ones(4, 12, dtype=torch.long)}
+    distances = block_distances(model, [batch])
+    assert [len(row) for row in distances] == [6, 5, 4, 3, 2, 1]
+    sizes_two = {start: distances[start][1] for start in range(5)}
+    assert min(sizes_two, key=sizes_two.get) == 2  # layers 2-3 change nothing...
+    assert sizes_two[2] < min(v for k, v in sizes_two.items() if k != 2) / 10  # ...and the others do

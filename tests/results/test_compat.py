@@ -17,6 +17,7 @@ QUICK_V0_1 = dict(
     training=dict(epochs=3, learning_rate=2e-4, lora_learning_rate=2e-3, batch_size=8, max_length=64),
     lora=dict(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"], train_head=True),
     drop_middle=[2, 4], drop_ends=[2, 4], best=[2, 3, 4, 5], drop_worst=[1, 2, 3, 4, 5],
+    drop_block=[],  # a strategy frugalray 0.1 did not have
 )
 # What frugalray 0.1 trained with, in today's fields: no gradient clipping, length groups of 50 batches.
 RECIPE_V0_1 = dict(max_grad_norm=0.0, length_grouping=50)

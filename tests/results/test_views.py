@@ -145,3 +145,33 @@ def test_empty_or_missing_results_are_clear_errors(tmp_path, capsys):
 def test_bad_sql_names_duckdbs_message_and_the_columns(store):
     with pytest.raises(FrugalrayError, match=r'(?s)SQL failed: .*"nope".* its columns: trial_id, config_hash'):
         store.query(sql="SELECT nope FROM trials")
+
+
+def test_the_recovery_view_compares_every_recovery_and_counts_the_teachers_training():
+    from frugalray.results.recovery_view import recommendation
+    from frugalray.results.schema import table
+
+    def row(trial, kept, f1, seconds, init=None, recovery=None, teacher=None, **extra):
+        return {"trial_id": trial, "config_hash": trial, "status": "ok", "task": "ner", "model": "tiny",
+                "num_layers": 4, "strategy": "mask" if len(kept) < 4 else "full", "kept_layers": kept,
+                "n_kept_layers": len(kept), "lora": False, "learning_rate": 5e-5, "epochs": 3, "batch_size": 16,
+                "max_length": 128, "seed": 0, "f1": f1, "dev_f1": f1, "train_seconds": seconds, "init": init,
+                "recovery": recovery, "teacher_trial_id": teacher, "teacher_seconds": 10.0 if teacher else None,
+                **extra}
+
+    rows = table([row("full", [0, 1, 2, 3], 0.80, 10.0), row("study", [0, 1], 0.70, 5.0),
+                  row("pft", [0, 1], 0.795, 5.0, "finetuned", "finetune", "full"),
+                  row("kd", [0, 1], 0.75, 5.0, "pretrained", "distill", "full", distill_temperature=2.0,
+                      distill_alpha=0.5, distill_beta=0.0)])
+    view = compute_view(rows, "recovery")
+    got = {r["recovery"]: r for r in view.table.to_pylist()}
+    assert set(got) == {"pretrained+finetune", "finetuned+finetune", "pretrained+distill(T=2,a=0.5,b=0)"}
+    assert got["finetuned+finetune"]["f1_vs_full"] == pytest.approx(0.795 / 0.80)
+    # each of the two students carries half of the teacher's 10 s of training
+    assert got["finetuned+finetune"]["compute_seconds"] == pytest.approx(5.0 + 10.0 / 2)
+    assert got["pretrained+finetune"]["compute_seconds"] == pytest.approx(5.0)
+    [said] = recommendation(view.table.to_pylist()).values()
+    assert said.startswith("cheapest recovery keeping 99% of the full model's dev F1: finetuned+finetune on layers [0, 1]")
+    strategies = compute_view(rows, "strategies").table.to_pylist()
+    assert {r["kept_layers"][0] for r in strategies} == {0}  # the students stay out of the study's curves
+    assert len(strategies) == 2

@@ -33,8 +33,7 @@ def _run(plan: StudyPlan, limit: int | None = None, only_task: str | None = None
         if not queued:
             break
         plan.queue.remove(queued[0])
-        row = execute_trial(queued[0].config, runner=simulated_trial)
-        plan.store.append(row)
+        row = execute_trial(queued[0].config, plan.store, runner=simulated_trial)  # as a Ray worker does
         plan.record(row)
         trained += 1
     return trained
@@ -176,7 +175,7 @@ def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_
 @pytest.mark.parametrize("values,message", [
     ({"tasks": ("wikiner_ner",)}, "Did you mean 'wikiner'"),
     ({"stages": ("single", "lora_stage")}, "stages: Unknown stage 'lora_stage'. Did you mean 'lora'?"),
-    ({"save_models": ("loras",)}, r"save_models: Unknown stage 'loras'. Did you mean 'lora'\? Available: balanced, lora, single, strategies"),
+    ({"save_models": ("loras",)}, r"save_models: Unknown stage 'loras'. Did you mean 'lora'\? Available: balanced, lora, recover, single, strategies"),
     ({"seeds": ()}, "at least one seed"),
     ({"data_dirs": {"ftb_pos": "/x"}}, "does not run"),
 ])
@@ -210,3 +209,33 @@ def test_a_registered_stage_is_planned_listed_and_accepted_with_nothing_else_cha
         ("extra", "first", [0, 1, 2])]
     assert main(["stages"]) == 0
     assert "extra" in capsys.readouterr().out
+
+
+def test_the_recover_stage_plans_students_of_the_saved_full_model(tmp_path, tiny_model):
+    sweep = _sweep(tmp_path, tiny_model, stages=("single", "strategies", "recover"), lora_max_layers=3,
+                   lora_sizes=(2,), recover_methods=("finetune", "distill", "partial"))
+    plan = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    _run(plan)
+    assert plan.finished()
+    rows = _rows(plan.store)
+    [full] = [r for r in rows if r["stage"] == "single" and r["strategy"] == "full"]
+    assert full["model_path"]  # the teacher keeps its weights for its students
+    students = [r for r in rows if r["stage"] == "recover"]
+    sets = {tuple(r["kept_layers"]) for r in students}
+    assert (0, 1) in sets and len(sets) <= 3  # the first half, and the selection (best <= 3 layers, best with 2)
+    combos = {(r["init"], r["recovery"]) for r in students}
+    assert combos == {("pretrained", "distill"), ("pretrained", "partial"), ("finetuned", "finetune"),
+                      ("finetuned", "distill"), ("finetuned", "partial")}  # the study's own ran in 'strategies'
+    assert all(r["teacher_trial_id"] == full["trial_id"] for r in students if (r["init"], r["recovery"]) !=
+               ("pretrained", "partial"))
+
+
+def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):
+    from frugalray.model.importance import block_scores, lowest_block
+
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies"), drop_block=(2,)),
+                     ResultsStore(tmp_path / "r"))
+    _run(plan)
+    [row] = [r for r in _rows(plan.store) if r["strategy"] == "drop_block"]
+    start = lowest_block(block_scores("demo_pos", tiny_model), 2)
+    assert row["kept_layers"] == [k for k in range(4) if not start <= k < start + 2]

@@ -139,3 +139,13 @@ def test_balanced_epochs_match_the_study():
 def test_balanced_epochs_refuse_non_positive_times():
     with pytest.raises(FrugalrayError, match="positive"):
         balanced_epochs(100.0, 0.0, 3)
+
+
+def test_drop_block_drops_the_block_of_n_layers_with_the_smallest_distance():
+    # scores[l][n-1]: distance of the block of n layers starting at l
+    scores = ((0.5, 0.6, 0.9), (0.2, 0.3, 0.8), (0.4, 0.7), (0.1,))
+    assert kept_layers("drop_block", 4, n=1, scores=scores) == (0, 1, 2)  # layer 3 alone: 0.1
+    assert kept_layers("drop_block", 4, n=2, scores=scores) == (0, 3)  # layers 1-2: 0.3
+    assert kept_layers("drop_block", 4, n=3, scores=scores) == (0,)  # layers 1-3: 0.8
+    with pytest.raises(FrugalrayError, match="needs the block distances of all 4 start layers"):
+        kept_layers("drop_block", 4, n=2, scores=None)

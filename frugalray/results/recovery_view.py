@@ -1,0 +1,69 @@
+"""The recovery view: at each kept-layer set that has students of the fine-tuned full model, every way the
+pruned model recovered (the study's drop-and-fine-tune, LoRA, pruned after fine-tuning, distilled,
+partially fine-tuned), with its F1 against the full model's and its total compute.
+
+Compute counts what the result cost: the trial's training, plus for a student of the fine-tuned full model
+its share of the teacher's training (split over the students that share it) and any teacher logits it
+computed. Choices are made on dev F1 and reported on test F1.
+
+    frugalray results results/quick --view recovery
+"""
+
+from __future__ import annotations
+
+from frugalray.results.views import _at_base, _full, _ratio, _stats, study_recovery, view
+
+TARGET = 0.99  # the share of the full model's quality a recovery must keep
+
+
+def _how(row: dict) -> str:
+    """``finetuned+distill(T=2,a=0.5,b=0)``, ``pretrained+finetune+lora``, ``finetuned+partial(k=1)``."""
+    init, method = row.get("init") or "pretrained", row.get("recovery") or "finetune"
+    if method == "distill":
+        method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g})"
+    elif method == "partial":
+        method += f"(k={row['partial_layers']})"
+    return f"{init}+{method}" + ("+lora" if row["lora"] else "")
+
+
+@view("recovery")
+def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[dict]:
+    """Every recovery of the pruned layer sets that have students of the fine-tuned full model."""
+    out = []
+    for task, model in sorted({(r["task"], r["model"]) for r in rows}):
+        mine = [r for r in rows if (r["task"], r["model"]) == (task, model) and _at_base(r, base, any_recovery=True)]
+        full = next((r for r in mine if _full(r) and not r["lora"] and study_recovery(r)), None)
+        students = {tuple(r["kept_layers"]) for r in mine if not study_recovery(r)}
+        for kept in sorted(students, key=lambda k: (len(k), k)):
+            for r in sorted((r for r in mine if tuple(r["kept_layers"]) == kept), key=lambda r: -(r["dev_f1"] or 0)):
+                out.append({
+                    "task": task, "model": model, "kept_layers": list(kept), "n_kept_layers": len(kept),
+                    "recovery": _how(r), "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
+                    "dev_f1": r["dev_f1"], "f1_vs_full": _ratio(r["f1"], full and full["f1"]),
+                    "dev_f1_vs_full": _ratio(r["dev_f1"], full and full["dev_f1"]),
+                    "train_seconds": r["train_seconds"], "compute_seconds": r["compute_seconds"],
+                    "compute_vs_full": _ratio(r["compute_seconds"], full and full["compute_seconds"]),
+                    "latency_ms": r["latency_ms"],
+                })
+    return out
+
+
+def recommendation(rows: list[dict], target: float = TARGET) -> dict[tuple[str, str], str]:
+    """Per (task, model) of recovery-view rows: the cheapest recovery that keeps ``target`` of the full
+    model's dev F1 (fewest layers, then least compute), or what comes closest when none does."""
+    said = {}
+    for key in sorted({(r["task"], r["model"]) for r in rows}):
+        mine = [r for r in rows if (r["task"], r["model"]) == key and r["dev_f1_vs_full"] is not None]
+        if not mine:
+            continue
+        good = [r for r in mine if r["dev_f1_vs_full"] >= target]
+        if good:
+            best = min(good, key=lambda r: (r["n_kept_layers"], r["compute_seconds"] or 0))
+            said[key] = (f"cheapest recovery keeping {target:.0%} of the full model's dev F1: {best['recovery']} on "
+                         f"layers {best['kept_layers']} (test F1 {best['f1']:.4f}, {best['f1_vs_full']:.1%} of the "
+                         f"full model's; compute {best['compute_vs_full']:.2f}x the full model's)")
+        else:
+            best = max(mine, key=lambda r: r["dev_f1_vs_full"])
+            said[key] = (f"no recovery keeps {target:.0%} of the full model's dev F1; closest: {best['recovery']} on "
+                         f"layers {best['kept_layers']} with {best['dev_f1_vs_full']:.1%} (test F1 {best['f1']:.4f})")
+    return said
