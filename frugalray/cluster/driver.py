@@ -34,12 +34,19 @@ DEFAULT_RUNNER = "frugalray.training.trial:run_trial"
 
 # -- inside a Ray worker -------------------------------------------------------------------------------
 def tune_trial(config: dict) -> None:
-    """The Tune function: run one trial (with in-process retries), append its row, report it."""
+    """The Tune function: run one trial (with in-process retries), append its row, report it.
+
+    A trial whose row is already in the store is reported, not run again: Tune retries a trial whose worker
+    died, and that worker may have died after its append, before its report reached the driver."""
     import ray
     from ray import tune
 
     trial = TrialConfig.from_dict(config["trial"])
     store = ResultsStore(config["results"])
+    earlier = store.trained_row(config["config_hash"])
+    if earlier is not None:  # Tune retries a trial whose worker died after the append, before the report
+        tune.report(to_report(earlier))
+        return
     runner = _same_as_planned(_import(config["runner"]), config["config_hash"], config["task_fingerprint"])
     gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
     attempts = config["retries"] + 1

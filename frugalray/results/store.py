@@ -86,6 +86,19 @@ class ResultsStore:
         name = f"{result.config_hash or 'nohash'}-{uuid.uuid4().hex[:12]}.parquet"
         return self.write_table(table([result]), "trials", name)
 
+    def trained_row(self, config_hash: str) -> TrialResult | None:
+        """The successful row that trained ``config_hash`` (not an alias row), if the store has one. Only the
+        files named after the hash (``append``) are read.
+
+        >>> store.trained_row("3f2a9c0d1e4b5a6c").f1  # doctest: +SKIP
+        0.81
+        """
+        named = [p for p in self.files() if p.rsplit("/", 1)[-1].startswith(f"{config_hash}-")]
+        readable = [c.path for c in (check_file(self.fs, p) for p in named) if c.problem is None]
+        rows = self.dataset(require=False, files=readable).to_table().to_pylist() if readable else []
+        trained = [r for r in rows if r["config_hash"] == config_hash and r["status"] == "ok" and not r["reused_from"]]
+        return TrialResult.from_row(trained[0]) if trained else None
+
     def write_table(self, table: pa.Table, folder: str, name: str) -> str:
         """Write ``folder/name`` under the store so that no reader ever sees part of it; returns the path."""
         directory = f"{self.root}/{folder}"

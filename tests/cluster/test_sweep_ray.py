@@ -230,6 +230,21 @@ def test_killing_the_driver_and_rerunning_resumes_exactly(tmp_path, tiny_model):
     assert len(trained) == len(set(trained))  # nothing trained twice
 
 
+def test_a_worker_lost_after_appending_its_row_is_retried_without_a_second_row(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("FRUGALRAY_TEST_MARKS", str(tmp_path))  # read by workers (tests/worker_dies_after_appending.py)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+    start_local_ray(num_cpus=2, num_gpus=0)
+    try:
+        run_sweep(_sweep(tmp_path, tiny_model), runner="tests.worker_dies_after_appending:simulated_trial")
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "died").exists()  # a worker did die between its append and its report
+    rows = ResultsStore(tmp_path / "r").table().to_pylist()
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    assert len({r["config_hash"] for r in rows}) == 5  # the retry found the row; nothing was trained twice
+
+
 # -- which Ray a sweep runs on -------------------------------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as probe:

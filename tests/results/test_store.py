@@ -63,6 +63,19 @@ def test_many_concurrent_writers_lose_nothing(tmp_path):
     assert sorted(store.table().column("config_hash").to_pylist()) == sorted(f"{i}-{j}" for i in range(8) for j in range(10))
 
 
+def test_the_trained_row_of_a_config_hash_is_found_by_its_file_name(tmp_path):
+    store = ResultsStore(tmp_path).check_writable()
+    assert store.trained_row("h1") is None  # an empty store
+    store.append(_row(config_hash="h1", status="failed", error="RuntimeError: boom", f1=None))
+    store.append(_row(config_hash="h1", strategy="last", reused_from="t0", trial_id="t0-last"))  # an alias row
+    store.append(_row(config_hash="h10", trial_id="t10"))  # another hash that starts alike
+    Path(store.trials_dir, "h1-broken.parquet").write_bytes(b"PAR1 half written")
+    assert store.trained_row("h1") is None
+    store.append(_row(config_hash="h1", trial_id="t1", f1=0.7))
+    found = store.trained_row("h1")
+    assert (found.trial_id, found.f1, found.reused_from) == ("t1", 0.7, None)
+
+
 def test_unknown_columns_are_refused(tmp_path):
     with pytest.raises(FrugalrayError, match="unknown columns"):
         ResultsStore(tmp_path).append(_row(f1_score=1.0))
