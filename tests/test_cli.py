@@ -30,6 +30,24 @@ def test_trial_then_results(tmp_path, tiny_model, ner_task_file, capsys):
     assert capsys.readouterr().out.strip() == "n\n2"
 
 
+def test_a_lone_trial_labels_its_latency_isolated_and_records_its_energy(tmp_path, tiny_model, ner_task_file,
+                                                                        monkeypatch, capsys):
+    monkeypatch.setattr("frugalray.training.environment._activity_dir", lambda: tmp_path / "running")
+    results = str(tmp_path / "results")
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, *FAST, "--results", results]) == 0
+    assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "first", "--n", "1", *FAST,
+                 "--training.no-energy", "--results", results]) == 0
+    capsys.readouterr()
+    rows = {r["strategy"]: r for r in ResultsStore(results).table().to_pylist()}
+    assert rows["full"]["latency_isolated"] is True and rows["first"]["latency_isolated"] is True
+    assert rows["full"]["train_kwh"] > 0 and rows["full"]["energy_method"].startswith("cpu:")
+    assert rows["first"]["train_kwh"] is None and rows["first"]["energy_method"] == "off (training.energy=False)"
+    assert rows["full"]["config_hash"] != rows["first"]["config_hash"]
+    assert main(["results", results, "--view", "strategies", "--columns", "strategy,latency_kind,train_kwh"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "isolated, batch " in lines[2] and "isolated, batch " in lines[3]
+
+
 def test_best_uses_the_stores_single_layer_scores(tmp_path, tiny_model, ner_task_file, capsys):
     results = str(tmp_path / "results")
     store = ResultsStore(results)
@@ -299,7 +317,8 @@ def test_sweep_command_line_overrides_the_file(sweep_main):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["results", "--help"], ["results", "STORE", "--view", "budget"],
-                                  ["results", "STORE", "--check"], ["results", "STORE", "--where", "task=demo_pos"]])
+                                  ["results", "STORE", "--view", "payoff"], ["results", "STORE", "--check"],
+                                  ["results", "STORE", "--where", "task=demo_pos"]])
 def test_reading_commands_import_neither_torch_nor_ray(argv):
     import subprocess
     import sys

@@ -132,10 +132,11 @@ def report(
     return 0
 
 
-def export(location: Location, trial: str, out: str, force: bool = False, no_check: bool = False) -> int:
-    """Write a trial's pruned model (LoRA merged) as a plain Hugging Face folder.
+def export(location: Location, trial: str, out: str, force: bool = False, no_check: bool = False, int8: bool = False,
+           onnx: bool = False) -> int:
+    """Write a trial's pruned model (LoRA merged) as a plain Hugging Face folder, or a smaller form of it.
 
-    Example: frugalray export results/quick --trial 3f2a9c01 --out exported/
+    Example: frugalray export results/quick --trial 3f2a9c01 --out exported/ --int8
 
     Args:
         location: Results location: a folder, s3://bucket/prefix or gs://...
@@ -143,15 +144,23 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
         out: Folder to write; an earlier export there is replaced, any other non-empty folder needs --force.
         force: Write into a non-empty folder that is not an earlier export (its other files are kept).
         no_check: Skip comparing the export's logits with the trained model.
+        int8: Dynamic int8 of the Linear layers (torch; with --onnx, onnxruntime's). The variant is evaluated on
+            the task's test and dev sets and stored as a row of its own (variant, source_trial_id).
+        onnx: Also write an ONNX graph run by ONNX Runtime (pip install 'frugalray[onnx]'); evaluated likewise.
     """
     from frugalray.model.export import export_trial
     from frugalray.results.store import ResultsStore
 
-    done = export_trial(ResultsStore(location), trial, out, check=not no_check, force=force)
+    done = export_trial(ResultsStore(location), trial, out, check=not no_check, force=force, int8=int8, onnx=onnx)
     check = ("" if done["max_logit_difference"] is None
              else f"; max logit difference vs the trained model {done['max_logit_difference']:.1e}")
     print(f"Exported trial {done['trial_id']} (kept layers {done['kept_layers']}, {done['parameters']:,} parameters"
           f"{', LoRA merged' if done['lora_merged'] else ''}) to {done['out']}{check}")
+    row = done["variant_row"]
+    if row is not None:
+        print(f"{row['variant']}: test F1 {done['source_f1']:.4f} -> {row['f1']:.4f} ({row['f1'] - done['source_f1']:+.4f}), "
+              f"dev F1 {row['dev_f1']:.4f}, {row['model_mib']:.3g} MiB; stored as trial {row['trial_id']}. Time it: "
+              f"frugalray bench-latency --model {done['out']} --results {location}")
     return 0
 
 
@@ -208,47 +217,51 @@ def _trained_layer_sets(store, task: str, model: str) -> dict[tuple[int, ...], f
 def bench_latency(
     model: str = "minilm",
     keep: tuple[str, ...] = ("3", "2"),
-    batch_size: int = 32,
-    seq_len: int = 128,
+    batch_size: tuple[int, ...] = (32,),
+    seq_len: tuple[int, ...] = (128,),
+    precision: tuple[str, ...] = ("fp32",),
     device: str | None = None,
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
     repeats: int = 10,
+    threads: int | None = None,
+    in_process: bool = False,
     format: Format = "table",
     results: str | None = None,
 ) -> int:
-    """Inference latency and throughput, full vs pruned models, side by side.
+    """Inference latency over a grid (batch sizes x lengths x layer sets x precisions), measured alone.
 
-    Example: frugalray bench-latency --model minilm --keep 3 0/5 --repeats 2
+    Example: frugalray bench-latency --model minilm --keep 3 0/5 --batch-size 1 32 --precision fp32 int8
 
     Args:
-        model: Alias, folder (an exported model too) or hub id.
+        model: Alias, folder or hub id, or a folder written by frugalray export (timed against its base model).
         keep: Pruned variants: N (the first N layers) or kept layers joined by '/', e.g. 0/5.
-        batch_size: Sequences per batch.
-        seq_len: Tokens per sequence.
+        batch_size: Sequences per batch (several: a grid).
+        seq_len: Tokens per sequence (several: a grid).
+        precision: fp32, bf16, fp16 (torch), int8 (torch dynamic int8, CPU), onnx, onnx-int8 (ONNX Runtime, CPU;
+            pip install 'frugalray[onnx]'). The full fp32 model is always measured: speedups are against it.
         device: cpu, cuda, cuda:1... (default: cuda when present).
-        dtype: Precision.
         repeats: Timed rounds (median shown).
+        threads: Threads of the measuring process (torch, OMP, MKL); default: the physical cores.
+        in_process: Measure in this process instead of a child started for it (not isolated).
         format: Output format.
-        results: Also store the rows under <results>/latency/.
+        results: Also store the rows under <results>/latency/ (the report and --view payoff use them).
     """
     import pyarrow as pa
 
     from frugalray.model.latency import bench_latency as measure
     from frugalray.results.tables import render
-    from frugalray.training.environment import check_device
 
-    check_device(device)
     variants = [int(k) if k.isdigit() else tuple(int(i) for i in k.split("/")) for k in keep]
-    rows = measure(model, variants, batch_size=batch_size, seq_len=seq_len, device=device, dtype=dtype,
-                   repeats=repeats)
+    rows = measure(model, variants, batch_sizes=batch_size, seq_lens=seq_len, variants=precision, device=device,
+                   repeats=repeats, threads=threads, isolated=not in_process)
     table = pa.Table.from_pylist(rows)
-    shown = ["variant", "n_kept_layers", "latency_ms", "latency_p90_ms", "sequences_per_second", "speedup",
-             "ideal_speedup", "fraction_of_ideal"]
+    shown = ["batch_size", "seq_len", "layer_set", "variant", "n_kept_layers", "latency_ms", "latency_p90_ms",
+             "sequences_per_second", "speedup", "ideal_speedup", "fraction_of_ideal"]
     print(render(table, shown, format))
     first = rows[0]
-    print(f"# {first['device']}, {first['dtype']}, batch {first['batch_size']} x {first['seq_len']} tokens; "
-          f"{first['hardware']}; torch {first['torch_version']} ({first['torch_threads']} threads), "
-          f"transformers {first['transformers_version']}", file=sys.stderr)
+    print(f"# {first['device']}, {'isolated process' if first['isolated'] else 'in process'}, "
+          f"{first['threads']} threads; speedup: against the full fp32 model of the same shape; ideal: its FLOPs "
+          f"over the variant's; {first['hardware']}; torch {first['torch_version']}, transformers "
+          f"{first['transformers_version']}, onnxruntime {first['onnxruntime_version'] or '-'}", file=sys.stderr)
     if results:
         from datetime import datetime, timezone
 

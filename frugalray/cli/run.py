@@ -56,7 +56,7 @@ def trial(
     if STRATEGIES.get(config.strategy).needs_scores and config.scores is None:
         config = dataclasses.replace(config, scores=_layer_scores(config, store))
     prepared = prepare_trial(config)  # bad input fails here, before anything is written
-    result = execute_trial(config, store, prepared=prepared, raise_input_errors=True, device=device)
+    result = execute_trial(config, store, prepared=prepared, raise_input_errors=True, device=device, alone=True)
     print(render(pa.Table.from_pylist([result.to_row()], schema=SCHEMA)))
     if result.status != "ok":
         print(f"frugalray: trial failed (recorded in {results}): {result.error}", file=sys.stderr)

@@ -54,9 +54,17 @@ class TrainingSettings(Settings):
     )
     fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (speed only)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (speed only)."})
+    energy: bool = field(
+        default=True, metadata={"help": "Record the energy (kWh) and CO2-eq of training and evaluation with "
+                                        "codecarbon's offline tracker (recording only)."}
+    )
+    energy_country: str = field(
+        default="FRA", metadata={"help": "ISO 3166-1 alpha-3 code of the country whose electricity grid gives the "
+                                         "CO2-eq of the energy (recording only; the study's: FRA)."}
+    )
 
-    # Fields that change speed, never results: left out of the configuration hash.
-    SPEED_ONLY = ("eval_batch_size", "pad_to_multiple_of", "fused_optimizer", "compile")
+    # Fields that change speed or what is recorded, never what a trial learns: left out of the configuration hash.
+    SPEED_ONLY = ("eval_batch_size", "pad_to_multiple_of", "fused_optimizer", "compile", "energy", "energy_country")
 
     def check(self) -> None:
         checks = {
@@ -75,6 +83,10 @@ class TrainingSettings(Settings):
                 raise FrugalrayError(f"Training setting {name}={value!r} is out of range")
         if self.dtype not in DTYPES:
             raise FrugalrayError(f"Training setting dtype={self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if not (len(self.energy_country) == 3 and self.energy_country.isascii() and self.energy_country.isalpha()
+                and self.energy_country.isupper()):
+            raise FrugalrayError(f"Training setting energy_country={self.energy_country!r}: give a 3-letter ISO "
+                                 f"3166-1 alpha-3 country code such as FRA, DEU or USA")
         if self.lr_schedule not in LR_SCHEDULES:
             raise FrugalrayError(f"Training setting lr_schedule={self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 

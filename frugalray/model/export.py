@@ -9,6 +9,10 @@ and checks that it predicts what the trained model predicts.
     frugalray export results/ --trial 3f2a9c01 --out exported/
     >>> AutoModelForTokenClassification.from_pretrained("exported/")   # doctest: +SKIP
 
+``--int8`` and ``--onnx`` export a smaller inference form too (torch dynamic int8; ONNX Runtime, fp32 or with
+``--int8`` int8), which is re-evaluated on the task and stored as a row of its own
+(``frugalray.model.variants``).
+
 The base model is named as the trial named it (``minilm``, a hub id, the user's folder), never by this
 machine's path to it, so a saved trial and an export mean the same thing on another machine. An export
 only ever replaces an earlier export's files: other files in ``--out`` are kept, and a non-empty folder
@@ -92,8 +96,12 @@ def find_trial(store: ResultsStore, trial: str) -> dict:
     return rows[0]
 
 
-def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool = True, force: bool = False) -> dict:
+def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool = True, force: bool = False,
+                 int8: bool = False, onnx: bool = False) -> dict:
     """Write trial ``trial``'s model (pruned, LoRA merged) as a plain HF folder at ``out``.
+
+    With ``int8`` and/or ``onnx`` the export is that variant (``frugalray.model.variants``): it is evaluated
+    on the task's test and dev sets and stored as a row of ``store`` (``variant_row``), beside the source's F1.
 
     ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
     needs ``force`` (its files are kept). Returns what was written: trial row, output folder, parameters
@@ -118,6 +126,13 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
         raise FrugalrayError(f"Trial {row['trial_id']}: its model_path is not readable: {error}") from None
     out = Path(out)
     _check_out(out, force)
+    from frugalray.model.variants import evaluate_variant, variant_name, write_variant
+
+    variant = variant_name(int8, onnx)
+    if onnx:
+        from frugalray.model.onnx import require_onnx
+
+        require_onnx("frugalray export --onnx")  # before anything is written
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -131,21 +146,25 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(folder).save_pretrained(staging)
-            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-            (staging / MANIFEST).write_text(json.dumps(manifest | {"exported_files": written + [MANIFEST]},
-                                                       indent=2, sort_keys=True))
             difference = _max_logit_difference(model, staging, manifest["head"]) if check else None
             if difference is not None and difference > 1e-4:
                 raise FrugalrayError(f"Exported model of {row['trial_id']} differs from the trained one "
                                      f"(max logit difference {difference:.2e}); nothing was written to {out}")
+            write_variant(model, staging, variant)
+            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+            manifest |= {"variant": variant, "source_trial_id": row["trial_id"]}
+            (staging / MANIFEST).write_text(json.dumps(manifest | {"exported_files": written + [MANIFEST]},
+                                                       indent=2, sort_keys=True))
             normal_permissions(staging)  # mkdtemp and some writers make files private
             _install(staging, out)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     from frugalray.model.surgery import parameter_count
 
+    evaluated = evaluate_variant(store, row["trial_id"], out) if variant != "fp32" else None
     return {"trial_id": row["trial_id"], "out": str(out), "kept_layers": manifest["kept_layers"],
-            "lora_merged": manifest["lora"], "parameters": parameter_count(model), "max_logit_difference": difference}
+            "lora_merged": manifest["lora"], "parameters": parameter_count(model), "max_logit_difference": difference,
+            "variant": variant, "source_f1": row["f1"], "variant_row": evaluated}
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -1,27 +1,48 @@
-"""Inference latency and throughput of a full encoder against pruned versions of it, with the ideal.
+"""Inference latency of an encoder against smaller versions of it (pruned, int8, ONNX Runtime), over a grid
+of batch sizes × sequence lengths, measured in a process of its own, with the ideal speedup.
 
-    frugalray bench-latency --model minilm --keep 3 --keep 2 --batch-size 32 --seq-len 128
-    frugalray bench-latency --model exported/ --device cuda --dtype bf16 --results results/
+    frugalray bench-latency --model minilm --keep 3 --batch-size 1 32 --seq-len 128 --precision fp32 int8 onnx
+    frugalray bench-latency --model exported/ --results results/
 
-Each variant is the same pretrained encoder with layers physically removed (``--keep 3``: the first 3;
-``--keep 0,5``: those layers), run on random token ids of the given shape after a warm-up. The ideal
-speedup is the ratio of forward FLOPs, counted from the config: per token and layer, 8h² (Q, K, V, output
-projections) + 4h·i (feed-forward) + 4·s·h (attention scores and their weighted sum), plus the embedding
-layer-norm; the pooler adds 2h² per sequence. Rows record hardware, threads and library versions.
+Layer sets: the same pretrained encoder with layers physically removed (``--keep 3``: the first 3;
+``--keep 0/5``: those layers); an exported trial (``frugalray export``; its manifest names the base model and
+the kept layers) is timed with its own weights, against its base model in full. Precision and runtime:
+fp32, bf16, fp16 (torch), int8 (torch dynamic int8 of the Linear layers, CPU), onnx and onnx-int8 (ONNX
+Runtime on CPU, the latter with onnxruntime's dynamic int8). Every variant runs random token ids of each
+shape after a warm-up; rounds alternate between the variants of a shape, so that a slower moment of the
+machine is shared by all of them, and the median is reported with its speedup against the full fp32 torch
+model of the same shape and the ideal speedup: the ratio of forward FLOPs, counted from the config (per
+token and layer 8h² + 4h·i + 4·s·h, plus the embeddings; the pooler adds 2h² per sequence). Precision
+does not change the ideal: it counts what layers are kept.
 
->>> rows = bench_latency("minilm", keep=[3, 2], batch_size=32, seq_len=128)   # doctest: +SKIP
->>> rows[1]["speedup"], rows[1]["ideal_speedup"]                             # doctest: +SKIP
-(1.93, 1.99)
+Isolated: the grid runs in a child process started for it, with ``threads`` torch threads and the same
+OMP/MKL thread counts set in its environment, so nothing of the caller runs beside it (``isolated=False``
+measures in the calling process). Rows record shape, kept layers, precision, runtime, threads, device,
+hardware and library versions; ``frugalray bench-latency --results STORE`` keeps them in ``STORE/latency/``,
+where the report and the payoff view find them.
+
+>>> rows = bench_latency("minilm", keep=[3], batch_sizes=(1, 32), seq_lens=(128,), variants=("fp32", "int8"))  # doctest: +SKIP
+>>> [(r["batch_size"], r["layer_set"], r["variant"], round(r["speedup"], 2)) for r in rows][:2]         # doctest: +SKIP
+[(1, 'full', 'fp32', 1.0), (1, 'full', 'int8', 1.6)]
 """
 
 from __future__ import annotations
 
+import json
+import os
 import platform
-import statistics
-import time
+import subprocess
+import sys
+import tempfile
 from datetime import datetime, timezone
+from pathlib import Path
 
 from frugalray._registry import FrugalrayError
+
+# variant -> (runtime, precision)
+VARIANTS = {"fp32": ("torch", "fp32"), "bf16": ("torch", "bf16"), "fp16": ("torch", "fp16"),
+            "int8": ("torch", "int8"), "onnx": ("onnxruntime", "fp32"), "onnx-int8": ("onnxruntime", "int8")}
+CPU_ONLY = ("int8", "onnx", "onnx-int8")
 
 
 def forward_flops(config, kept: int, batch_size: int, seq_len: int) -> float:
@@ -35,103 +56,105 @@ def forward_flops(config, kept: int, batch_size: int, seq_len: int) -> float:
 
 
 def hardware(device) -> dict:
-    """Where the timings were taken: the trial rows' hardware and versions, plus device and threads."""
+    """Where the timings were taken: the trial rows' hardware and versions, plus device, threads, runtime."""
+    import importlib.metadata
+
     import torch
 
-    from frugalray.training.trial import environment
+    from frugalray.training.environment import environment
 
     recorded = environment()
+    try:
+        onnxruntime = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        onnxruntime = None
     return {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "hardware": recorded["hardware"],
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": recorded["torch_version"],
-        "transformers_version": recorded["transformers_version"],
+        "hardware": recorded["hardware"], "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_version": recorded["torch_version"],
+        "transformers_version": recorded["transformers_version"], "onnxruntime_version": onnxruntime,
         "python_version": platform.python_version(),
     }
 
 
-def _variants(total: int, keep: list) -> list[tuple[str, tuple[int, ...]]]:
-    out = [("full", tuple(range(total)))]
-    for spec in keep:
-        if isinstance(spec, int):
-            if not 1 <= spec < total:
-                raise FrugalrayError(f"--keep {spec}: a model with {total} layers keeps 1..{total - 1} of them")
-            out.append((f"first_{spec}", tuple(range(spec))))
-        else:
-            from frugalray.study.strategies import validate_layers
+def default_threads() -> int:
+    """Physical cores this process may use (torch's own default counts physical cores too)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        import psutil
 
-            kept = validate_layers(list(spec), total, "--keep layers")
-            out.append(("mask " + ",".join(map(str, kept)), kept))
-    return out
+        return max(1, min(usable, psutil.cpu_count(logical=False) or usable))
+    except ImportError:
+        return usable
 
 
-def bench_latency(model: str = "minilm", keep: list | None = None, *, batch_size: int = 32, seq_len: int = 128,
-                  device: str | None = None, dtype: str = "fp32", repeats: int = 10, warmup: int = 3,
-                  seed: int = 0) -> list[dict]:
-    """One row per variant (full first): median/p90 latency, throughput, speedup, ideal speedup."""
+def bench_latency(model: str = "minilm", keep: list | None = None, *, batch_sizes=(32,), seq_lens=(128,),
+                  variants=("fp32",), device: str | None = None, repeats: int = 10, warmup: int = 3, seed: int = 0,
+                  threads: int | None = None, isolated: bool = True) -> list[dict]:
+    """One row per (batch size, sequence length, layer set, variant), full fp32 first in each shape: median
+    and p90 latency, throughput, speedup against the full fp32 model and the ideal speedup."""
+    request = dict(model=model, keep=[k if isinstance(k, int) else list(k) for k in keep or []],
+                   batch_sizes=list(batch_sizes), seq_lens=list(seq_lens), variants=list(variants), device=device,
+                   repeats=repeats, warmup=warmup, seed=seed, threads=threads or default_threads())
+    from frugalray.model.grid import check_request
+
+    check_request(**request)  # bad input fails here, before a process starts
+    if not isolated:
+        from frugalray.model.grid import measure_grid
+
+        return _label(measure_grid(**request), False)
+    return _label(_in_child(request), True)
+
+
+def _label(rows: list[dict], isolated: bool) -> list[dict]:
+    for row in rows:
+        row["isolated"] = isolated
+    return rows
+
+
+def _in_child(request: dict) -> list[dict]:
+    """Run ``measure_grid(**request)`` in a fresh Python process with pinned thread counts."""
+    threads = str(request["threads"])
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
+               TOKENIZERS_PARALLELISM="false",
+               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    with tempfile.TemporaryDirectory(prefix="frugalray-latency-") as scratch:
+        asked, answer = Path(scratch) / "request.json", Path(scratch) / "rows.json"
+        asked.write_text(json.dumps(request))
+        done = subprocess.run([sys.executable, "-m", "frugalray.model.latency", str(asked), str(answer)], env=env,
+                              capture_output=True, text=True)
+        if not answer.is_file():
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
+            raise FrugalrayError(f"The latency measurement process failed (exit {done.returncode}):\n{tail}")
+        result = json.loads(answer.read_text())
+    if "error" in result:
+        raise FrugalrayError(result["error"])
+    for row in result["rows"]:
+        row["measured_at"] = datetime.fromisoformat(row["measured_at"])
+    return result["rows"]
+
+
+def _child(asked: str, answer: str) -> None:
     import torch
 
-    from frugalray.model.loading import load_model_config, resolve_model
-    from frugalray.model.surgery import num_layers, prune_layers
+    from frugalray.model.grid import measure_grid
+    from frugalray.training.environment import running
 
-    if batch_size < 1 or seq_len < 1 or repeats < 1:
-        raise FrugalrayError("batch size, sequence length and repeats must be >= 1")
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise FrugalrayError(f"Device {device!r} was asked for but torch sees no CUDA GPU")
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if dtype not in dtypes:
-        raise FrugalrayError(f"Unknown dtype '{dtype}'. Available: {', '.join(dtypes)}")
-    config = load_model_config(model)
-    total = num_layers(config)
-    limit = getattr(config, "max_position_embeddings", None)
-    kind = getattr(config, "model_type", "")
-    if limit and ("roberta" in kind or kind == "camembert"):
-        limit -= 2  # RoBERTa positions start after the padding index
-    if limit and seq_len > limit:
-        raise FrugalrayError(f"--seq-len {seq_len} is longer than model {model!r} accepts ({limit} tokens)")
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, config.vocab_size, (batch_size, seq_len), generator=generator).to(target)
-    mask = torch.ones_like(ids)
-    from transformers import AutoModel
-    from transformers.utils import logging
+    request = json.loads(Path(asked).read_text())
+    torch.set_num_threads(request["threads"])
+    try:
+        with running("latency"):
+            rows = measure_grid(**request)
+        result = {"rows": [row | {"measured_at": row["measured_at"].isoformat()} for row in rows]}
+    except FrugalrayError as error:
+        result = {"error": str(error)}
+    Path(answer).write_text(json.dumps(result))
 
-    logging.disable_progress_bar()
-    encoders = []
-    for name, kept in _variants(total, keep or []):
-        encoder = AutoModel.from_pretrained(resolve_model(model), dtype=dtypes[dtype])
-        if len(kept) < total:
-            prune_layers(encoder, kept)
-        encoders.append((name, kept, encoder.to(target).eval()))
-    # Rounds alternate between the variants, so that a slower or busier moment of the machine is shared
-    # by all of them instead of landing on one.
-    times: list[list[float]] = [[] for _ in encoders]
-    with torch.inference_mode():
-        for attempt in range(warmup + repeats):
-            for position, (_, _, encoder) in enumerate(encoders):
-                if target.type == "cuda":
-                    torch.cuda.synchronize(target)
-                start = time.perf_counter()
-                encoder(input_ids=ids, attention_mask=mask)
-                if target.type == "cuda":
-                    torch.cuda.synchronize(target)
-                if attempt >= warmup:
-                    times[position].append(time.perf_counter() - start)
-    rows, environment = [], hardware(target)
-    for (name, kept, _), measured in zip(encoders, times):
-        median = statistics.median(measured)
-        rows.append({
-            "model": model, "variant": name, "kept_layers": list(kept), "n_kept_layers": len(kept),
-            "batch_size": batch_size, "seq_len": seq_len, "dtype": dtype, "repeats": repeats,
-            "latency_ms": median * 1000, "latency_p90_ms": sorted(measured)[int(0.9 * (len(measured) - 1))] * 1000,
-            "sequences_per_second": batch_size / median, "tokens_per_second": batch_size * seq_len / median,
-            "gflops": forward_flops(config, len(kept), batch_size, seq_len) / 1e9,
-            **environment, "measured_at": datetime.now(timezone.utc),
-        })
-    full = rows[0]
-    for row in rows:
-        row["speedup"] = full["latency_ms"] / row["latency_ms"]
-        row["ideal_speedup"] = full["gflops"] / row["gflops"]
-        row["fraction_of_ideal"] = row["speedup"] / row["ideal_speedup"]
-    return rows
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:3])

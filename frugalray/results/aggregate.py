@@ -19,13 +19,16 @@ from frugalray.results.store import ResultsStore, where_clauses
 RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule"]
 # How a pruned model recovered groups too (null: rows written before these columns, the study's recovery).
 RECOVERY = ["init", "recovery", "distill_temperature", "distill_alpha", "distill_beta", "partial_layers"]
+# A variant (int8, ONNX) of a trained model is a configuration of its own; rows older than variants are fp32.
 GROUP = ["task", "model", "num_layers", "lora", "lora_train_head", "learning_rate", "epochs", "batch_size",
-         "max_length", *RECIPE, *RECOVERY, "strategy", "strategy_n", "kept_layers"]
+         "max_length", *RECIPE, *RECOVERY, "strategy", "strategy_n", "kept_layers", "variant"]
 # compute_seconds: a trial's training plus, for a student of the fine-tuned full model, its share of the
 # teacher's training (split over the students that share that teacher) and the teacher logits it computed.
 MEAN = ["f1", "accuracy", "precision", "recall", "dev_f1", "train_seconds", "compute_seconds", "latency_ms",
-        "model_mib"]
-SAME = ["trainable_params", "total_params", "majority_f1"]  # identical across seeds
+        "model_mib", "train_kwh", "eval_kwh", "train_co2_kg", "eval_co2_kg"]
+SAME = ["trainable_params", "total_params", "majority_f1",  # identical across seeds
+        "latency_batch_size", "latency_seq_len", "energy_method"]  # the same measurement across seeds
+EVERY = ["latency_isolated"]  # true when every seed's was
 STD = ["f1", "train_seconds"]  # metrics that get a std column
 BASE = ("epochs", "learning_rate", "batch_size", "max_length", *RECIPE)
 
@@ -34,19 +37,21 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     """One row per (task, model, settings, strategy, N, kept layers) with seeds aggregated."""
     import duckdb
 
-    columns = sorted(set(GROUP + MEAN + SAME + ["status", "config_hash", "finished_at", "n_kept_layers", "seed",
-                                                "degenerate", "teacher_trial_id", "teacher_seconds",
-                                                "teacher_logits_seconds"]) - {"compute_seconds"})
+    columns = sorted(set(GROUP + MEAN + SAME + EVERY + ["status", "config_hash", "finished_at", "n_kept_layers",
+                                                        "seed", "degenerate", "teacher_trial_id", "teacher_seconds",
+                                                        "teacher_logits_seconds"]) - {"compute_seconds"})
     clauses, params = where_clauses(where or [])
     filters = " AND ".join(["status = 'ok'"] + clauses)
     means = ", ".join(f'avg("{m}") AS "{m}"' for m in MEAN)
     stds = ", ".join(f'stddev_samp("{m}") AS "{m}_std"' for m in STD)
     same = ", ".join(f'max("{m}") AS "{m}"' for m in SAME)
+    every = ", ".join(f'bool_and("{m}") AS "{m}"' for m in EVERY)
+    selected = ", ".join(f"coalesce(variant, 'fp32') AS variant" if c == "variant" else f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in GROUP)
     # One row per training (a trial re-run by hand keeps its latest result), then seeds aggregated.
     sql = f"""
         WITH latest AS (
-            SELECT {", ".join(f'"{c}"' for c in columns)} FROM trials WHERE {filters}
+            SELECT {selected} FROM trials WHERE {filters}
             QUALIFY row_number() OVER (PARTITION BY config_hash, strategy, strategy_n ORDER BY finished_at DESC) = 1
         ), runs AS (
             SELECT *, train_seconds + coalesce(teacher_logits_seconds, 0) + coalesce(teacher_seconds / count(
@@ -54,9 +59,9 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
             FROM latest
         )
         SELECT {keys}, any_value(n_kept_layers) AS n_kept_layers, count(*) AS seeds,
-               count(*) FILTER (WHERE degenerate) AS degenerate, {means}, {stds}, {same}
+               count(*) FILTER (WHERE degenerate) AS degenerate, {means}, {stds}, {same}, {every}
         FROM runs GROUP BY {keys}
-        ORDER BY task, model, lora, n_kept_layers, strategy, strategy_n
+        ORDER BY task, model, lora, n_kept_layers, strategy, strategy_n, variant
     """
     connection = duckdb.connect()
     if isinstance(source, ResultsStore):

@@ -5,9 +5,11 @@
 
 Per task: the single-layer profile (the study's fig. 4.1), first/last-N curves, best/drop_worst curves,
 the symmetric and alternate curves (figs 4.2-4.7), quality against kept layers and against latency with
-the Pareto front, the LoRA comparison, and the tables of ``frugalray.results.views``, with the reference study's
-numbers beside ours where rows match. Error bars are one standard deviation over seeds. Nothing is
-fetched from the network: no CSS, script or font outside the folder.
+the Pareto front, the LoRA comparison, and the tables of ``frugalray.results.views`` (the frugality table
+``payoff`` among them), with the reference study's numbers beside ours where rows match. Error bars are
+one standard deviation over seeds. The latency axis plots the store's isolated grid (``<results>/latency/``)
+when it covers every layer set of a task, else the trials' own latencies; its label says which, and on
+what batch. Nothing is fetched from the network: no CSS, script or font outside the folder.
 
 >>> write_report(ResultsStore("results/quick"), "report")   # doctest: +SKIP
 PosixPath('report/index.html')
@@ -37,7 +39,7 @@ FAMILIES = {
     "symmetric": "#ff7f0e", "alternate": "#9467bd", "importance proxy": "#8c564b", "searched mask": "#d62728",
 }
 STUDY_STYLE = dict(marker="D", facecolors="white", edgecolors="#444444", linewidths=1.5, s=40, zorder=4)
-TABLE_VIEWS = ("baselines", "budget", "best_worst", "lora", "balanced", "recovery")
+TABLE_VIEWS = ("baselines", "payoff", "budget", "best_worst", "lora", "balanced", "recovery")
 
 
 def family(strategy: str) -> tuple[str, str]:
@@ -134,8 +136,9 @@ def _by(rows: list[dict], *names: str) -> list[dict]:
     return [r for r in rows if r["strategy"] in names]
 
 
-def _task_figures(figures: _Figures, key: str, rows: list[dict], lora_rows: list[dict]) -> list[str]:
-    """The figures of one task; a figure whose trials are missing is left out (and said so)."""
+def _task_figures(figures: _Figures, key: str, rows: list[dict], lora_rows: list[dict], grid: list[dict]) -> list[str]:
+    """The figures of one task; a figure whose trials are missing is left out (and said so). ``grid``: the
+    store's isolated latency measurements, plotted instead of the trials' own when they cover every point."""
     blocks, missing = [], []
     singles = _by(rows, "single")
     if singles:
@@ -183,22 +186,25 @@ def _task_figures(figures: _Figures, key: str, rows: list[dict], lora_rows: list
 
     pruned = [r for r in rows if r["strategy"] != "full"]
     if pruned:
+        from frugalray.results.grid import latency_axis
+
+        latencies, latency_label = latency_axis(rows, grid)  # says what was measured: grid or trials, batch shape
         figure, axes = _figure(5.2, 4.0, columns=2)
-        for axis, column, label in ((axes[0], "n_kept_layers", "kept layers"),
-                                    (axes[1], "latency_ms", "inference latency (ms per batch of 32)")):
-            points = [r for r in rows if r.get(column) is not None]
+        for axis, values, label in ((axes[0], [r["n_kept_layers"] for r in rows], "kept layers"),
+                                    (axes[1], latencies, latency_label)):
+            points = [(x, r) for x, r in zip(values, rows) if x is not None]
             seen = set()
-            for r in points:
+            for x, r in points:
                 fam, colour = family(r["strategy"])
-                axis.scatter(r[column], r["f1"], color=colour, s=22, alpha=0.8,
-                             label=None if fam in seen else fam, zorder=3)
+                axis.scatter(x, r["f1"], color=colour, s=22, alpha=0.8, label=None if fam in seen else fam, zorder=3)
                 seen.add(fam)
-            front = pareto_front([(r[column], r["f1"]) for r in points])
+            front = pareto_front([(x, r["f1"]) for x, r in points])
             if front:
                 axis.step(*zip(*front), where="post", color="#d62728", linewidth=1.2, label="Pareto front", zorder=2)
-            _finish(axis, label, f"Quality vs {label.split(' (')[0]}", integer_x=column == "n_kept_layers")
-        blocks.append(figures.add(figure, f"{key}-pareto",
-                                  f"{key}: test F1 against kept layers and against latency; the line is the Pareto front"))
+            _finish(axis, label, "Quality vs " + ("kept layers" if label == "kept layers" else "latency"),
+                    integer_x=label == "kept layers")
+        blocks.append(figures.add(figure, f"{key}-pareto", f"{key}: test F1 against kept layers and against "
+                                  f"{latency_label}; the line is the Pareto front"))
     if lora_rows:
         import numpy as np
 
@@ -272,7 +278,11 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
              f"dev F1 and reported on test F1. White diamonds are the reference study's numbers "
              f"(camembert-base, 12 layers) where a row matches.</p>"]
     parts += [f"<p class=note>{html.escape(note)}</p>" for note in views["strategies"].notes]
-    strategies = at_base(aggregated.to_pylist(), reference or [])
+    from frugalray.results.grid import read_grid
+
+    grid = read_grid(store)
+    trained = [r for r in aggregated.to_pylist() if r["variant"] == "fp32"]  # int8/ONNX forms: the payoff table
+    strategies = at_base(trained, reference or [])
     lora = views["lora"].table.to_pylist() if views["lora"].table.num_columns else []
     keys = sorted({(r["task"], r["model"]) for r in aggregated.to_pylist()})
     advice = recommendation(views["recovery"].table.to_pylist()) if views["recovery"].table.num_columns else {}
@@ -281,7 +291,7 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
         parts.append(f"<h2>{html.escape(task)} <small>({html.escape(model)})</small></h2>")
         mine = [r for r in strategies if (r["task"], r["model"]) == (task, model)]
         mine_lora = [r for r in lora if (r["task"], r["model"]) == (task, model)]
-        parts += _task_figures(figures, _safe(key), mine, mine_lora)
+        parts += _task_figures(figures, _safe(key), mine, mine_lora, grid)
         if (task, model) in advice:
             parts.append(f"<p><b>Recovery:</b> {html.escape(advice[(task, model)])}.</p>")
         for name in TABLE_VIEWS:

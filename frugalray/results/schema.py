@@ -39,6 +39,9 @@ class TrialResult:
     reused_from: str | None = column(_STRING, "trial_id whose training this row reports (same layer set)")
     sweep: str | None = column(_STRING, "sweep label")
     stage: str | None = column(_STRING, "sweep stage that scheduled it")
+    variant: str | None = column(_STRING, "inference form: fp32 (the trained torch model; null in older rows), int8 "
+                                          "(torch dynamic int8), onnx, onnx-int8 (ONNX Runtime)")
+    source_trial_id: str | None = column(_STRING, "the trial whose trained model this variant converts (null: trained here)")
     # -- what was trained
     task: str | None = column(_STRING)
     task_fingerprint: str | None = column(_STRING, "hash of the task's data and reading options")
@@ -111,6 +114,14 @@ class TrialResult:
     latency_ms: float | None = column(_FLOAT)
     latency_batch_size: int | None = column(_INT32)
     latency_seq_len: int | None = column(_INT32)
+    latency_isolated: bool | None = column(_BOOL, "True: nothing else of frugalray ran on the machine (a lone "
+                                                  "`frugalray trial`, an export); False: beside other trials (a sweep)")
+    train_kwh: float | None = column(_FLOAT, "energy of the training steps (null: not measured, see energy_method)")
+    train_co2_kg: float | None = column(_FLOAT, "CO2-eq of that energy at energy_country's grid intensity")
+    eval_kwh: float | None = column(_FLOAT, "energy of evaluating test and dev")
+    eval_co2_kg: float | None = column(_FLOAT)
+    energy_method: str | None = column(_STRING, "how energy was measured (RAPL, NVML, codecarbon's estimate), or why not")
+    energy_country: str | None = column(_STRING, "ISO 3166-1 alpha-3 country whose grid intensity gives CO2-eq")
     # -- where and with what
     device: str | None = column(_STRING)
     hardware: str | None = column(_STRING)

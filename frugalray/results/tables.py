@@ -10,8 +10,8 @@ import pyarrow as pa
 from frugalray._registry import FrugalrayError
 
 DEFAULT_COLUMNS = [
-    "task", "model", "strategy", "strategy_n", "kept_layers", "lora", "epochs", "seed", "status",
-    "f1", "accuracy", "train_seconds", "model_mib", "latency_ms",
+    "task", "model", "strategy", "strategy_n", "kept_layers", "lora", "variant", "epochs", "seed", "status",
+    "f1", "accuracy", "train_seconds", "train_kwh", "model_mib", "latency_ms",
 ]
 FORMATS = ("table", "csv", "markdown")
 

@@ -10,6 +10,11 @@ successful rows, one per (configuration hash, strategy, N) (the latest when a tr
 task, model, settings, strategy, N and kept layers. Seeds give ``f1`` (mean), ``f1_std`` and the 95%
 Student-t interval ``f1_ci_low``/``f1_ci_high``.
 
+Latencies say how they were measured (``latency_kind``: alone or beside other trials, and the batch shape);
+energy sits beside time (``train_kwh``; ``f1_per_kj``, test F1 per kJ of training, beside ``f1_per_s``, per
+training second). The classic views read the trained models (variant fp32); ``payoff`` compares every
+form a store holds (``frugalray.results.payoff``).
+
 Comparisons are made at each task's *base* settings: the epochs, learning rate, batch size and sequence
 length of most of its full-model, full fine-tuning runs. Layer sets are chosen on dev F1 (test F1 when a
 row has none) and reported on test F1, so choosing never looks at the test set.
@@ -47,14 +52,15 @@ class View:
 class _ViewSpec:
     fn: Callable
     doc: str
+    variants: bool  # sees int8/ONNX variant rows too (the others see trained models only)
 
 
 VIEWS: Registry[_ViewSpec] = Registry("view")
 
 
-def view(name: str):
+def view(name: str, variants: bool = False):
     def decorate(fn):
-        VIEWS.add(name, _ViewSpec(fn, (fn.__doc__ or "").strip().splitlines()[0]))
+        VIEWS.add(name, _ViewSpec(fn, (fn.__doc__ or "").strip().splitlines()[0], variants))
         return fn
 
     return decorate
@@ -118,6 +124,27 @@ def _delta(a, b):
     return a - b if a is not None and b is not None else None
 
 
+def latency_kind(row: dict) -> str | None:
+    """How a row's latency_ms was measured: alone or beside other trials, and on what batch.
+
+    >>> latency_kind({"latency_ms": 9.1, "latency_isolated": False, "latency_batch_size": 32, "latency_seq_len": 41})
+    'in a sweep, batch 32x41'
+    """
+    if row.get("latency_ms") is None:
+        return None
+    where = {True: "isolated", False: "in a sweep"}.get(row.get("latency_isolated"), "isolation unrecorded")
+    if row.get("latency_batch_size") is None:
+        return f"{where}, batch unrecorded"
+    return f"{where}, batch {row['latency_batch_size']}x{row['latency_seq_len']}"
+
+
+def _cost(row: dict) -> dict:
+    """Time and energy of training, and test F1 per training second and per kJ."""
+    kj = row.get("train_kwh") and row["train_kwh"] * 3600
+    return {"train_seconds": row["train_seconds"], "train_kwh": row.get("train_kwh"),
+            "f1_per_s": _ratio(row["f1"], row["train_seconds"]), "f1_per_kj": _ratio(row["f1"], kj)}
+
+
 # -- the views -----------------------------------------------------------------------------------
 def at_base(rows: list[dict], reference: list[dict]) -> list[dict]:
     """Aggregated rows of full fine-tuning at their task's base settings, each with its study row (or None):
@@ -136,8 +163,8 @@ def strategies(rows: list[dict], base: dict, reference: list[dict], **_) -> list
         out.append({
             "task": r["task"], "model": r["model"], "strategy": _label(r), "kept_layers": r["kept_layers"],
             "n_kept_layers": r["n_kept_layers"], "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
-            "dev_f1": r["dev_f1"],
-            "train_seconds": r["train_seconds"], "latency_ms": r["latency_ms"], "model_mib": r["model_mib"],
+            "dev_f1": r["dev_f1"], **_cost(r), "latency_ms": r["latency_ms"], "latency_kind": latency_kind(r),
+            "model_mib": r["model_mib"],
             "study_f1": study["f1"] if study else None,
             "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
         })
@@ -167,7 +194,8 @@ def budget(rows: list[dict], base: dict, reference: list[dict], budgets: list[in
                 "f1_vs_full": _delta(best["f1"], full and full["f1"]),
                 "train_speedup": _ratio(full and full["train_seconds"], best["train_seconds"]),
                 "latency_speedup": _ratio(full and full["latency_ms"], best["latency_ms"]),
-                "model_mib": best["model_mib"], "study_f1": study["f1"] if study else None,
+                "latency_kind": latency_kind(best), "model_mib": best["model_mib"], "train_kwh": best["train_kwh"],
+                "f1_per_kj": _cost(best)["f1_per_kj"], "study_f1": study["f1"] if study else None,
             })
     return out
 
@@ -258,8 +286,8 @@ def baselines(rows: list[dict], base: dict, reference: list[dict], **_) -> list[
         out.append({
             "task": r["task"], "model": r["model"], "lora": r["lora"], "learning_rate": r["learning_rate"],
             "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"], "majority_f1": r["majority_f1"],
-            "accuracy": r["accuracy"], "train_seconds": r["train_seconds"],
-            "latency_ms": r["latency_ms"], "model_mib": r["model_mib"], "study_f1": study["f1"] if study else None,
+            "accuracy": r["accuracy"], **_cost(r), "latency_ms": r["latency_ms"], "latency_kind": latency_kind(r),
+            "model_mib": r["model_mib"], "study_f1": study["f1"] if study else None,
         })
     return out
 
@@ -270,11 +298,13 @@ def compute_view(source: ResultsStore | pa.Table, name: str, where: list[str] | 
     """Compute view ``name`` (see ``VIEWS``); study columns appear only when some row matched."""
     spec = VIEWS.get(name)
     table = aggregated if aggregated is not None else aggregate(source, where)
-    rows = table.to_pylist()
+    every = table.to_pylist()
+    rows = [r for r in every if r.get("variant", "fp32") == "fp32"]  # trained models (variants: payoff only)
     if not rows:
         raise FrugalrayError(f"View '{name}': no successful trials{' match ' + str(where) if where else ''}")
     base = _base_settings(rows)
-    out = spec.fn(rows, base, reference or [], budgets=budgets)
+    store = source if isinstance(source, ResultsStore) else None
+    out = spec.fn(every if spec.variants else rows, base, reference or [], budgets=budgets, store=store)
     notes = [f"{task}/{model}: base settings " + ", ".join(f"{name}={value}" for name, value in zip(BASE, s))
              for (task, model), s in sorted(base.items())]
     degenerate = sum(1 for r in rows if r["degenerate"])
@@ -293,4 +323,5 @@ def compute_view(source: ResultsStore | pa.Table, name: str, where: list[str] | 
     return View(name, pa.Table.from_pylist(out), notes)
 
 
+from frugalray.results import payoff as _payoff  # noqa: E402,F401  (registers the payoff view)
 from frugalray.results import recovery_view  # noqa: E402,F401 (registers the recovery view)

@@ -81,7 +81,8 @@ def single_layer_scores(store: ResultsStore, task: str, model: str) -> tuple[tup
     name = resolve_task(task).name
     rows = store.query(where=[f"task={name}", f"model={model}", "strategy=single", "lora=false"], require=False)
     try:
-        scores = scores_from_rows(rows.to_pylist(), count)
+        trained = [r for r in rows.to_pylist() if (r.get("variant") or "fp32") == "fp32"]  # not int8/ONNX forms
+        scores = scores_from_rows(trained, count)
     except FrugalrayError as error:
         raise FrugalrayError(f"best/drop_worst on task '{name}', model '{model}': {error}") from None
     return tuple(scores[k] for k in range(count))

@@ -1,16 +1,20 @@
-"""Where a trial runs: the device it asks for (checked before anything loads), and the hardware and library
-versions every row records.
+"""Where a trial runs: the device it asks for (checked before anything loads), the hardware and library
+versions every row records, and whether anything else of frugalray runs on the machine beside it.
 
 >>> check_device("cpu")
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import subprocess
+import tempfile
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 from frugalray import __version__
 from frugalray._registry import FrugalrayError
@@ -83,3 +87,59 @@ def _code_version() -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return __version__
+
+
+def _activity_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"frugalray-running-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+
+
+@contextlib.contextmanager
+def running(what: str) -> Iterator[None]:
+    """Mark this process as running frugalray work (a trial, a latency measurement) while the block runs, so
+    that a measurement elsewhere on the machine knows it is not alone (``others_running``).
+
+    >>> with running("trial"):
+    ...     others_running()
+    []
+    """
+    folder = _activity_dir()
+    marker = folder / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.{what}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+    except OSError:  # an unwritable temporary folder only costs the isolation label
+        marker = None
+    try:
+        yield
+    finally:
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+
+
+def others_running() -> list[str]:
+    """What other live processes of this user mark as running frugalray work (``pid.what``); markers of
+    processes that are gone (killed) are removed."""
+    found = []
+    try:
+        markers = list(_activity_dir().iterdir())
+    except OSError:
+        return []
+    for marker in markers:
+        pid_text, _, rest = marker.name.partition("-")
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        if _alive(int(pid_text)):
+            found.append(f"{pid_text}.{rest.partition('.')[2]}")
+        else:
+            marker.unlink(missing_ok=True)
+    return sorted(found)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

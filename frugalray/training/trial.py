@@ -24,7 +24,8 @@ from frugalray.data.tasks import TaskData, load_task, resolve_task
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.study.strategies import kept_layers
-from frugalray.training.environment import check_device, device_name, environment
+from frugalray.training.energy import measured_energy
+from frugalray.training.environment import check_device, device_name, environment, others_running, running
 from frugalray.training.identity import CONFIG_VERSION, config_hash, fallback_hash
 
 __all__ = ["PreparedTrial", "TrialConfig", "execute_trial", "layer_count", "prepare_trial", "run_trial"]
@@ -59,10 +60,12 @@ def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> Prepared
 
 
 def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None,
-              save_to: str | None = None, teacher=None) -> dict:
+              save_to: str | None = None, alone: bool = False, teacher=None) -> dict:
     """Train and evaluate one prepared trial; returns its result row (raises on failure).
 
     With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.model.export``).
+    ``alone``: the caller runs nothing else (``frugalray trial``); the latency is labelled isolated when, in
+    addition, no other process of frugalray runs on the machine while it is measured.
     ``teacher`` (``frugalray.training.recovery.Teacher``): the fine-tuned full model a recovering student
     starts from or learns from."""
     import torch
@@ -106,14 +109,18 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         logits = recovery.teacher_logits(teacher, train_data, pad_id, target, config.training.eval_batch_size)
         teacher_model = recovery.load_teacher(teacher).to(target) if config.recovery.beta > 0 else None
         objective = recovery.distillation(config.recovery, logits, prepared.kept_layers, teacher_model)
-    stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed,
-                  objective=objective)
+    meter = functools.partial(measured_energy, config.training.energy, config.training.energy_country, str(target))
+    with meter() as train_energy:
+        stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed,
+                      objective=objective)
     eval_start = time.perf_counter()
     settings = (config.training.eval_batch_size, pad_id, target, config.training.dtype)
-    test_metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
-    dev_metrics = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
+    with meter() as eval_energy:
+        test_metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
+        dev_metrics = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
     eval_seconds = time.perf_counter() - eval_start
     latency = measure_latency(model, test_data, 32, pad_id, target, config.training.dtype)
+    latency["latency_isolated"] = alone and not others_running()
     if save_to:
         from frugalray.model.export import save_trained
 
@@ -149,10 +156,19 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         "peak_memory_mib": peak,
         "peak_memory_kind": peak_kind,
         **latency,
+        **energy_columns(train_energy, eval_energy, config.training.energy_country),
+        "variant": "fp32",
         "device": device_name(target),
         **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds,
             "teacher_logits_seconds": teacher.logits_seconds} if teacher else {}),
     }
+
+
+def energy_columns(train, evaluation, country: str) -> dict:
+    """The row's energy fields from the readings of training and evaluation (``measured_energy``)."""
+    methods = sorted({train.method, evaluation.method} - {None})  # one method, unless a meter failed midway
+    return {"train_kwh": train.kwh, "train_co2_kg": train.co2_kg, "eval_kwh": evaluation.kwh,
+            "eval_co2_kg": evaluation.co2_kg, "energy_method": " | ".join(methods) or None, "energy_country": country}
 
 
 def is_degenerate(metrics: dict, majority: dict) -> bool:
@@ -230,6 +246,7 @@ def execute_trial(
     gpu_memory_fraction: float | None = None,
     runner=None,
     append: bool = True,
+    alone: bool = False,
 ) -> TrialResult:
     """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error.
 
@@ -238,18 +255,20 @@ def execute_trial(
 
     With ``raise_input_errors`` a bad input (FrugalrayError) is raised instead, and nothing is written.
     ``runner`` replaces ``run_trial`` (same signature), e.g. the simulated trials of ``frugalray.testing``.
+    ``alone``: nothing else runs in the caller (``frugalray trial``, not a sweep), see ``run_trial``.
     """
     started_at = datetime.now(timezone.utc)
     row: dict
     saving = store.staging_folder() if config.save_model and store is not None else None
     try:
         prepared = prepared or prepare_trial(config)
-        extra = {"save_to": saving} if saving else {}
+        extra = ({"save_to": saving} if saving else {}) | ({"alone": True} if alone else {})
         if config.recovery.needs_teacher:
             from frugalray.training.recovery import find_teacher
 
             extra["teacher"] = find_teacher(store, prepared)
-        row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction, **extra)
+        with running("trial"):  # a latency measured elsewhere on the machine meanwhile is not isolated
+            row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction, **extra)
         row["status"], row["error"] = "ok", None
     except FrugalrayError as error:
         if raise_input_errors:

@@ -12,6 +12,7 @@ from frugalray import FrugalrayError, LoraSettings, ResultsStore, TrainingSettin
 from frugalray.cli import main
 from frugalray.model.export import export_trial, load_trained
 from frugalray.model.loading import MODELS
+from frugalray.results.schema import TrialResult
 
 FAST = TrainingSettings(epochs=1, batch_size=2, max_length=32, learning_rate=1e-3, lora_learning_rate=1e-2)
 
@@ -152,3 +153,81 @@ def test_saved_and_exported_trials_name_the_base_model_as_the_trial_did(tmp_path
     for path in [*saved.iterdir(), *(tmp_path / "out").iterdir()]:
         if path.suffix in (".json", ".md"):
             assert tiny_model not in path.read_text(), path  # this machine's path to the model appears nowhere
+
+
+def _stored(store, trial_id):
+    return store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[trial_id]).to_pylist()[0]
+
+
+def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, saved, capsys):
+    from frugalray.data.encoding import encode_examples
+    from frugalray.data.tasks import load_task
+    from frugalray.model.variants import load_variant
+    from frugalray.results.views import compute_view
+    from frugalray.training.loop import evaluate
+
+    store, trial = saved
+    source = _stored(store, trial)
+    assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "int8"), "--int8"]) == 0
+    assert f"int8: test F1 {source['f1']:.4f} -> " in capsys.readouterr().out
+    [row] = store.query(sql="SELECT * FROM trials WHERE source_trial_id = $1", params=[trial]).to_pylist()
+    assert (row["variant"], row["stage"], row["status"]) == ("int8", "export", "ok")
+    assert row["config_hash"] != source["config_hash"] and row["kept_layers"] == source["kept_layers"]
+    assert _stored(store, trial)["f1"] == source["f1"] and source["variant"] == "fp32"  # the source keeps its own
+    # quality is measured, not assumed: the row holds what the int8 model scores on test and dev
+    model, manifest = load_variant(tmp_path / "int8")
+    assert manifest["variant"] == "int8" and type(model.roberta.encoder.layer[0].attention.self.query).__module__.startswith("torch.ao")
+    task = load_task(json.loads(source["config_json"])["task"])
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "int8")
+    labels = {label: i for i, label in enumerate(task.labels)}
+    for examples, column in ((task.test, "f1"), (task.dev, "dev_f1")):
+        data = encode_examples(examples, tokenizer, labels, 32)
+        expected = evaluate(model, data, examples, task.labels, task.spec.metric, 8, tokenizer.pad_token_id,
+                            torch.device("cpu"), "fp32")
+        assert row[column] == pytest.approx(expected["f1"])
+    assert row["model_mib"] < source["model_mib"]  # packed int8 weights
+    assert row["train_seconds"] == source["train_seconds"]  # the cost of the model is its source's training
+    assert row["latency_isolated"] is True and row["latency_ms"] > 0 and row["device"] == "cpu"
+    strategies = compute_view(store, "strategies", where=[f"task={source['task']}"]).table
+    assert set(strategies.column("strategy").to_pylist()) == {"first_2"} and strategies.num_rows == 1  # fp32 only
+
+
+@pytest.mark.parametrize("int8", [False, True], ids=["onnx", "onnx-int8"])
+def test_an_onnx_export_is_run_by_onnx_runtime_and_re_evaluated(tmp_path, saved, int8):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from frugalray.model.onnx import OnnxModel
+    from frugalray.model.variants import load_variant
+
+    store, trial = saved
+    out = tmp_path / "onnx"
+    done = export_trial(store, trial, out, onnx=True, int8=int8)
+    graph = out / ("model.int8.onnx" if int8 else "model.onnx")
+    assert graph.is_file() and not (out / ("model.onnx" if int8 else "model.int8.onnx")).exists()
+    assert graph.name in json.loads((out / "frugalray_trial.json").read_text())["exported_files"]
+    model, _ = load_variant(out)
+    assert isinstance(model, OnnxModel)
+    row = done["variant_row"]
+    assert row["variant"] == ("onnx-int8" if int8 else "onnx") and row["source_trial_id"] == done["trial_id"]
+    assert row == TrialResult.from_row(_stored(store, row["trial_id"]))
+    if not int8:  # the same logits, so the same predictions and the same F1 as the trained model
+        torch_model = AutoModelForTokenClassification.from_pretrained(out).eval()
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        batch = tokenizer(["Jean habite à Paris .", "Marie travaille chez Renault à Lyon depuis 2010 ."],
+                          return_tensors="pt", padding=True)
+        with torch.no_grad():
+            expected = torch_model(**batch).logits
+        got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        assert torch.allclose(expected, got, atol=1e-4)
+        assert row["f1"] == _stored(store, trial)["f1"] and row["dev_f1"] == _stored(store, trial)["dev_f1"]
+
+
+def test_onnx_export_without_the_extra_names_it_and_writes_nothing(tmp_path, saved, monkeypatch, capsys):
+    import importlib.util
+
+    store, trial = saved
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
+    assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "out"), "--onnx"]) == 2
+    assert "needs the optional 'onnx' extra (onnxscript not installed): pip install 'frugalray[onnx]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

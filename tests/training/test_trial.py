@@ -215,3 +215,36 @@ def test_a_missing_device_fails_the_trial_before_the_model_loads(tiny_model, ner
 def _ok_hashes(store) -> set[str]:
     """Configuration hashes that have a successful row."""
     return {row["config_hash"] for row in store.table().to_pylist() if row["status"] == "ok"}
+
+
+@pytest.fixture()
+def activity(tmp_path, monkeypatch):
+    """A private activity folder: other frugalray work on this machine does not leak into the test."""
+    folder = tmp_path / "running"
+    monkeypatch.setattr("frugalray.training.environment._activity_dir", lambda: folder)
+    return folder
+
+
+def test_latency_is_isolated_only_for_a_lone_trial_with_nothing_else_of_frugalray_running(
+        tmp_path, tiny_model, ner_task_file, activity):
+    import subprocess
+    import sys
+
+    from frugalray.training.environment import others_running, running
+
+    config = TrialConfig(task=ner_task_file, model=tiny_model, training=dataclasses.replace(FAST, epochs=1, energy=False))
+    assert execute_trial(config, alone=True)["latency_isolated"] is True
+    assert execute_trial(config)["latency_isolated"] is False  # a sweep's trial: others may run beside it
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        activity.mkdir(parents=True, exist_ok=True)
+        (activity / f"{other.pid}-abcd.trial").touch()  # another process's trial, still running
+        assert others_running() == [f"{other.pid}.trial"]
+        row = execute_trial(config, alone=True)
+        assert row["status"] == "ok" and row["latency_isolated"] is False
+    finally:
+        other.kill()
+        other.wait()
+    assert others_running() == [] and not (activity / f"{other.pid}-abcd.trial").exists()  # a dead writer's marker
+    with running("trial"):  # this process's own marker is not "another"
+        assert others_running() == []

