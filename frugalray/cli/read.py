@@ -17,10 +17,15 @@ Pairs = Annotated[tuple[tuple[str, str], ...], tyro.conf.UseAppendAction]
 Format = Literal["table", "csv", "markdown"]
 
 
-def _reference(reference: tuple[str, ...], reference_task: tuple[tuple[str, str], ...], no_reference: bool) -> list[dict]:
+def _reference(store, reference: tuple[str, ...], reference_task: tuple[tuple[str, str], ...],
+               no_reference: bool) -> list[dict]:
+    """Reference records; tasks are paired with study datasets as the store's sweeps recorded, then as given."""
+    from frugalray.results.metadata import reference_tasks
     from frugalray.results.reference import STUDY, load_reference
 
-    return [] if no_reference else load_reference(list(reference) or [STUDY], dict(reference_task))
+    if no_reference:
+        return []
+    return load_reference(list(reference) or [STUDY], reference_tasks(store) | dict(reference_task))
 
 
 def results(
@@ -56,7 +61,8 @@ def results(
             twice; exit 1 when something needs attention.
         repair: Move unreadable files to <store>/quarantine/ and remove stale staging files.
         reference: Reference CSV files or folders to show beside our numbers (default: the reference study's).
-        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS.
+        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS (added to the pairs the
+            store's sweeps recorded).
         no_reference: Show our numbers only.
     """
     from frugalray.results.store import ResultsStore
@@ -88,7 +94,7 @@ def results(
         if sql:
             raise FrugalrayError("--view and --sql do not combine; filter a view with --where")
         computed = compute_view(store, view, where=list(where), budgets=list(budget) or None,
-                                reference=_reference(reference, reference_task, no_reference))
+                                reference=_reference(store, reference, reference_task, no_reference))
         table = computed.table if format == "csv" else with_uncertainty(computed.table)
         if table.num_columns:
             print(render(table, shown, format))
@@ -120,13 +126,15 @@ def report(
         where: Only these trials, e.g. task=demo_pos.
         title: Title of the report (default: from the results).
         reference: Reference CSV files or folders to show beside our numbers (default: the reference study's).
-        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS.
+        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS (added to the pairs the
+            store's sweeps recorded).
         no_reference: Show our numbers only.
     """
     from frugalray.results.report import write_report
     from frugalray.results.store import ResultsStore
 
-    path = write_report(ResultsStore(location), out, reference=_reference(reference, reference_task, no_reference),
+    store = ResultsStore(location)
+    path = write_report(store, out, reference=_reference(store, reference, reference_task, no_reference),
                         where=list(where), embed=embed, title=title)
     print(f"Report written to {path}")
     return 0

@@ -18,6 +18,7 @@ from frugalray.cluster.progress import Progress
 from frugalray.cluster.resources import estimate_memory_gib
 from frugalray.cluster.session import ensure_ray
 from frugalray.config import ResourceRule, SearchConfig, SweepConfig
+from frugalray.results.metadata import record_run
 from frugalray.results.store import ResultsStore
 from frugalray.study.plan import StudyPlan
 from frugalray.study.planned import Planned
@@ -55,6 +56,8 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
         data_dirs=tuple((_absolute(t) if t.endswith(".json") else t, _absolute(d)) for t, d in sweep.data_dirs),
     )
     store = ResultsStore(sweep.results).check_writable()  # an unreachable location fails before anything runs
+    # Later readers (frugalray report, results --view) pair tasks with the study as this sweep does.
+    record_run(store, "sweeps", sweep.name, sweep.to_dict(), reference_tasks=dict(sweep.reference_tasks))
     plan = StudyPlan(sweep, store)
     plan.expand()
     if plan.finished():  # a finished sweep: nothing to schedule, no cluster needed
@@ -79,6 +82,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
 
     config = dataclasses.replace(config, results=_absolute(config.results))
     store = ResultsStore(config.results).check_writable()
+    record_run(store, "searches", config.name, config.to_dict())
     prior = []
     if config.prior == "proxy":
         low, high = config.bounds(_layer_count(config.model))

@@ -20,7 +20,7 @@ RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay
 GROUP = ["task", "model", "num_layers", "lora", "lora_train_head", "learning_rate", "epochs", "batch_size",
          "max_length", *RECIPE, "strategy", "strategy_n", "kept_layers"]
 MEAN = ["f1", "accuracy", "precision", "recall", "dev_f1", "train_seconds", "latency_ms", "model_mib"]
-SAME = ["trainable_params", "total_params", "majority_f1"]  # identical across seeds
+SAME = ["trainable_params", "total_params", "majority_f1", "latency_batch_size", "latency_seq_len"]  # same for all seeds
 STD = ["f1", "train_seconds"]  # metrics that get a std column
 BASE = ("epochs", "learning_rate", "batch_size", "max_length", *RECIPE)
 
