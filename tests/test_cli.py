@@ -299,15 +299,22 @@ def test_sweep_command_line_overrides_the_file(sweep_main):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["results", "--help"], ["results", "STORE", "--view", "budget"],
-                                  ["results", "STORE", "--check"], ["results", "STORE", "--where", "task=demo_pos"]])
-def test_reading_commands_import_neither_torch_nor_ray(argv):
+                                  ["results", "STORE", "--check"], ["results", "STORE", "--where", "task=demo_pos"],
+                                  ["results", "FRONTS", "--fronts"]])
+def test_reading_commands_import_neither_torch_nor_ray(argv, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
+    from frugalray.results.fronts import write_front
+
     store = str(Path(__file__).parent / "fixtures" / "store_v0_1")
+    write_front(ResultsStore(tmp_path), "s", "f1_vs_layers", [{"kept_layers": [0], "dev_f1": 0.5, "n_kept_layers": 1}])
+    places = {"STORE": store, "FRONTS": str(tmp_path)}
     code = ("import sys\nfrom frugalray.cli import main\nmain(sys.argv[1:])\n"
             "print('HEAVY', sorted(m for m in ('torch', 'ray') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code, *[store if a == "STORE" else a for a in argv]],
+    done = subprocess.run([sys.executable, "-c", code, *[places.get(a, a) for a in argv]],
                           capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    if "--fronts" in argv:
+        assert "== s (f1_vs_layers)" in done.stdout

@@ -70,7 +70,7 @@ def results(
 
     store, shown = ResultsStore(location), list(columns) or None
     if fronts:
-        from frugalray.study.search import read_fronts
+        from frugalray.results.fronts import read_fronts
 
         tables = read_fronts(store)
         if not tables:
