@@ -68,7 +68,7 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
     check_fit([demand(p) for p in plan.queue], sweep.autoscale_wait_s)
     run_planner(plan, name=sweep.name, results=sweep.results, demand=demand, runner=runner, retries=sweep.retries,
                 max_failures=sweep.max_failures, max_concurrent=sweep.max_concurrent, verbose=sweep.verbose,
-                callbacks=[Progress(plan.counts, stream=stream)])
+                callbacks=[Progress(plan.counts, stream=stream, live=False if sweep.verbose else None)])
     for note in plan.notes:
         print(f"note: {note}", file=stream)
     return plan
