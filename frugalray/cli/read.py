@@ -143,7 +143,10 @@ def report(
 def export(location: Location, trial: str, out: str, force: bool = False, no_check: bool = False) -> int:
     """Write a trial's pruned model (LoRA merged) as a plain Hugging Face folder.
 
-    Example: frugalray export results/quick --trial 3f2a9c01 --out exported/
+    Example: frugalray export results/quick --trial TRIAL_ID --out exported/
+
+    TRIAL_ID: a trial_id (or a unique prefix) with saved weights, listed by
+    frugalray results results/quick --where lora=true --columns trial_id,task,kept_layers,f1,model_path
 
     Args:
         location: Results location: a folder, s3://bucket/prefix or gs://...
@@ -250,7 +253,10 @@ def bench_latency(
 
 
 def tasks() -> int:
-    """List the registered tasks."""
+    """List the registered tasks (names for --task).
+
+    Example: frugalray tasks
+    """
     from frugalray.data.tasks import TASKS
 
     for name in TASKS:
@@ -260,7 +266,10 @@ def tasks() -> int:
 
 
 def strategies() -> int:
-    """List the pruning strategies and the option each takes."""
+    """List the pruning strategies and the option of `frugalray trial` each takes (--n, or --layers for mask).
+
+    Example: frugalray strategies
+    """
     from frugalray.study.strategies import STRATEGIES
 
     for spec in STRATEGIES.entries():
@@ -270,7 +279,10 @@ def strategies() -> int:
 
 
 def stages() -> int:
-    """List a sweep's stages and what each waits for."""
+    """List a sweep's stages (names for --stages) and what each waits for.
+
+    Example: frugalray stages
+    """
     from frugalray.study.stages import STAGES
 
     for stage in STAGES.entries():

@@ -45,11 +45,13 @@ def _absolute(path: str) -> str:
 
 
 def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
-              connect=None, stream=sys.stdout) -> StudyPlan:
+              connect=None, stream=None) -> StudyPlan:
     """Run (or resume) a sweep to the end; returns the plan, whose store holds every row.
 
     When Ray is not yet initialized: ``ray.init(**ray_init)`` if given, else ``connect()``, else
-    ``connect_or_start_ray()`` (the cluster named by RAY_ADDRESS, or a private local Ray)."""
+    ``connect_or_start_ray()`` (the cluster named by RAY_ADDRESS, or a private local Ray). Progress goes to
+    ``stream`` (default: the standard output at the time of the call)."""
+    stream = stream or sys.stdout
     sweep = dataclasses.replace(  # Ray workers run in their own folders: relative paths would move
         sweep, results=_absolute(sweep.results),
         tasks=tuple(_absolute(t) if t.endswith(".json") else t for t in sweep.tasks),
@@ -75,8 +77,9 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
 
 
 def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
-               connect=None, stream=sys.stdout) -> dict:
+               connect=None, stream=None) -> dict:
     """Train up to ``budget`` new masks; returns the study, its Pareto front and how many masks the store told."""
+    stream = stream or sys.stdout
     from frugalray.model.importance import proxy_prior, proxy_scores
     from frugalray.study.search import MaskSearch, write_front
 
