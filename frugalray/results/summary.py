@@ -34,8 +34,10 @@ SELECT count(*) FROM (
 BASELINE_SQL = "SELECT max(majority_f1), max(dev_majority_f1) FROM trials WHERE sweep = ? AND task = ?"
 
 
-def summary(plan, stream=sys.stdout) -> None:
-    """Per task of ``plan``'s sweep: its strategies' mean test F1, cost, degenerate seeds and failures."""
+def summary(plan, stream=None) -> None:
+    """Per task of ``plan``'s sweep: its strategies' mean test F1, cost, degenerate seeds and failures
+    (to ``stream``, default: the standard output at the time of the call)."""
+    stream = stream or sys.stdout
     import duckdb
 
     from frugalray.results.tables import render
