@@ -130,20 +130,25 @@ def synthetic_truth(kept: tuple[int, ...], num_layers: int) -> float:
     return round(0.5 + 0.4 * len(kept) / num_layers - 0.1 * sum(kept) / len(kept) / num_layers, 10)
 
 
-def synthetic_catalog(tasks=("pos", "ner"), num_layers: int = 4, model: str = "tiny") -> list[dict]:
+def synthetic_catalog(tasks=("pos", "ner"), num_layers: int = 4, model: str = "tiny",
+                      symmetric: bool = False) -> list[dict]:
     """One row per configuration of a small study, noiseless (see ``synthetic_table``).
 
     Per task: full, single(k), first/last N, best/drop_worst N, LoRA on the full model and on best_2, and
-    best_2 retrained at 6 epochs (balanced). ``last_1`` has the best dev F1 of the 1-layer sets but a poor
-    test F1, so a view that chose on test F1 would pick another set.
+    best_2 retrained at 6 epochs (balanced); with ``symmetric`` also drop_middle/drop_ends N (even N) and the
+    alternate family, as a whole sweep has them. ``last_1`` has the best dev F1 of the 1-layer sets but a
+    poor test F1, so a view that chose on test F1 would pick another set.
     """
-    from frugalray.study.strategies import kept_layers
+    from frugalray.study.strategies import alternate_family, kept_layers
 
     layers = num_layers
     singles = [synthetic_truth((k,), layers) for k in range(layers)]
     specs = [("full", None)] + [("single", k) for k in range(layers)]
     specs += [(name, n) for name in ("first", "last") for n in range(1, layers)]
     specs += [("best", n) for n in range(2, layers)] + [("drop_worst", n) for n in range(1, layers - 1)]
+    if symmetric:
+        specs += [(name, n) for name in ("drop_middle", "drop_ends") for n in range(2, layers, 2)]
+        specs += alternate_family(layers)
     rows = []
     for task in tasks:
         for strategy, n in specs:
@@ -165,7 +170,8 @@ def _synthetic_row(task, model, layers, strategy, n, kept, lora, epochs) -> dict
         "kept_layers": list(kept), "n_kept_layers": len(kept), "lora": lora, "lora_r": 8 if lora else None,
         "lora_train_head": True if lora else None, "learning_rate": 5e-4 if lora else 5e-5, "epochs": epochs,
         "batch_size": 16, "max_length": 128, "f1": f1, "accuracy": f1, "precision": f1, "recall": f1,
-        "dev_f1": dev_f1, "train_seconds": seconds, "latency_ms": 1.0 + len(kept),
+        "dev_f1": dev_f1, "train_seconds": seconds, "latency_ms": 1.0 + len(kept), "latency_batch_size": 32,
+        "latency_seq_len": 48,
         "model_mib": 10.0 + 2.0 * len(kept), "total_params": 1000 * len(kept), "trainable_params": 10 if lora else 1000,
     }
 

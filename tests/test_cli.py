@@ -318,15 +318,111 @@ def test_sweep_command_line_overrides_the_file(sweep_main):
 
 @pytest.mark.parametrize("argv", [["--help"], ["results", "--help"], ["results", "STORE", "--view", "budget"],
                                   ["results", "STORE", "--view", "payoff"], ["results", "STORE", "--check"],
-                                  ["results", "STORE", "--where", "task=demo_pos"]])
-def test_reading_commands_import_neither_torch_nor_ray(argv):
+                                  ["results", "STORE", "--where", "task=demo_pos"], ["results", "FRONTS", "--fronts"]])
+def test_reading_commands_import_neither_torch_nor_ray(argv, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
+    from frugalray.results.fronts import write_front
+
     store = str(Path(__file__).parent / "fixtures" / "store_v0_1")
+    write_front(ResultsStore(tmp_path), "s", "f1_vs_layers", [{"kept_layers": [0], "dev_f1": 0.5, "n_kept_layers": 1}])
+    places = {"STORE": store, "FRONTS": str(tmp_path)}
     code = ("import sys\nfrom frugalray.cli import main\nmain(sys.argv[1:])\n"
             "print('HEAVY', sorted(m for m in ('torch', 'ray') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code, *[store if a == "STORE" else a for a in argv]],
+    done = subprocess.run([sys.executable, "-c", code, *[places.get(a, a) for a in argv]],
                           capture_output=True, text=True, timeout=120)
     assert "HEAVY []" in done.stdout, done.stdout[-2000:] + done.stderr[-2000:]
+    if "--fronts" in argv:
+        assert "== s (f1_vs_layers)" in done.stdout
+
+
+# -- every command's help and example ---------------------------------------------------------------
+COMMANDS = ["trial", "sweep", "search", "results", "report", "export", "importance", "bench-latency", "tasks",
+            "strategies", "stages"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _help(argv, capsys, monkeypatch, columns: int = 100) -> str:
+    """The help text; 100 columns: one panel of options a row (wider, tyro puts panels side by side)."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    capsys.readouterr()
+    assert main([*argv, "--help"]) == 0
+    return capsys.readouterr().out
+
+
+def _options(text: str) -> list[tuple[str, str]]:
+    """(flag, help) of every option in tyro's help (its plain layout, as when not on a terminal)."""
+    found, current = [], None
+    for line in text.splitlines():
+        if re.match(r"^  (-h, )?--[a-z]", line):
+            flag, _, rest = line.strip().removeprefix("-h, ").partition("  ")
+            current = [flag.split()[0], rest.strip()]
+            found.append(current)
+        elif current is not None and re.match(r"^ {10,}\S", line):
+            current[1] = f"{current[1]} {line.strip()}".strip()
+        else:
+            current = None
+    return [(flag, text) for flag, text in found if flag != "--help"]
+
+
+@pytest.mark.parametrize("argv", [[c] for c in COMMANDS] + [["sweep", os.path.join(ROOT, "sweeps", "quick.py")]])
+def test_every_option_has_help_and_shows_its_default(argv, capsys, monkeypatch):
+    text = _help(argv, capsys, monkeypatch)
+    assert not re.search(r"\w+\(\w+: '", text)  # no settings group described by its bare dataclass signature
+    for flag, help_ in _options(text):
+        described = re.fullmatch(r"(.*?)\s*\((default: .*|required|repeatable)\)", help_)
+        assert described and len(described.group(1)) > 3, f"{argv[0]} {flag}: {help_!r}"
+
+
+def test_strategies_name_options_that_trial_takes(capsys, monkeypatch):
+    flags = {flag for flag, _ in _options(_help(["trial"], capsys, monkeypatch))}
+    assert main(["strategies"]) == 0
+    named = set(re.findall(r" (--[a-z-]+) ", capsys.readouterr().out))
+    assert named == {"--n", "--layers"} and named <= flags
+
+
+@pytest.fixture(scope="module")
+def example_store(tmp_path_factory, tiny_model, ner_task_file):
+    """results/quick as a quick sweep leaves it: demo tasks (synthetic rows) and a trial with saved weights."""
+    from frugalray import LoraSettings, TrainingSettings, TrialConfig, execute_trial
+    from frugalray.testing import synthetic_catalog, synthetic_table
+
+    root = tmp_path_factory.mktemp("example") / "results" / "quick"
+    store = ResultsStore(root)
+    catalog = synthetic_catalog(tasks=("demo_pos", "demo_ner"), num_layers=6, model="minilm")
+    store.write_table(synthetic_table(catalog, seeds=2), "trials", "synthetic.parquet")
+    row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, lora=LoraSettings(),
+                                    training=TrainingSettings(epochs=1, batch_size=2, max_length=32),
+                                    save_model=True), store)
+    assert row["status"] == "ok", row["error"]
+    return root, row["trial_id"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_commands_example_runs_as_written(command, example_store, tmp_path, capsys, monkeypatch):
+    """Each `frugalray COMMAND --help` ends its description with an Example line: run it, in a folder laid out
+    as a fresh clone after the quick start (sweeps/, results/quick/). Sweeps and searches schedule real plans
+    on a local Ray with simulated trials (their training is tested elsewhere); the rest run for real."""
+    import shlex
+    import shutil
+
+    [example] = re.findall(r"^Example: (frugalray .+)$", _help([command], capsys, monkeypatch, 400), re.M)
+    store, trial_id = example_store
+    shutil.copytree(store, tmp_path / "results" / "quick")
+    shutil.copytree(os.path.join(ROOT, "sweeps"), tmp_path / "sweeps")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+    monkeypatch.setattr("frugalray.cluster.driver.DEFAULT_RUNNER", "frugalray.testing:simulated_trial")
+    argv = [trial_id if word == "TRIAL_ID" else word for word in shlex.split(example)[1:]]
+    try:
+        assert main(argv) == 0, capsys.readouterr().err[-3000:]
+    finally:
+        import sys
+
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
+    out = capsys.readouterr().out
+    assert out.strip(), example

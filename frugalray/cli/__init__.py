@@ -15,6 +15,9 @@ its help text and its default; nested settings are dotted (``--training.epochs 5
 from __future__ import annotations
 
 import sys
+from typing import Annotated
+
+import tyro
 
 from frugalray._registry import FrugalrayError
 from frugalray.cli.options import REGISTRY
@@ -33,8 +36,9 @@ def _commands() -> dict:
     }
 
 
-def sweep(file: str) -> int:
-    """Run (or resume) the sweep a sweep file defines; every setting can be overridden after FILE.
+def sweep(file: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FILE")]) -> int:
+    """Run (or resume) the sweep a sweep file defines; every setting can be overridden after FILE
+    (frugalray sweep FILE --help lists them, with the file's values as defaults).
 
     Example: frugalray sweep sweeps/quick.py --tasks demo_pos --seeds 0 --training.epochs 1
 

@@ -17,10 +17,15 @@ Pairs = Annotated[tuple[tuple[str, str], ...], tyro.conf.UseAppendAction]
 Format = Literal["table", "csv", "markdown"]
 
 
-def _reference(reference: tuple[str, ...], reference_task: tuple[tuple[str, str], ...], no_reference: bool) -> list[dict]:
+def _reference(store, reference: tuple[str, ...], reference_task: tuple[tuple[str, str], ...],
+               no_reference: bool) -> list[dict]:
+    """Reference records; tasks are paired with study datasets as the store's sweeps recorded, then as given."""
+    from frugalray.results.metadata import reference_tasks
     from frugalray.results.reference import STUDY, load_reference
 
-    return [] if no_reference else load_reference(list(reference) or [STUDY], dict(reference_task))
+    if no_reference:
+        return []
+    return load_reference(list(reference) or [STUDY], reference_tasks(store) | dict(reference_task))
 
 
 def results(
@@ -56,7 +61,8 @@ def results(
             twice; exit 1 when something needs attention.
         repair: Move unreadable files to <store>/quarantine/ and remove stale staging files.
         reference: Reference CSV files or folders to show beside our numbers (default: the reference study's).
-        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS.
+        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS (added to the pairs the
+            store's sweeps recorded).
         no_reference: Show our numbers only.
     """
     from frugalray.results.store import ResultsStore
@@ -64,7 +70,7 @@ def results(
 
     store, shown = ResultsStore(location), list(columns) or None
     if fronts:
-        from frugalray.study.search import read_fronts
+        from frugalray.results.fronts import read_fronts
 
         tables = read_fronts(store)
         if not tables:
@@ -88,7 +94,7 @@ def results(
         if sql:
             raise FrugalrayError("--view and --sql do not combine; filter a view with --where")
         computed = compute_view(store, view, where=list(where), budgets=list(budget) or None,
-                                reference=_reference(reference, reference_task, no_reference))
+                                reference=_reference(store, reference, reference_task, no_reference))
         table = computed.table if format == "csv" else with_uncertainty(computed.table)
         if table.num_columns:
             print(render(table, shown, format))
@@ -120,13 +126,15 @@ def report(
         where: Only these trials, e.g. task=demo_pos.
         title: Title of the report (default: from the results).
         reference: Reference CSV files or folders to show beside our numbers (default: the reference study's).
-        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS.
+        reference_task: Pair our tasks with reference datasets, e.g. demo_pos=FTB_POS (added to the pairs the
+            store's sweeps recorded).
         no_reference: Show our numbers only.
     """
     from frugalray.results.report import write_report
     from frugalray.results.store import ResultsStore
 
-    path = write_report(ResultsStore(location), out, reference=_reference(reference, reference_task, no_reference),
+    store = ResultsStore(location)
+    path = write_report(store, out, reference=_reference(store, reference, reference_task, no_reference),
                         where=list(where), embed=embed, title=title)
     print(f"Report written to {path}")
     return 0
@@ -136,7 +144,10 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
            onnx: bool = False) -> int:
     """Write a trial's pruned model (LoRA merged) as a plain Hugging Face folder, or a smaller form of it.
 
-    Example: frugalray export results/quick --trial 3f2a9c01 --out exported/ --int8
+    Example: frugalray export results/quick --trial TRIAL_ID --out exported/ --int8
+
+    TRIAL_ID: a trial_id (or a unique prefix) with saved weights, listed by
+    frugalray results results/quick --where lora=true --columns trial_id,task,kept_layers,f1,model_path
 
     Args:
         location: Results location: a folder, s3://bucket/prefix or gs://...
@@ -273,7 +284,10 @@ def bench_latency(
 
 
 def tasks() -> int:
-    """List the registered tasks."""
+    """List the registered tasks (names for --task).
+
+    Example: frugalray tasks
+    """
     from frugalray.data.tasks import TASKS
 
     for name in TASKS:
@@ -283,7 +297,10 @@ def tasks() -> int:
 
 
 def strategies() -> int:
-    """List the pruning strategies and the option each takes."""
+    """List the pruning strategies and the option of `frugalray trial` each takes (--n, or --layers for mask).
+
+    Example: frugalray strategies
+    """
     from frugalray.study.strategies import STRATEGIES
 
     for spec in STRATEGIES.entries():
@@ -293,7 +310,10 @@ def strategies() -> int:
 
 
 def stages() -> int:
-    """List a sweep's stages and what each waits for."""
+    """List a sweep's stages (names for --stages) and what each waits for.
+
+    Example: frugalray stages
+    """
     from frugalray.study.stages import STAGES
 
     for stage in STAGES.entries():

@@ -18,6 +18,7 @@ from frugalray.cluster.progress import Progress
 from frugalray.cluster.resources import estimate_memory_gib
 from frugalray.cluster.session import ensure_ray
 from frugalray.config import ResourceRule, SearchConfig, SweepConfig
+from frugalray.results.metadata import record_run
 from frugalray.results.store import ResultsStore
 from frugalray.study.plan import StudyPlan
 from frugalray.study.planned import Planned
@@ -44,17 +45,21 @@ def _absolute(path: str) -> str:
 
 
 def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
-              connect=None, stream=sys.stdout) -> StudyPlan:
+              connect=None, stream=None) -> StudyPlan:
     """Run (or resume) a sweep to the end; returns the plan, whose store holds every row.
 
     When Ray is not yet initialized: ``ray.init(**ray_init)`` if given, else ``connect()``, else
-    ``connect_or_start_ray()`` (the cluster named by RAY_ADDRESS, or a private local Ray)."""
+    ``connect_or_start_ray()`` (the cluster named by RAY_ADDRESS, or a private local Ray). Progress goes to
+    ``stream`` (default: the standard output at the time of the call)."""
+    stream = stream or sys.stdout
     sweep = dataclasses.replace(  # Ray workers run in their own folders: relative paths would move
         sweep, results=_absolute(sweep.results),
         tasks=tuple(_absolute(t) if t.endswith(".json") else t for t in sweep.tasks),
         data_dirs=tuple((_absolute(t) if t.endswith(".json") else t, _absolute(d)) for t, d in sweep.data_dirs),
     )
     store = ResultsStore(sweep.results).check_writable()  # an unreachable location fails before anything runs
+    # Later readers (frugalray report, results --view) pair tasks with the study as this sweep does.
+    record_run(store, "sweeps", sweep.name, sweep.to_dict(), reference_tasks=dict(sweep.reference_tasks))
     plan = StudyPlan(sweep, store)
     plan.expand()
     if plan.finished():  # a finished sweep: nothing to schedule, no cluster needed
@@ -65,20 +70,22 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
     check_fit([demand(p) for p in plan.queue], sweep.autoscale_wait_s)
     run_planner(plan, name=sweep.name, results=sweep.results, demand=demand, runner=runner, retries=sweep.retries,
                 max_failures=sweep.max_failures, max_concurrent=sweep.max_concurrent, verbose=sweep.verbose,
-                callbacks=[Progress(plan.counts, stream=stream)])
+                callbacks=[Progress(plan.counts, stream=stream, live=False if sweep.verbose else None)])
     for note in plan.notes:
         print(f"note: {note}", file=stream)
     return plan
 
 
 def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
-               connect=None, stream=sys.stdout) -> dict:
+               connect=None, stream=None) -> dict:
     """Train up to ``budget`` new masks; returns the study, its Pareto front and how many masks the store told."""
+    stream = stream or sys.stdout
     from frugalray.model.importance import proxy_prior, proxy_scores
     from frugalray.study.search import MaskSearch, write_front
 
     config = dataclasses.replace(config, results=_absolute(config.results))
     store = ResultsStore(config.results).check_writable()
+    record_run(store, "searches", config.name, config.to_dict())
     prior = []
     if config.prior == "proxy":
         low, high = config.bounds(_layer_count(config.model))

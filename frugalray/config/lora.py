@@ -34,6 +34,8 @@ HEAD_NAMES = ("classifier", "pre_classifier", "score", "sequence_summary")  # ta
 
 @dataclass(frozen=True)
 class LoraSettings(Settings):
+    """LoRA adapters (peft), applied after pruning: the study's settings are the defaults."""
+
     r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
     alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (lora_alpha)."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})

@@ -75,7 +75,9 @@ class TrialConfig(Settings):
                                         "tuples compared in order (single(k) results: dev F1, -dev eval loss)."}
     )
     lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
-    training: TrainingSettings = field(default_factory=TrainingSettings)
+    training: TrainingSettings = field(
+        default_factory=TrainingSettings, metadata={"help": "How the trial trains (HF TrainingArguments' defaults)."}
+    )
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
@@ -120,7 +122,9 @@ class SweepConfig(Settings):
                                    metadata={"help": "Registered task names or task JSON files."})
     model: str = field(default="camembert-base", metadata={"help": "Alias, folder or hub id."})
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "Each trial runs once per seed."})
-    training: TrainingSettings = field(default_factory=TrainingSettings)
+    training: TrainingSettings = field(
+        default_factory=TrainingSettings, metadata={"help": "How every trial trains (HF TrainingArguments' defaults)."}
+    )
     lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "Settings of the LoRA stage."})
     data_dirs: tuple[tuple[str, str], ...] = field(default=(), metadata={"help": "(task, folder) pairs."})
     results: str = field(default="results", metadata={"help": "Folder or s3:// gs:// URI all nodes reach."})
@@ -152,7 +156,9 @@ class SweepConfig(Settings):
     reference_tasks: tuple[tuple[str, str], ...] = field(
         default=(), metadata={"help": "(task, study dataset) pairs shown side by side in the report."}
     )
-    resources: ResourceRule = field(default_factory=ResourceRule)
+    resources: ResourceRule = field(
+        default_factory=ResourceRule, metadata={"help": "What each trial asks of the cluster."}
+    )
     retries: int = field(default=1, metadata={"help": "Extra attempts for a trial that raises (e.g. CUDA OOM)."})
     max_failures: int = field(default=3, metadata={"help": "Reschedules of a trial whose worker or node died."})
     max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
@@ -218,14 +224,18 @@ class SearchConfig(Settings):
     objective: str = field(default="f1", metadata={"help": ", ".join(OBJECTIVES) + "."})
     seed: int = field(default=0, metadata={"help": "Training seed of every search trial."})
     sampler_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler."})
-    training: TrainingSettings = field(default_factory=TrainingSettings)
+    training: TrainingSettings = field(
+        default_factory=TrainingSettings, metadata={"help": "How every trial trains (HF TrainingArguments' defaults)."}
+    )
     lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
     results: str = field(default="results", metadata={"help": "Results location."})
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file)."})
     warm_start: bool = field(default=True, metadata={"help": "Tell Optuna every stored result of this space."})
     prior: str = field(default="proxy", metadata={"help": "'proxy': first try masks ranked by layer importance."})
-    resources: ResourceRule = field(default_factory=ResourceRule)
+    resources: ResourceRule = field(
+        default_factory=ResourceRule, metadata={"help": "What each trial asks of the cluster."}
+    )
     max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
 
     def check(self) -> None:

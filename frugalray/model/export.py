@@ -4,7 +4,9 @@ A trial run with ``save_model`` keeps its trained model under ``<results>/models
 pruned model after full fine-tuning; after LoRA only the adapter and the head (megabytes, not the
 model), rebuilt at export from the base model and the kept layers. ``export_trial`` writes the pruned
 model with LoRA merged as a normal folder that ``AutoModelFor…Classification.from_pretrained`` loads,
-and checks that it predicts what the trained model predicts.
+and checks that it predicts what the trained model predicted: the export, loaded back, against the model as
+the trial evaluated it (for LoRA the unmerged adapter model), on the task's test examples encoded with the
+trial's tokenizer.
 
     frugalray export results/ --trial 3f2a9c01 --out exported/
     >>> AutoModelForTokenClassification.from_pretrained("exported/")   # doctest: +SKIP
@@ -56,8 +58,9 @@ def _name_base_model(model, base_model: str) -> None:
     inner.name_or_path = base_model
 
 
-def load_trained(folder: str | Path):
-    """The trained model of a saved trial (LoRA merged), in eval mode, and its manifest."""
+def load_trained(folder: str | Path, merge: bool = True):
+    """The trained model of a saved trial, in eval mode, and its manifest. LoRA is merged into the weights
+    unless ``merge`` is False: then it is the peft model with its adapter, as the trial evaluated it."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     folder = Path(folder)
@@ -73,7 +76,8 @@ def load_trained(folder: str | Path):
         model = load_model(manifest["base_model"], manifest["head"], manifest["labels"])
         if list(manifest["kept_layers"]) != list(range(num_layers(model.config))):
             prune_layers(model, manifest["kept_layers"])
-        model = merged(PeftModel.from_pretrained(model, folder))
+        model = PeftModel.from_pretrained(model, folder)
+        model = merged(model) if merge else model
     else:
         model = auto.from_pretrained(folder)
     return model.eval(), manifest
@@ -82,7 +86,8 @@ def load_trained(folder: str | Path):
 def find_trial(store: ResultsStore, trial: str) -> dict:
     """The row whose trial_id is ``trial`` or starts with it (unique)."""
     rows = store.query(sql="SELECT trial_id, status, error, model_path, task, model, strategy, strategy_n, "
-                           "kept_layers, lora, f1 FROM trials WHERE starts_with(trial_id, $1)", params=[trial]).to_pylist()
+                           "kept_layers, lora, f1, config_json FROM trials WHERE starts_with(trial_id, $1)",
+                       params=[trial]).to_pylist()
     exact = [r for r in rows if r["trial_id"] == trial]
     rows = exact or rows
     if not rows:
@@ -105,8 +110,8 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
 
     ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
     needs ``force`` (its files are kept). Returns what was written: trial row, output folder, parameters
-    and the largest logit difference between the exported model and the trained one (checked ``< 1e-4``
-    when ``check``).
+    and the largest logit difference between the exported model and the trained one on the task's test
+    examples (checked ``< 1e-4`` when ``check``; nothing is written when it fails).
 
     >>> export_trial(ResultsStore("results/"), "3f2a9c01", "exported/")["kept_layers"]   # doctest: +SKIP
     [0, 1, 5]
@@ -138,7 +143,12 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
     logging.disable_progress_bar()
     with tempfile.TemporaryDirectory() as scratch:
         folder = store.fetch_folder(row["model_path"], Path(scratch) / "saved")
-        model, manifest = load_trained(folder)
+        trained, manifest = load_trained(folder, merge=False)
+        inputs = _test_inputs(row, folder, manifest) if check else None
+        expected = _logits(trained, inputs) if check else None  # before merging: merging changes ``trained``
+        from frugalray.model import lora
+
+        model = lora.merged(trained)
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside ``out``: moves are renames
         try:
@@ -146,7 +156,7 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(folder).save_pretrained(staging)
-            difference = _max_logit_difference(model, staging, manifest["head"]) if check else None
+            difference = _difference(expected, staging, manifest["head"], inputs) if check else None
             if difference is not None and difference > 1e-4:
                 raise FrugalrayError(f"Exported model of {row['trial_id']} differs from the trained one "
                                      f"(max logit difference {difference:.2e}); nothing was written to {out}")
@@ -196,19 +206,52 @@ def _install(staging: Path, out: Path) -> None:
         os.replace(staging / name, out / name)
 
 
-def _max_logit_difference(model, folder: Path, head: str, batch: int = 4, length: int = 24) -> float:
-    """Largest |logit| difference between ``model`` and the model loaded back from ``folder``."""
+def _test_inputs(row: dict, folder: Path, manifest: dict, limit: int = 64, batch: int = 16) -> list[dict]:
+    """Batches of the task's first ``limit`` test examples, encoded as the trial encoded them (its tokenizer,
+    its maximum length): what the trained model was evaluated on."""
+    from collections import defaultdict
+
+    from transformers import AutoTokenizer
+
+    from frugalray.config import TrialConfig
+    from frugalray.data.encoding import collate, encode_examples
+    from frugalray.data.tasks import load_task
+
+    where = f"Cannot check the export of trial {row['trial_id']}"
+    if not row.get("config_json"):
+        raise FrugalrayError(f"{where}: its row records no configuration (config_json); export with --no-check")
+    try:
+        config = TrialConfig.from_record(json.loads(row["config_json"]))
+        examples = load_task(config.task, config.data_dir).test[:limit]
+    except FrugalrayError as error:
+        raise FrugalrayError(f"{where}: the task's test examples are not readable here ({error}); export where "
+                             f"the data is, or with --no-check") from None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    labels = defaultdict(int, {label: i for i, label in enumerate(manifest["labels"])})  # labels are not compared
+    encoded = encode_examples(examples, tokenizer, labels, config.training.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batches = [collate(encoded[i:i + batch], pad) for i in range(0, len(encoded), batch)]
+    return [{"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]} for b in batches]
+
+
+def _logits(model, inputs: list[dict]) -> list:
     import torch
+
+    with torch.no_grad():
+        return [model(**batch).logits for batch in inputs]
+
+
+def _difference(expected: list, folder: Path, head: str, inputs: list[dict]) -> float:
+    """Largest |logit| difference, over real (non-padding) positions, between ``expected`` and the model
+    loaded back from ``folder``."""
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
-    loaded = auto.from_pretrained(folder).eval()
-    generator = torch.Generator().manual_seed(0)
-    vocab = min(model.config.vocab_size, loaded.config.vocab_size)
-    ids = torch.randint(5, vocab, (batch, length), generator=generator)
-    mask = torch.ones_like(ids)
-    mask[0, length // 2:] = 0  # padding too
-    with torch.no_grad():
-        expected = model(input_ids=ids, attention_mask=mask).logits
-        got = loaded(input_ids=ids, attention_mask=mask).logits
-    return float((expected - got).abs().max())
+    got = _logits(auto.from_pretrained(folder).eval(), inputs)
+    largest = 0.0
+    for want, have, batch in zip(expected, got, inputs):
+        difference = (want - have).abs()
+        if head == "token":
+            difference = difference[batch["attention_mask"].bool()]
+        largest = max(largest, float(difference.max()) if difference.numel() else 0.0)
+    return largest

@@ -46,7 +46,7 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     stds = ", ".join(f'stddev_samp("{m}") AS "{m}_std"' for m in STD)
     same = ", ".join(f'max("{m}") AS "{m}"' for m in SAME)
     every = ", ".join(f'bool_and("{m}") AS "{m}"' for m in EVERY)
-    selected = ", ".join(f"coalesce(variant, 'fp32') AS variant" if c == "variant" else f'"{c}"' for c in columns)
+    selected = ", ".join("coalesce(variant, 'fp32') AS variant" if c == "variant" else f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in GROUP)
     # One row per training (a trial re-run by hand keeps its latest result), then seeds aggregated.
     sql = f"""

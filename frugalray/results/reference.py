@@ -1,12 +1,20 @@
 """Published numbers to compare with: CSV files in the format of the reference study's tables.
 
-A reference file has a ``dataset`` column and any of the columns in ``COLUMNS``; each row becomes one or
-two records keyed by (task, strategy, N, kept layers, LoRA). The views look their rows up in these
-records and show the study's value beside ours (``study_f1`` beside ``f1``...).
+A reference file has a ``dataset`` and a ``num_layers`` column (the layer count of the model its numbers
+come from) and any of the columns in ``COLUMNS``; each row becomes one or two records keyed by (task,
+strategy, N, kept layers, LoRA). The views look their rows up in these records and show the study's value
+beside ours (``study_f1`` beside ``f1``...) with the study row it is (``study_row``).
 
->>> records = load_reference([STUDY])                 # doctest: +SKIP
->>> find(records, task="ftb_pos", strategy="best", n=2)["f1"]  # doctest: +SKIP
-0.949
+Rows are paired by *relative depth*: a row of ours that keeps k of L layers is compared with a study row that
+keeps k' of L' layers only when k / L == k' / L' (our best 3 of 6 layers with the study's best 6 of 12), and
+with none otherwise: a 1-layer model is never put beside the study's 7-layer one because both are
+"drop_worst 5".
+
+>>> records = load_reference([STUDY])                                   # doctest: +SKIP
+>>> find(records, task="ftb_pos", kept=3, num_layers=6, strategy="best")["f1"]  # doctest: +SKIP
+0.976
+>>> describe(_)                                                          # doctest: +SKIP
+'FTB_POS best_6, study: 6/12 layers'
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ STUDY = "study"  # the packaged tables of the reference study (camembert-base, 1
 # Known columns -> what they hold. A file may have any subset, plus ``dataset``.
 COLUMNS = {
     "dataset": "task name in the study (WikiNER, FTB_NER, FTB_POS, Allocine) or a frugalray task",
+    "num_layers": "layer count of the model the numbers come from (camembert-base: 12); required",
     "strategy": "full, best_N, del_worst_N / drop_worst_N, first_N, last_N ... (strategy and N)",
     "layers": "kept layer indices, comma-separated, 0-indexed",
     "lora": "1 for LoRA, 0 for full fine-tuning",
@@ -42,7 +51,7 @@ COLUMNS = {
 _FLOATS = {"accuracy", "f1", "precision", "recall", "f1_lora", "model_size_mb", "train_time_s", "train_time_s_full",
            "train_time_s_lora", "baseline_time_s", "pruned_time_s_3ep", "f1_3ep", "f1_adjusted",
            "train_time_s_adjusted"}
-_INTS = {"epochs", "adjusted_epochs", "lora"}
+_INTS = {"epochs", "adjusted_epochs", "lora", "num_layers"}
 # The study's file columns under the names of our result rows.
 _RENAME = {"model_size_mb": "model_mib", "train_time_s": "train_seconds", "baseline_time_s": "full_train_seconds",
            "pruned_time_s_3ep": "train_seconds", "f1_3ep": "f1", "train_time_s_adjusted": "adjusted_train_seconds",
@@ -85,8 +94,9 @@ def _read(path: Path, dataset_to_task: dict[str, str]) -> list[dict]:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         unknown = [c for c in header if c not in COLUMNS]
-        if unknown or "dataset" not in header:
-            problem = f"unknown column(s) {unknown}" if unknown else "no 'dataset' column"
+        missing = [c for c in ("dataset", "num_layers") if c not in header]
+        if unknown or missing:
+            problem = f"unknown column(s) {unknown}" if unknown else f"no {' or '.join(repr(c) for c in missing)} column"
             known = "; ".join(f"{name} ({meaning})" for name, meaning in COLUMNS.items())
             raise FrugalrayError(f"Reference file {path}:1: {problem}. Known columns: {known}")
         records = []
@@ -116,6 +126,9 @@ def _records(row: dict, place: str, dataset_to_task: dict[str, str]) -> list[dic
     dataset = (row.get("dataset") or "").strip()
     if not dataset:
         raise FrugalrayError(f"Reference {place}: the 'dataset' cell is empty")
+    if values.get("num_layers", 0) < 1:
+        raise FrugalrayError(f"Reference {place}: 'num_layers' must be the layer count of the study's model "
+                             f"(e.g. 12), got {row.get('num_layers')!r}")
     record = {"task": dataset_to_task.get(dataset.lower(), dataset.lower()), "dataset": dataset, "place": place,
               "strategy": None, "n": None, "kept_layers": values.pop("layers", None),
               "lora": bool(values.pop("lora", 0))}
@@ -127,6 +140,7 @@ def _records(row: dict, place: str, dataset_to_task: dict[str, str]) -> list[dic
         record["n"] = int(match["n"]) if match["n"] else None
     lora_f1, lora_seconds = values.pop("f1_lora", None), values.pop("train_time_s_lora", None)
     record |= {_RENAME.get(k, k): v for k, v in values.items()}
+    record["n_kept"] = _kept_count(record, place)
     out = [record]
     if lora_f1 is not None or lora_seconds is not None:  # the baselines table holds the LoRA run too
         lora = {k: v for k, v in record.items() if k not in {"accuracy", "precision", "recall"}}
@@ -134,19 +148,54 @@ def _records(row: dict, place: str, dataset_to_task: dict[str, str]) -> list[dic
     return out
 
 
-def find(records: list[dict], task: str, *, strategy: str | None = None, n: int | None = None,
-         kept_layers: tuple[int, ...] | None = None, lora: bool = False, full: bool = False,
-         need: str = "f1") -> dict | None:
-    """The first record for ``task`` that matches and has a ``need`` value: by strategy and N when
-    ``strategy`` is given, else by kept layers; ``full`` also accepts the study's full-model rows."""
+def _kept_count(record: dict, place: str) -> int | None:
+    """How many of its ``num_layers`` layers a study row keeps (None: the row names no layer set)."""
+    from frugalray.study.strategies import STRATEGIES, kept_layers
+
+    if record["kept_layers"] is not None:
+        return len(record["kept_layers"])
+    if record["strategy"] is None:
+        return None
+    if record["strategy"] not in STRATEGIES:
+        return None  # a strategy frugalray does not know: shown nowhere rather than paired wrongly
+    layers = record["num_layers"]
+    try:
+        scores = [0.0] * layers if STRATEGIES.get(record["strategy"]).needs_scores else None
+        return len(kept_layers(record["strategy"], layers, n=record["n"], scores=scores))
+    except FrugalrayError as error:
+        raise FrugalrayError(f"Reference {place}: {error}") from None
+
+
+def same_depth(kept: int, num_layers: int, record: dict) -> bool:
+    """Whether a row keeping ``kept`` of ``num_layers`` layers keeps the same fraction as ``record``."""
+    return record.get("n_kept") is not None and kept * record["num_layers"] == record["n_kept"] * num_layers
+
+
+def find(records: list[dict], task: str, *, kept: int, num_layers: int, lora: bool = False,
+         strategy: str | None = None, need: str = "f1") -> dict | None:
+    """The first record for ``task`` at the same relative depth (``kept`` of ``num_layers`` layers), with the
+    same LoRA setting and a ``need`` value; with ``strategy``, of that strategy too (the full model's rows
+    match a full model whatever their strategy)."""
     for record in records:
         if record["task"] != task or record["lora"] != lora or record.get(need) is None:
             continue
-        if strategy is not None:
-            if record["strategy"] == strategy and record["n"] == n:
-                return record
-        elif kept_layers is not None and record["kept_layers"] == tuple(kept_layers):
-            return record
-        elif full and record["strategy"] == "full" and record["kept_layers"] is None:
+        if not same_depth(kept, num_layers, record):
+            continue
+        if strategy is None or record["strategy"] == strategy or kept == num_layers:
             return record
     return None
+
+
+def describe(record: dict) -> str:
+    """Which study row a number is: dataset, strategy and N or layers, and its depth.
+
+    >>> describe({"dataset": "FTB_POS", "strategy": "best", "n": 6, "kept_layers": (0, 1, 2, 3, 4, 8),
+    ...           "lora": False, "num_layers": 12, "n_kept": 6})
+    'FTB_POS best_6, study: 6/12 layers'
+    """
+    if record["strategy"] is not None:
+        name = record["strategy"] if record["n"] is None else f"{record['strategy']}_{record['n']}"
+    else:
+        name = "layers " + ",".join(map(str, record["kept_layers"]))
+    lora = " LoRA" if record["lora"] else ""
+    return f"{record['dataset']} {name}{lora}, study: {record['n_kept']}/{record['num_layers']} layers"

@@ -101,16 +101,41 @@ class ResultsStore:
 
     def write_table(self, table: pa.Table, folder: str, name: str) -> str:
         """Write ``folder/name`` under the store so that no reader ever sees part of it; returns the path."""
-        directory = f"{self.root}/{folder}"
+        return self._write(folder, name, lambda where, filesystem: pq.write_table(table, where, filesystem=filesystem))
+
+    def write_bytes(self, data: bytes, folder: str, name: str) -> str:
+        """Write a small file ``folder/name`` (``folder`` "" for the store's root) the way ``write_table`` does."""
+
+        def write(where, filesystem):
+            with filesystem.open_output_stream(where) as out:
+                out.write(data)
+
+        return self._write(folder, name, write)
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        """The content of a file of the store, or None when there is none."""
+        path = self.path(relative)
+        try:
+            with self.fs.open_input_stream(path) as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            raise FrugalrayError(f"{path} cannot be read: {error}") from None
+
+    def _write(self, folder: str, name: str, write) -> str:
+        directory = f"{self.root}/{folder}".rstrip("/")
         final = f"{directory}/{name}"
         self.fs.create_dir(directory, recursive=True)
-        if not self.local:
-            pq.write_table(table, final, filesystem=self.fs)
+        if not self.local:  # one PUT: all or nothing already
+            write(final, self.fs)
             return final
         staging = f"{self.root}/{STAGING}/{staging_name()}.tmp"
         Path(staging).parent.mkdir(parents=True, exist_ok=True)
         try:
-            pq.write_table(table, staging)
+            write(staging, pafs.LocalFileSystem())
             with open(staging, "rb") as handle:
                 os.fsync(handle.fileno())
             os.replace(staging, final)  # atomic on POSIX: readers see all of the file or none

@@ -34,8 +34,10 @@ SELECT count(*) FROM (
 BASELINE_SQL = "SELECT max(majority_f1), max(dev_majority_f1) FROM trials WHERE sweep = ? AND task = ?"
 
 
-def summary(plan, stream=sys.stdout) -> None:
-    """Per task of ``plan``'s sweep: its strategies' mean test F1, cost, degenerate seeds and failures."""
+def summary(plan, stream=None) -> None:
+    """Per task of ``plan``'s sweep: its strategies' mean test F1, cost, degenerate seeds and failures
+    (to ``stream``, default: the standard output at the time of the call)."""
+    stream = stream or sys.stdout
     import duckdb
 
     from frugalray.results.tables import render
@@ -62,13 +64,15 @@ def summary(plan, stream=sys.stdout) -> None:
 
 def write_sweep_report(sweep) -> None:
     """The HTML report of a finished sweep; a report that cannot be written never fails the sweep."""
+    from frugalray.results.metadata import reference_tasks
     from frugalray.results.reference import STUDY, load_reference
     from frugalray.results.report import write_report
     from frugalray.results.store import ResultsStore
 
     try:
-        reference = load_reference([STUDY], dict(sweep.reference_tasks))
-        path = write_report(ResultsStore(sweep.results), sweep.report, reference=reference,
+        store = ResultsStore(sweep.results)
+        reference = load_reference([STUDY], reference_tasks(store) | dict(sweep.reference_tasks))
+        path = write_report(store, sweep.report, reference=reference,
                             title=f"frugalray: sweep {sweep.name} ({sweep.model})")
         print(f"Report: {path}")
     except Exception as error:  # the results are safe; only the report is missing

@@ -33,7 +33,7 @@ from typing import Callable
 import pyarrow as pa
 
 from frugalray._registry import FrugalrayError, Registry
-from frugalray.results.reference import find
+from frugalray.results.reference import describe, find
 from frugalray.results.aggregate import BASE, aggregate
 from frugalray.results.store import ResultsStore
 from frugalray.study.strategies import STRATEGIES, balanced_epochs
@@ -145,12 +145,21 @@ def _cost(row: dict) -> dict:
             "f1_per_s": _ratio(row["f1"], row["train_seconds"]), "f1_per_kj": _ratio(row["f1"], kj)}
 
 
+def _study(reference: list[dict], row: dict, **match) -> dict | None:
+    """The study row at ``row``'s relative depth (see ``frugalray.results.reference``)."""
+    return find(reference, row["task"], kept=row["n_kept_layers"], num_layers=row["num_layers"], **match)
+
+
+def _row_name(study: dict | None) -> str | None:
+    return describe(study) if study else None
+
+
 # -- the views -----------------------------------------------------------------------------------
 def at_base(rows: list[dict], reference: list[dict]) -> list[dict]:
     """Aggregated rows of full fine-tuning at their task's base settings, each with its study row (or None):
     what the strategy curves compare."""
     base = _base_settings(rows)
-    return [r | {"study": find(reference, r["task"], strategy=r["strategy"], n=r["strategy_n"])}
+    return [r | {"study": _study(reference, r, strategy=r["strategy"])}
             for r in rows if not r["lora"] and _at_base(r, base)]
 
 
@@ -165,8 +174,7 @@ def strategies(rows: list[dict], base: dict, reference: list[dict], **_) -> list
             "n_kept_layers": r["n_kept_layers"], "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
             "dev_f1": r["dev_f1"], **_cost(r), "latency_ms": r["latency_ms"], "latency_kind": latency_kind(r),
             "model_mib": r["model_mib"],
-            "study_f1": study["f1"] if study else None,
-            "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
+            "study_f1": study["f1"] if study else None, "study_row": _row_name(study),
         })
     return out
 
@@ -186,7 +194,7 @@ def budget(rows: list[dict], base: dict, reference: list[dict], budgets: list[in
             if not candidates:
                 continue
             best = max(candidates, key=lambda r: (_score(r), -r["n_kept_layers"]))
-            study = find(reference, task, strategy=best["strategy"], n=best["strategy_n"])
+            study = _study(reference, best, strategy=best["strategy"])
             out.append({
                 "task": task, "model": model, "budget": size, "strategy": _label(best),
                 "kept_layers": best["kept_layers"], "n_kept_layers": best["n_kept_layers"], "seeds": best["seeds"],
@@ -196,6 +204,7 @@ def budget(rows: list[dict], base: dict, reference: list[dict], budgets: list[in
                 "latency_speedup": _ratio(full and full["latency_ms"], best["latency_ms"]),
                 "latency_kind": latency_kind(best), "model_mib": best["model_mib"], "train_kwh": best["train_kwh"],
                 "f1_per_kj": _cost(best)["f1_per_kj"], "study_f1": study["f1"] if study else None,
+                "study_row": _row_name(study),
             })
     return out
 
@@ -206,13 +215,11 @@ def best_worst(rows: list[dict], base: dict, reference: list[dict], **_) -> list
     out = []
     chosen = [r for r in rows if r["strategy"] in ("best", "drop_worst") and not r["lora"] and _at_base(r, base)]
     for r in sorted(chosen, key=lambda r: (r["task"], r["model"], r["strategy"] != "best", r["strategy_n"])):
-        study = find(reference, r["task"], strategy=r["strategy"], n=r["strategy_n"])
+        study = _study(reference, r, strategy=r["strategy"])
         out.append({
             "task": r["task"], "model": r["model"], "strategy": _label(r), "kept_layers": r["kept_layers"],
             "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"], "precision": r["precision"],
-            "recall": r["recall"],
-            "study_f1": study["f1"] if study else None,
-            "study_layers": list(study["kept_layers"]) if study and study["kept_layers"] else None,
+            "recall": r["recall"], "study_f1": study["f1"] if study else None, "study_row": _row_name(study),
         })
     return out
 
@@ -227,19 +234,17 @@ def lora(rows: list[dict], base: dict, reference: list[dict], **_) -> list[dict]
         full_ft = [f for f in rows if not f["lora"] and f["kept_layers"] == r["kept_layers"] and _at_base(f, base)
                    and (f["task"], f["model"]) == (r["task"], r["model"])]
         f = max(full_ft, key=lambda f: f["seeds"]) if full_ft else None
-        kept = tuple(r["kept_layers"])
-        study_lora = find(reference, r["task"], kept_layers=kept, lora=True, full=_full(r))
-        study_full = find(reference, r["task"], kept_layers=kept, lora=False, full=_full(r))
+        study_lora, study_full = _study(reference, r, lora=True), _study(reference, r, lora=False)
         out.append({
             "task": r["task"], "model": r["model"], "kept_layers": r["kept_layers"],
             "n_kept_layers": r["n_kept_layers"], "lora_lr": r["learning_rate"], "train_head": r["lora_train_head"],
             "seeds": r["seeds"], **_stats(r, "lora_"), "lora_degenerate": r["degenerate"],
-            **_stats(f or {k: None for k in _stats(r)}, "full_"),
+            **_stats(f or {k: None for k in _stats(r)}, "full_"), "full_seeds": f and f["seeds"],
             "lora_vs_full": _delta(r["f1"], f and f["f1"]),
             "lora_train_seconds": r["train_seconds"], "full_train_seconds": f and f["train_seconds"],
             "trainable_params": r["trainable_params"], "model_mib": r["model_mib"],
-            "study_lora_f1": study_lora["f1"] if study_lora else None,
-            "study_full_f1": study_full["f1"] if study_full else None,
+            "study_lora_f1": study_lora["f1"] if study_lora else None, "study_lora_row": _row_name(study_lora),
+            "study_full_f1": study_full["f1"] if study_full else None, "study_full_row": _row_name(study_full),
         })
     return sorted(out, key=lambda r: (r["task"], r["model"], -r["n_kept_layers"]))
 
@@ -258,7 +263,7 @@ def balanced(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
         expected = None
         if full and pruned and full["train_seconds"] and pruned["train_seconds"]:
             expected = balanced_epochs(full["train_seconds"], pruned["train_seconds"], base_epochs)
-        study = find(reference, r["task"], kept_layers=tuple(r["kept_layers"]), need="adjusted_epochs")
+        study = _study(reference, r, need="adjusted_epochs")
         out.append({
             "task": r["task"], "model": r["model"], "kept_layers": r["kept_layers"], "seeds": r["seeds"],
             "full_train_seconds": full and full["train_seconds"],
@@ -270,7 +275,7 @@ def balanced(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
             "time_vs_full": _ratio(r["train_seconds"], full and full["train_seconds"]),
             "study_epochs": study["adjusted_epochs"] if study else None,
             "study_base_f1": study["f1"] if study else None,
-            "study_balanced_f1": study["f1_adjusted"] if study else None,
+            "study_balanced_f1": study["f1_adjusted"] if study else None, "study_row": _row_name(study),
         })
     return sorted(out, key=lambda r: (r["task"], r["model"], -len(r["kept_layers"])))
 
@@ -282,12 +287,13 @@ def baselines(rows: list[dict], base: dict, reference: list[dict], **_) -> list[
     for r in rows:
         if not _full(r) or not _at_base(r, base):
             continue
-        study = find(reference, r["task"], lora=r["lora"], full=True)
+        study = _study(reference, r, lora=r["lora"])
         out.append({
             "task": r["task"], "model": r["model"], "lora": r["lora"], "learning_rate": r["learning_rate"],
             "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"], "majority_f1": r["majority_f1"],
             "accuracy": r["accuracy"], **_cost(r), "latency_ms": r["latency_ms"], "latency_kind": latency_kind(r),
             "model_mib": r["model_mib"], "study_f1": study["f1"] if study else None,
+            "study_row": _row_name(study),
         })
     return out
 

@@ -21,6 +21,7 @@ from frugalray._registry import FrugalrayError
 from frugalray.study.planned import DONE, Planned
 from frugalray.config import OBJECTIVES, SearchConfig, TrialConfig
 from frugalray.data.tasks import load_task
+from frugalray.results.fronts import read_fronts, write_front  # noqa: F401 (part of this module's API)
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.training.identity import recorded_hash
@@ -54,8 +55,29 @@ def mask_params(kept: tuple[int, ...], num_layers: int) -> dict[str, bool]:
     return {f"keep_{k}": k in kept for k in range(num_layers)}
 
 
+def study_attributes(config: SearchConfig) -> dict:
+    """What a search's Optuna study records of itself (``study.user_attrs``): the settings that define what
+    its values mean, so that ``optuna-dashboard`` or ``optuna.load_study`` tell it without frugalray."""
+    from frugalray import __version__
+
+    return {
+        "task": config.task, "model": config.model, "objective": config.objective,
+        "constraint": {"min_layers": config.min_layers, "max_layers": config.max_layers, "exactly": config.exactly},
+        "training": config.training.to_dict(), "lora": config.lora.to_dict() if config.lora else None,
+        "seed": config.seed, "data_dir": config.data_dir, "frugalray_version": __version__,
+    }
+
+
+# Settings a study is bound to: resuming it with others would mix values that mean different things.
+_BINDING = ("task", "model", "objective", "constraint", "training", "lora", "seed")
+
+
 def open_study(config: SearchConfig, store: ResultsStore):
-    """Create or load the Optuna study; trials left RUNNING by a killed driver are marked failed."""
+    """Create or load the Optuna study, named metrics and attributes included; trials left RUNNING by a
+    killed driver are marked failed. A study created with other settings (task, model, objective, constraint,
+    training, LoRA, seed) is refused: its values would not be comparable."""
+    import warnings
+
     import optuna
     from optuna.trial import TrialState
 
@@ -69,6 +91,17 @@ def open_study(config: SearchConfig, store: ResultsStore):
                else optuna.samplers.NSGAIISampler(seed=config.sampler_seed))
     study = optuna.create_study(study_name=config.name, storage=storage, directions=list(directions),
                                 sampler=sampler, load_if_exists=True)
+    attributes = study_attributes(config)
+    differ = [name for name in _BINDING if name in study.user_attrs and study.user_attrs[name] != attributes[name]]
+    if differ:
+        shown = "; ".join(f"{name}: {study.user_attrs[name]!r} there, {attributes[name]!r} here" for name in differ)
+        raise FrugalrayError(f"Optuna study {config.name!r} in {url} was created with other settings ({shown}); "
+                             f"give this search another name (--name) or the same settings")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # stable in practice since 3.2
+        study.set_metric_names(list(columns))
+    for name, value in attributes.items():
+        study.set_user_attr(name, value)
     for stale in study.get_trials(deepcopy=False, states=[TrialState.RUNNING]):
         study.tell(stale.number, state=TrialState.FAIL)
     return study, storage
@@ -186,17 +219,3 @@ def pareto_front(study, columns, num_layers: int) -> list[dict]:
         front.append({"kept_layers": kept, **{c: float(v) for c, v in zip(columns, values)},
                       "optuna_trial": trial.number})
     return sorted(front, key=lambda row: [-row[columns[0]]] + [row[c] for c in columns[1:]])
-
-
-def write_front(store: ResultsStore, name: str, objective: str, front: list[dict]) -> None:
-    """The Pareto front beside the trials: fronts/<name>.parquet, written atomically."""
-    import pyarrow as pa
-
-    store.write_table(pa.Table.from_pylist([{"search": name, "objective": objective, **row} for row in front]),
-                      "fronts", f"{name}.parquet")
-
-
-def read_fronts(store: ResultsStore):
-    import pyarrow.parquet as pq
-
-    return [pq.read_table(path, filesystem=store.fs) for path in store.files("fronts")]

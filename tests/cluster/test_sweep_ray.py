@@ -432,3 +432,86 @@ def test_a_node_with_other_data_fails_its_trials_at_once_and_the_sweep_ends(tmp_
         assert row["error"].startswith(  # an input error: not retried
             f"failed 1 attempt(s); last: FrugalrayError: {node} reads task 'tiny_ner' as data {node_data}, "
             f"but the driver planned this trial on data {driver_data}")
+
+
+class _Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+def _finish_trials(progress, results):
+    """Feed a Progress callback trials as Tune would: start them all, then complete them in order."""
+    from types import SimpleNamespace
+
+    from frugalray.results.schema import TrialResult
+
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"task": task, "stage": "strategies"},
+                              last_result={"row_json": TrialResult(status="ok", **row).to_json()})
+              for i, (task, row) in enumerate(results)]
+    for trial in trials:
+        progress.on_trial_start(0, trials, trial)
+    for trial in trials:
+        progress.on_trial_complete(0, trials, trial)
+    progress.on_experiment_end(trials)
+
+
+RESULTS = [("demo_pos", {"strategy": "first", "strategy_n": 2, "dev_f1": 0.61}),
+           ("demo_pos", {"strategy": "best", "strategy_n": 3, "dev_f1": 0.83}),
+           ("demo_ner", {"strategy": "last", "strategy_n": 1, "dev_f1": 0.42, "lora": True})]
+
+
+def _counts():
+    return {("demo_pos", "strategies"): {"planned": 4, "done": 2, "failed": 0},
+            ("demo_ner", "strategies"): {"planned": 2, "done": 1, "failed": 0}}
+
+
+def test_progress_off_a_terminal_prints_plain_lines_with_eta_and_the_best_per_task():
+    from io import StringIO
+
+    from frugalray.cluster.progress import Progress
+
+    stream = StringIO()
+    progress = Progress(_counts, every_s=0, stream=stream)
+    _finish_trials(progress, RESULTS)
+    out = stream.getvalue()
+    assert "\x1b[" not in out and "━" not in out  # no terminal codes in a log
+    last = [line for line in out.splitlines() if line.startswith("[frugalray")][-1]
+    assert "3/6 done, 0 running, 0 failed" in last
+    assert "demo_pos 2/4: 0 running, 0 failed, ETA 0.0 min, best dev F1 0.8300 (best_3)" in last
+    assert "demo_ner 1/2: 0 running, 0 failed, ETA 0.0 min, best dev F1 0.4200 (last_1 + LoRA)" in last
+    assert "  demo_pos         strategies     2/4    done" in out  # the table at the end
+
+    quiet = StringIO()
+    _finish_trials(Progress(_counts, every_s=3600, stream=quiet), RESULTS)  # at most one line per every_s
+    assert sum(line.startswith("[frugalray") for line in quiet.getvalue().splitlines()) == 2  # first and last
+
+
+def test_progress_on_a_terminal_is_a_live_bar_per_task():
+    from frugalray.cluster.progress import Progress
+
+    stream = _Terminal()
+    _finish_trials(Progress(_counts, stream=stream), RESULTS)
+    out = stream.getvalue()
+    assert "━" in out and "\x1b[" in out  # rich's bar, redrawn in place
+    assert "demo_pos" in out and "2/4" in out and "best dev F1 0.8300 (best_3)" in out
+
+
+def test_a_sweep_shows_its_progress_and_records_its_settings_for_later_readers(tmp_path, tiny_model, local_ray,
+                                                                              capsys):
+    from io import StringIO
+
+    from frugalray.cli import main
+    from frugalray.results.metadata import read_metadata
+
+    stream = StringIO()
+    sweep = _sweep(tmp_path, tiny_model, reference_tasks={"demo_pos": "FTB_POS"})
+    run_sweep(sweep, runner=RUNNER, stream=stream)
+    out = stream.getvalue()
+    assert "[frugalray" in out and "\x1b[" not in out  # not a terminal: plain lines
+    assert "demo_pos 5/5: 0 running, 0 failed, finished, best dev F1" in out
+    metadata = read_metadata(ResultsStore(tmp_path / "r"))
+    assert metadata["sweeps"]["t"]["reference_tasks"] == {"demo_pos": "FTB_POS"}
+    assert metadata["sweeps"]["t"]["settings"]["stages"] == ["single"]
+    # a later reader pairs demo_pos with FTB_POS without being told
+    assert main(["results", str(tmp_path / "r"), "--view", "baselines", "--format", "csv"]) == 0
+    assert "FTB_POS full, study: 12/12 layers" in capsys.readouterr().out

@@ -231,3 +231,39 @@ def test_onnx_export_without_the_extra_names_it_and_writes_nothing(tmp_path, sav
     assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "out"), "--onnx"]) == 2
     assert "needs the optional 'onnx' extra (onnxscript not installed): pip install 'frugalray[onnx]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_check_compares_with_the_unmerged_trained_model_on_the_tasks_test_examples(
+        tmp_path, tiny_model, ner_task_file, monkeypatch):
+    from frugalray.model import export, lora
+
+    store = ResultsStore(tmp_path / "results")
+    row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, lora=LoraSettings(),
+                                    training=FAST, save_model=True), store)
+    assert row["status"] == "ok", row["error"]
+    compared = []
+    real_logits = export._logits
+    monkeypatch.setattr(export, "_logits", lambda model, inputs: compared.append((model, inputs)) or
+                        real_logits(model, inputs))
+    done = export_trial(store, row["trial_id"], tmp_path / "good")
+    assert done["max_logit_difference"] < 1e-4
+    (trained, inputs), (loaded, _) = compared
+    assert type(trained).__name__ == "PeftModel"  # as the trial evaluated it: the adapter not merged
+    assert type(loaded).__name__ == "CamembertForTokenClassification"  # the export, loaded back
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first_test_sentence = tokenizer(["Marie travaille chez Airbus à Lyon ."]).input_ids[0]  # ner_test.conll
+    assert inputs[0]["input_ids"][0, :len(first_test_sentence)].tolist() == first_test_sentence
+
+    real_merged = lora.merged
+
+    def tampered(model):  # a merge that gets the LoRA-updated weights wrong
+        model = real_merged(model)
+        with torch.no_grad():
+            model.roberta.encoder.layer[1].attention.self.value.weight.mul_(1.5)
+        return model
+
+    monkeypatch.setattr(lora, "merged", tampered)
+    with pytest.raises(FrugalrayError, match=f"Exported model of {row['trial_id']} differs from the trained one "
+                                             f"\\(max logit difference .*\\); nothing was written"):
+        export_trial(store, row["trial_id"], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -4,7 +4,9 @@ import pytest
 
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.cli import main
+from frugalray.results import report_figures as plots
 from frugalray.results.report import FAMILIES, family, pareto_front, write_report
+from frugalray.results.views import aggregate, at_base, compute_view
 from frugalray.testing import synthetic_catalog, synthetic_table
 
 
@@ -17,7 +19,7 @@ def store(tmp_path_factory):
 
 def test_report_writes_every_figure_of_every_task_and_references_it(store, tmp_path):
     reference = tmp_path / "ref.csv"
-    reference.write_text("dataset,strategy,f1,layers\nPOS,best_2,0.9,\"0,1\"\n")
+    reference.write_text("dataset,strategy,f1,layers,num_layers\nPOS,best_2,0.9,\"0,1\",4\n")
     assert main(["report", store.location, "--out", str(tmp_path / "report"), "--reference", str(reference)]) == 0
     html = (tmp_path / "report" / "index.html").read_text()
     expected = {f"{task}-tiny-{kind}.png" for task in ("pos", "ner")
@@ -30,10 +32,11 @@ def test_report_writes_every_figure_of_every_task_and_references_it(store, tmp_p
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, name  # a real plot, not an empty canvas
         assert f'src="figures/{name}"' in html
     assert "Not shown: symmetric and alternate (no such trials)" in html
-    for view in ("baselines", "budget", "best_worst", "lora", "balanced"):
-        assert f"<h3>{view}:" in html
+    for task in ("pos", "ner"):
+        for block in ("baselines", "single", "first-last", "best-worst", "pareto", "lora", "balanced"):
+            assert f'<section class="block" id="{task}-tiny-{block}">' in html and f'href="#{task}-tiny-{block}"' in html
     assert "0.6875 ± 0.0100 [" in html  # best_2 with its seeds
-    assert "<th>study_f1</th>" in html and "<td>0.9000</td>" in html
+    assert "<th>study_f1</th>" in html and "<td>0.9000</td>" in html and "<td>POS best_2, study: 2/4 layers</td>" in html
     assert not re.search(r"(src|href)=\"https?://", html)  # nothing fetched from outside
 
 
@@ -41,7 +44,7 @@ def test_embedded_report_is_one_file(store, tmp_path):
     path = write_report(store, tmp_path / "one", embed=True, where=["task=pos"])
     html = path.read_text()
     assert html.count("data:image/png;base64,") == 5 and not (tmp_path / "one" / "figures").exists()
-    assert "<h2>ner" not in html and "<h2>pos" in html
+    assert "<h2>ner (tiny)" not in html and "<h2>pos (tiny)" in html
 
 
 def test_report_of_nothing_is_an_error(store, tmp_path):
@@ -70,7 +73,57 @@ def test_a_sweep_writes_its_report_and_a_report_failure_never_fails_it(store, tm
                         reference_tasks={"pos": "FTB_POS"})
     write_sweep_report(sweep)
     html = (tmp_path / "report" / "index.html").read_text()
-    assert "<td>0.9490</td>" in html  # the study's FTB_POS best_2, beside our pos best_2
+    # Our best 2 of 4 layers is beside the study's best 6 of 12 (0.976), not its best 2 (0.949).
+    assert "<td>0.9760</td>" in html and "FTB_POS best_6, study: 6/12 layers" in html and "0.9490" not in html
     empty = SweepConfig(tasks=("demo_pos",), results=str(tmp_path / "none"), report=str(tmp_path / "r2"))
     write_sweep_report(empty)
     assert "the report was not written: FrugalrayError: No results in" in capsys.readouterr().err
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _figures(rows, lora):
+    yield "single", plots.single_profile(rows)
+    yield "curves", plots.strategy_curves(rows, ("best", "drop_worst"), "best / drop_worst N")
+    yield "cost", plots.quality_vs_cost(rows)
+    yield "lora", plots.lora_bars(lora)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_figures_keep_legends_off_the_data_and_draw_intervals_only_over_two_seeds_or_more(tmp_path, seeds):
+    from matplotlib.container import ErrorbarContainer
+
+    store = ResultsStore(tmp_path / "results")
+    store.write_table(synthetic_table(synthetic_catalog(tasks=("pos",)), seeds=seeds), "trials", "s.parquet")
+    aggregated = aggregate(store)
+    reference = [{"task": "pos", "dataset": "POS", "strategy": "best", "n": 2, "kept_layers": None, "lora": False,
+                  "num_layers": 4, "n_kept": 2, "f1": 0.9}]
+    rows = at_base(aggregated.to_pylist(), reference)
+    lora = compute_view(store, "lora", aggregated=aggregated).table.to_pylist()
+    for name, figure in _figures(rows, lora):
+        figure.canvas.draw()
+        legends = figure.legends + [axis.get_legend() for axis in figure.axes if axis.get_legend()]
+        assert len(legends) == 1, name
+        legend = legends[0].get_window_extent()
+        for axis in figure.axes:  # the legend is below every axes, never over the plotted area
+            assert not _overlaps(legend, axis.get_window_extent()), name
+        labels = [text.get_text() for text in legends[0].get_texts()] + [axis.get_title() for axis in figure.axes]
+        assert any(f"n={seeds}" in label for label in labels), (name, labels)  # the seeds behind the points
+        bars = [c for axis in figure.axes for c in axis.containers if isinstance(c, ErrorbarContainer)]
+        assert bool(bars) is (seeds >= 2 and name != "cost"), name
+    assert any("reference study, same fraction of layers" in t.get_text()
+               for t in plots.strategy_curves(rows, ("best",), "best").legends[0].get_texts())
+
+
+def test_latency_axis_says_what_the_rows_measured():
+    row = {"latency_ms": 3.0, "latency_batch_size": 16, "latency_seq_len": 64}
+    assert plots.latency_label([row]) == "latency, ms per batch of 16 × 64 tokens"
+    assert plots.latency_label([row, row | {"latency_seq_len": 128}]) == (
+        "latency, ms per batch; rows differ: 16 × 128, 16 × 64 tokens")
+    assert plots.latency_label([row | {"latency_batch_size": None}]) == "latency, ms per batch (batch shape not recorded)"
+    rows = [{"strategy": "full", "n_kept_layers": 4, "num_layers": 4, "f1": 0.9, "seeds": 1, **row},
+            {"strategy": "first", "n_kept_layers": 2, "num_layers": 4, "f1": 0.7, "seeds": 1, **row}]
+    figure = plots.quality_vs_cost(rows)
+    assert [axis.get_xlabel() for axis in figure.axes] == ["kept layers (of 4)", "latency, ms per batch of 16 × 64 tokens"]

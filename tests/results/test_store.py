@@ -237,3 +237,33 @@ def test_a_killed_writer_leaves_nothing_in_trials(tmp_path, kill_a_writer):
 def _ok_hashes(store) -> set[str]:
     """Configuration hashes that have a successful row."""
     return {row["config_hash"] for row in store.table().to_pylist() if row["status"] == "ok"}
+
+
+def test_store_metadata_merges_runs_by_name_and_later_reports_use_its_reference_pairs(tmp_path, capsys, caplog):
+    import json
+
+    from frugalray import __version__
+    from frugalray.cli import main
+    from frugalray.results.metadata import FILE, read_metadata, record_run, reference_tasks
+
+    store = ResultsStore(tmp_path)
+    store.write_table(synthetic_table(synthetic_catalog(tasks=("demo_pos",), num_layers=6), seeds=2), "trials", "s.parquet")
+    record_run(store, "sweeps", "quick", {"seeds": [0]}, reference_tasks={"demo_pos": "FTB_NER"})
+    record_run(store, "sweeps", "other", {"seeds": [1]}, reference_tasks={})
+    record_run(store, "sweeps", "quick", {"seeds": [0, 1]}, reference_tasks={"demo_pos": "FTB_POS"})  # re-run
+    metadata = json.loads((tmp_path / FILE).read_text())
+    assert sorted(metadata["sweeps"]) == ["other", "quick"] and metadata["frugalray_version"] == __version__
+    assert metadata["sweeps"]["quick"]["settings"] == {"seeds": [0, 1]}
+    assert metadata["sweeps"]["quick"]["frugalray_version"] == __version__
+    assert reference_tasks(store) == {"demo_pos": "FTB_POS"}
+    assert not list((tmp_path / ".staging").iterdir())  # written through the staging folder, then renamed
+
+    # No --reference-task: the pairs the sweep recorded apply (the full model is the study's full model).
+    assert main(["results", str(tmp_path), "--view", "baselines", "--format", "csv"]) == 0
+    assert "FTB_POS full, study: 12/12 layers" in capsys.readouterr().out
+    assert main(["results", str(tmp_path), "--view", "baselines", "--format", "csv",
+                 "--reference-task", "demo_pos=WikiNER"]) == 0  # the command line adds to (and wins over) the store
+    assert "WikiNER full, study: 12/12 layers" in capsys.readouterr().out
+
+    (tmp_path / FILE).write_text("{half")
+    assert read_metadata(store) == {} and "Ignoring" in caplog.text and FILE in caplog.text

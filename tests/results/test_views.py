@@ -86,11 +86,13 @@ def test_filters_apply_before_the_view(store):
 
 def test_reference_rows_show_beside_ours_only_where_they_match(store, tmp_path):
     reference = tmp_path / "ref.csv"
-    reference.write_text("dataset,strategy,f1,layers\nPOS,best_2,0.9,\"0,1\"\nPOS,del_worst_1,0.95,\"0,1,2\"\n")
+    reference.write_text("dataset,strategy,f1,layers,num_layers\nPOS,best_2,0.9,\"0,1\",4\n"
+                         "POS,del_worst_1,0.95,\"0,1,2\",4\n")
     view = compute_view(store, "best_worst", reference=load_reference([str(reference)]))
-    study = {(r["task"], r["strategy"]): r["study_f1"] for r in view.table.to_pylist()}
-    assert study[("pos", "best_2")] == 0.9 and study[("pos", "drop_worst_1")] == 0.95
-    assert study[("ner", "best_2")] is None
+    study = {(r["task"], r["strategy"]): (r["study_f1"], r["study_row"]) for r in view.table.to_pylist()}
+    assert study[("pos", "best_2")] == (0.9, "POS best_2, study: 2/4 layers")
+    assert study[("pos", "drop_worst_1")] == (0.95, "POS drop_worst_1, study: 3/4 layers")
+    assert study[("ner", "best_2")] == (None, None)
     assert "reference: 2 of 8 rows matched a study row" in view.notes
     paired = load_reference([str(reference)], {"ner": "POS"})
     assert {r["task"] for r in paired} == {"ner"}
@@ -103,8 +105,12 @@ def test_reference_files_with_unknown_columns_or_bad_values_are_refused(tmp_path
     bad.write_text("dataset,strategy,f1,speed\nPOS,best_2,0.9,3\n")
     with pytest.raises(FrugalrayError, match=r"bad.csv:1: unknown column\(s\) \['speed'\]. Known columns: dataset"):
         load_reference([str(bad)])
-    bad.write_text("dataset,strategy,f1\nPOS,best_2,0.9\nPOS,best_3,high\n")
+    bad.write_text("dataset,strategy,f1,num_layers\nPOS,best_2,0.9,12\nPOS,best_3,high,12\n")
     with pytest.raises(FrugalrayError, match=r"bad.csv:3: column 'f1' has 'high', which is not a number"):
+        load_reference([str(bad)])
+    bad.write_text("dataset,strategy,f1\nPOS,best_2,0.9\n")  # without the study's depth nothing can be paired
+    with pytest.raises(FrugalrayError, match=r"bad.csv:1: no 'num_layers' column. Known columns: .*num_layers "
+                                             r"\(layer count of the model the numbers come from"):
         load_reference([str(bad)])
     with pytest.raises(FrugalrayError, match="does not exist"):
         load_reference([str(tmp_path / "missing.csv")])
@@ -112,9 +118,11 @@ def test_reference_files_with_unknown_columns_or_bad_values_are_refused(tmp_path
 
 def test_the_packaged_study_tables_load_and_agree_with_the_balanced_formula():
     records = load_reference(["study"])
-    assert find(records, "ftb_pos", strategy="best", n=2)["f1"] == 0.949
-    assert find(records, "ftb_ner", strategy="drop_worst", n=3)["kept_layers"] == (0, 1, 2, 3, 6, 7, 8, 9, 10)
-    assert find(records, "wikiner", lora=True, full=True)["f1"] == 0.821
+    assert find(records, "ftb_pos", kept=2, num_layers=12, strategy="best")["f1"] == 0.949
+    assert find(records, "ftb_ner", kept=9, num_layers=12, strategy="drop_worst")["kept_layers"] == (
+        0, 1, 2, 3, 6, 7, 8, 9, 10)
+    assert find(records, "wikiner", kept=12, num_layers=12, lora=True)["f1"] == 0.821
+    assert {r["num_layers"] for r in records} == {12}
     balanced = [r for r in records if r.get("adjusted_epochs") is not None]
     assert len(balanced) == 7
     for record in balanced:
@@ -175,3 +183,29 @@ def test_the_recovery_view_compares_every_recovery_and_counts_the_teachers_train
     strategies = compute_view(rows, "strategies").table.to_pylist()
     assert {r["kept_layers"][0] for r in strategies} == {0}  # the students stay out of the study's curves
     assert len(strategies) == 2
+
+
+def test_study_rows_pair_at_the_same_fraction_of_layers_never_by_n_alone(tmp_path):
+    """A 6-layer model's rows meet the 12-layer study's at the same depth: our best 3 is the study's best 6, and
+    our drop_worst 5 (1 layer left) has no study row, though the study has a drop_worst 5 (7 layers left)."""
+    store = ResultsStore(tmp_path / "results")
+    catalog = synthetic_catalog(tasks=("demo_pos",), num_layers=6, model="minilm")
+    one_layer = next(r for r in catalog if r["strategy"] == "drop_worst") | {
+        "strategy_n": 5, "kept_layers": [0], "n_kept_layers": 1}
+    store.write_table(synthetic_table(catalog + [one_layer], seeds=2), "trials", "synthetic.parquet")
+    reference = load_reference(["study"], {"demo_pos": "FTB_POS"})
+    rows = {r["strategy"]: r for r in compute_view(store, "best_worst", reference=reference).table.to_pylist()}
+    assert (rows["best_3"]["study_f1"], rows["best_3"]["study_row"]) == (0.976, "FTB_POS best_6, study: 6/12 layers")
+    assert rows["drop_worst_1"]["study_row"] == "FTB_POS drop_worst_2, study: 10/12 layers"
+    assert rows["drop_worst_5"]["study_f1"] is None and rows["drop_worst_5"]["study_row"] is None
+    assert rows["best_5"]["study_f1"] is None  # 5 of 6 layers: the study has no best 10
+    for name in ("budget", "baselines", "lora", "balanced", "strategies"):  # every study number names its row
+        table = compute_view(store, name, reference=reference).table
+        for row in table.to_pylist():
+            ours = len(row["kept_layers"]) if "kept_layers" in row else 6  # baselines: the full model
+            for column in [c for c in table.column_names if c.startswith("study_") and not c.endswith("_row")]:
+                named = "study_row" if "study_row" in row else column.removesuffix("_f1") + "_row"
+                assert (row[column] is None) == (row[named] is None), (name, column, row)
+                if row[named]:  # "..., study: 6/12 layers" at our fraction
+                    kept, total = map(int, row[named].rsplit(": ", 1)[1].removesuffix(" layers").split("/"))
+                    assert kept * 6 == total * ours, (name, row)

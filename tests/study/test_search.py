@@ -1,6 +1,8 @@
 """Layer-mask search through Ray Tune's OptunaSearch, with simulated trials (scheduling is under test)."""
 
 import optuna
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from frugalray import FrugalrayError, ResultsStore
@@ -79,6 +81,8 @@ def test_multi_objective_front_is_non_dominated(tmp_path, tiny_model, local_ray)
 
     [stored] = read_fronts(ResultsStore(tmp_path / "r"))
     assert stored.num_rows == len(front)
+    assert stored.schema.field("kept_layers").type == pa.list_(pa.int32())  # typed like the trials' columns
+    assert stored.schema.field("n_kept_layers").type == pa.int32() and stored.schema.field("dev_f1").type == pa.float64()
 
 
 def test_resume_continues_the_same_study(tmp_path, tiny_model, local_ray):
@@ -137,3 +141,40 @@ def test_fronts_and_importance_on_the_command_line(tmp_path, tiny_model, ner_tas
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["layer", "proxy_importance"] and len(lines) == 2 + 4
     assert main(["results", str(tmp_path / "empty"), "--fronts"]) == 2
+
+
+def test_the_optuna_study_names_its_metrics_and_records_its_settings(tmp_path, tiny_model):
+    from frugalray import __version__
+
+    config = _search(tmp_path, tiny_model, objective="f1_vs_layers", max_layers=2,
+                     training={"epochs": 2, "learning_rate": 1e-4})
+    open_study(config, ResultsStore(tmp_path / "r").check_writable())
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'r'}/optuna.db")  # Optuna alone
+    assert study.metric_names == ["dev_f1", "n_kept_layers"]
+    attrs = study.user_attrs
+    assert (attrs["task"], attrs["model"], attrs["objective"]) == ("demo_pos", tiny_model, "f1_vs_layers")
+    assert attrs["constraint"] == {"min_layers": 1, "max_layers": 2, "exactly": None}
+    assert (attrs["training"]["epochs"], attrs["training"]["learning_rate"]) == (2, 1e-4)
+    assert attrs["lora"] is None and attrs["seed"] == 0 and attrs["frugalray_version"] == __version__
+    open_study(config, ResultsStore(tmp_path / "r"))  # the same search resumes
+    other = _search(tmp_path, tiny_model, objective="f1_vs_layers", max_layers=3, training={"epochs": 2})
+    with pytest.raises(FrugalrayError, match=r"Optuna study 's' .* was created with other settings \(constraint: .*; "
+                                             r"training: .*\); give this search another name"):
+        open_study(other, ResultsStore(tmp_path / "r"))
+
+
+def test_fronts_are_typed_like_the_trials_whatever_wrote_them(tmp_path):
+    from frugalray.results.fronts import read_fronts, write_front
+
+    store = ResultsStore(tmp_path)
+    write_front(store, "new", "f1_vs_layers", [{"kept_layers": [0, 2], "dev_f1": 0.9, "n_kept_layers": 2.0,
+                                                "optuna_trial": 3}])
+    # as earlier versions wrote them: whatever types the Python values had
+    old = pa.Table.from_pylist([{"search": "old", "objective": "f1_vs_latency", "kept_layers": [1], "dev_f1": 0.7,
+                                 "latency_ms": 3.5, "optuna_trial": 1}])
+    pq.write_table(old, tmp_path / "fronts" / "old.parquet")
+    (tmp_path / "fronts" / "broken.parquet").write_bytes(b"PAR1 not a front")
+    new, old = sorted(read_fronts(store), key=lambda table: table.column("search")[0].as_py())
+    assert new.schema.field("n_kept_layers").type == pa.int32() and new.column("n_kept_layers").to_pylist() == [2]
+    assert new.schema.field("kept_layers").type == old.schema.field("kept_layers").type == pa.list_(pa.int32())
+    assert old.column_names == ["search", "objective", "kept_layers", "dev_f1", "latency_ms", "optuna_trial"]
