@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--ablations", default="all", help="comma-separated names or 'all' or 'none': "
                                                            + "; ".join(ABLATIONS))
+    parser.add_argument("--ablation-seeds", help="seeds for the ablation runs (default: --seeds)")
+    parser.add_argument("--timing-seeds", help="seeds whose runs the speed columns use (default: every seed); "
+                                               "name the seeds run on a quiet machine")
     parser.add_argument("--log", default="results/recipe_fidelity.jsonl", help="JSONL of every run (resumes)")
+    parser.add_argument("--report", action="store_true", help="print the table from --log, training nothing")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     total = num_layers(load_model(args.model, task.spec.head, task.labels).config)
     layer_sets = [_layers(k, total) for k in (args.keep or ["all", ",".join(map(str, range(total // 2))), "0"])]
     seeds = [int(s) for s in args.seeds.split(",")]
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
+    timing_seeds = [int(s) for s in args.timing_seeds.split(",")] if args.timing_seeds else None
     base = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                             max_length=args.max_length)
     ablations = {} if args.ablations == "none" else ABLATIONS if args.ablations == "all" else {
@@ -153,13 +159,16 @@ def main(argv: list[str] | None = None) -> None:
 
     plan = [("trainer", kept, None) for kept in layer_sets] + [("frugalray", kept, {}) for kept in layer_sets]
     plan += [(name, layer_sets[0], changes) for name, changes in ablations.items()]
+    compared = {"trainer", "frugalray"}
     print(f"{task.name}: {len(task.train)} train / {len(task.test)} test sentences; {args.model}, "
           f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; seeds {seeds}; "
           f"{torch.get_num_threads()} threads", flush=True)
-    frugalray_run(task, args.model, layer_sets[-1], dataclasses.replace(base, epochs=1), 99, data)  # warm-up
-    for seed in seeds:  # recipes alternate within a seed: noise hits all of them alike
+    if not args.report:
+        frugalray_run(task, args.model, layer_sets[-1], dataclasses.replace(base, epochs=1), 99, data)  # warm-up
+    todo = [] if args.report else sorted(set(seeds) | set(ablation_seeds))
+    for seed in todo:  # recipes alternate within a seed: machine noise hits all of them alike
         for recipe, kept, changes in plan:
-            if (recipe, kept, seed) in have:
+            if (recipe, kept, seed) in have or seed not in (seeds if recipe in compared else ablation_seeds):
                 continue
             if changes is None:
                 result = trainer_run(task, args.model, kept, base, seed, data)
@@ -171,10 +180,14 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(row)
             print(f"  seed {seed} {recipe:48} layers {','.join(map(str, kept)):12} F1 {result['f1']:.4f} "
                   f"{result['tokens_per_s']:8.0f} tok/s", flush=True)
-    report(runs, plan, seeds)
+    report(runs, plan, sorted(set(seeds) | set(ablation_seeds)), timing_seeds)
 
 
-def report(runs: list[dict], plan, seeds: list[int]) -> None:
+def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | None = None) -> None:
+    """The table: F1 over every seed run; speed over ``timing_seeds`` (those run on a quiet machine)."""
+    timed = set(seeds if timing_seeds is None else timing_seeds)
+    if timing_seeds is not None:
+        print(f"\ntrain tokens/s from the runs of seeds {sorted(timed)} only")
     print("\n| recipe | kept layers | runs | test F1 mean ± 95% CI | degenerate | train tokens/s | vs Trainer | "
           "F1 CI overlaps the Trainer's |")
     print("|---|---|---|---|---|---|---|---|")
@@ -184,8 +197,10 @@ def report(runs: list[dict], plan, seeds: list[int]) -> None:
         if not mine:
             continue
         f1, half = mean_ci([r["f1"] for r in mine])
-        speed = statistics.mean(r["tokens_per_s"] for r in mine)
-        ratio = speed / statistics.mean(r["tokens_per_s"] for r in theirs) if theirs else float("nan")
+        mine_timed = [r["tokens_per_s"] for r in mine if r["seed"] in timed]
+        theirs_timed = [r["tokens_per_s"] for r in theirs if r["seed"] in timed]
+        speed = statistics.mean(mine_timed) if mine_timed else float("nan")
+        ratio = speed / statistics.mean(theirs_timed) if theirs_timed else float("nan")
         overlap = ""
         if theirs and recipe != "trainer":
             t_f1, t_half = mean_ci([r["f1"] for r in theirs])

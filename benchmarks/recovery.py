@@ -7,8 +7,8 @@
 
 Per seed it trains the full model (the teacher, weights kept) and every single layer (to rank layers for
 best-N/2), then at half the layers (first-N/2 and best-N/2) every recovery. Distillation is tuned first
-on dev F1 over a small grid of temperature, label weight and hidden-state loss (``--kd-grid``), and the
-best setting on dev is the one reported. Every trial is an ordinary frugalray trial in ``--results``: an
+on dev F1 over a small grid of temperature, label weight and hidden-state loss (``--kd-grid``, on
+``--kd-seeds``), and the best setting on dev is the one reported. Every trial is an ordinary frugalray trial in ``--results``: an
 interrupted run resumes, and ``frugalray results DIR --view recovery`` shows the same rows.
 
 Prints per layer set and recovery: test F1 mean ± 95% CI over seeds, its share of the full model's, and
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--partial-layers", type=int, default=1, help="partial: the last k kept layers train")
     parser.add_argument("--kd-grid", default="all", help="'all', 'none' (T=2, alpha=0.5, beta=0) or indices 0,2")
+    parser.add_argument("--kd-seeds", help="seeds the distillation grid is tuned on (default: the first seed)")
     parser.add_argument("--results", default="results/recovery")
     args = parser.parse_args(argv)
 
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
                            sweep="recovery-benchmark", **values)
 
     print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; {args.epochs} epochs", flush=True)
-    for seed in seeds:  # teachers and the single-layer ranking
+    kd_seeds = [int(s) for s in args.kd_seeds.split(",")] if args.kd_seeds else seeds[:1]
+    for seed in sorted(set(seeds) | set(kd_seeds)):  # teachers and the single-layer ranking
         run(trial(seed, "full", save_model=True), store, done)
         for k in range(count):
             run(trial(seed, "single", n=k), store, done)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     grid = KD_GRID if args.kd_grid == "all" else KD_GRID[:1] if args.kd_grid == "none" else [
         KD_GRID[int(i)] for i in args.kd_grid.split(",")]
-    for seed in seeds:  # distillation tuned on dev, on the first half, from both starts
+    for seed in kd_seeds:  # distillation tuned on dev, on the first half, from both starts
         for init in ("pretrained", "finetuned"):
             for temperature, alpha, beta in grid:
                 recovery = RecoverySettings(init=init, method="distill", temperature=temperature, alpha=alpha, beta=beta)
@@ -101,16 +103,16 @@ def main(argv: list[str] | None = None) -> None:
             for init in ("pretrained", "finetuned"):
                 for method in ("finetune", "distill", "partial"):
                     recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
-                                                **_best_kd(store, init, grid))
+                                                **_best_kd(store, init, grid, kd_seeds))
                     run(trial(seed, layers=kept, recovery=recovery), store, done)
                 run(trial(seed, layers=kept, lora=LoraSettings(), recovery=RecoverySettings(init=init)), store, done)
     report(store, args.task)
 
 
-def _best_kd(store: ResultsStore, init: str, grid) -> dict:
-    """The distillation setting with the best mean dev F1 (over seeds) from this start, among the grid."""
+def _best_kd(store: ResultsStore, init: str, grid, seeds: list[int]) -> dict:
+    """The distillation setting with the best mean dev F1 over the tuning seeds from this start, among the grid."""
     rows = [r for r in store.table().to_pylist() if r["status"] == "ok" and r["recovery"] == "distill"
-            and r["init"] == init and r["sweep"] == "recovery-benchmark"]
+            and r["init"] == init and r["sweep"] == "recovery-benchmark" and r["seed"] in seeds]
     means = {}
     for temperature, alpha, beta in grid:
         scores = [r["dev_f1"] for r in rows if (r["distill_temperature"], r["distill_alpha"], r["distill_beta"])

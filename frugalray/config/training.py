@@ -28,7 +28,7 @@ class TrainingSettings(Settings):
         default=5e-4, metadata={"help": "Peak learning rate when LoRA is on (about 10x the full one)."}
     )
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
-    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size (speed only)."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size (speed only; not in the configuration hash)."})
     max_length: int = field(default=256, metadata={"help": "Sub-tokens per example; longer ones are cut."})
     weight_decay: float = field(
         default=0.0, metadata={"help": "AdamW weight decay; never on biases and LayerNorm weights."}
@@ -50,10 +50,10 @@ class TrainingSettings(Settings):
         default="auto", metadata={"help": "auto (bf16 autocast on GPUs that have it, else fp32), fp32 or bf16."}
     )
     pad_to_multiple_of: int | None = field(
-        default=None, metadata={"help": "Pad batches to a multiple of this (speed only; None: longest member)."}
+        default=None, metadata={"help": "Pad batches to a multiple of this (a speed choice; None: to the longest member)."}
     )
-    fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (speed only)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (speed only)."})
+    fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (a speed choice)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (a speed choice)."})
     energy: bool = field(
         default=True, metadata={"help": "Record the energy (kWh) and CO2-eq of training and evaluation with "
                                         "codecarbon's offline tracker (recording only)."}
@@ -63,8 +63,10 @@ class TrainingSettings(Settings):
                                          "CO2-eq of the energy (recording only; the study's: FRA)."}
     )
 
-    # Fields that change speed or what is recorded, never what a trial learns: left out of the configuration hash.
-    SPEED_ONLY = ("eval_batch_size", "pad_to_multiple_of", "fused_optimizer", "compile", "energy", "energy_country")
+    # Fields that change what is recorded or how fast evaluation runs, never what a trial learns: left out of the
+    # configuration hash. Speed choices of training (padding, fused AdamW, compile, dtype) change the arithmetic
+    # and stay in it.
+    RECORD_ONLY = ("eval_batch_size", "energy", "energy_country")
 
     def check(self) -> None:
         checks = {
@@ -100,7 +102,7 @@ class TrainingSettings(Settings):
         from dataclasses import asdict
 
         values = asdict(self)
-        for name in self.SPEED_ONLY + ("learning_rate", "lora_learning_rate"):  # the rate used is hashed apart
+        for name in self.RECORD_ONLY + ("learning_rate", "lora_learning_rate"):  # the rate used is hashed apart
             values.pop(name)
         return values
 

@@ -116,9 +116,12 @@ def symmetric_block(data: TaskData) -> Block | None:
 
 
 def cost_block(data: TaskData) -> Block | None:
+    from frugalray.results.grid import latency_axis
+
+    shown = latency_axis(data.rows, data.grid)[1]
     return _view_block(data, "pareto", "Quality against cost; best strategy per layer budget (table 4.4)", "budget",
                        plots.quality_vs_cost(data.rows, data.grid),
-                       "test F1 against kept layers and against latency; the red line is the Pareto front")
+                       f"test F1 against kept layers and against {shown}; the red line is the Pareto front")
 
 
 def payoff_block(data: TaskData) -> Block | None:

@@ -59,23 +59,6 @@ def seeds_text(rows: list[dict], key: str = "seeds") -> str:
     return f"n={counts[0]}" if len(counts) == 1 else f"n={counts[0]}–{counts[-1]}"
 
 
-def latency_label(rows: list[dict]) -> str:
-    """The latency axis, from what the rows recorded: batch size × sequence length, or that they differ.
-
-    >>> latency_label([{"latency_ms": 2.0, "latency_batch_size": 32, "latency_seq_len": 48}])
-    'latency, ms per batch of 32 × 48 tokens'
-    """
-    shapes = sorted({(r.get("latency_batch_size"), r.get("latency_seq_len")) for r in rows
-                     if r.get("latency_ms") is not None}, key=str)
-    known = [s for s in shapes if None not in s]
-    if len(shapes) == 1 and known:
-        return f"latency, ms per batch of {known[0][0]} × {known[0][1]} tokens"
-    if not known:
-        return "latency, ms per batch (batch shape not recorded)"
-    listed = ", ".join(f"{b} × {s}" for b, s in known) + (", not recorded" if len(known) < len(shapes) else "")
-    return f"latency, ms per batch; rows differ: {listed} tokens"
-
-
 def layers_label(rows: list[dict]) -> str:
     """``kept layers (of 12)``, or the counts when models of several depths are shown."""
     counts = sorted({r["num_layers"] for r in rows if r.get("num_layers")})

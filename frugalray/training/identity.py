@@ -14,13 +14,15 @@ from frugalray._registry import FrugalrayError
 from frugalray.config import TrialConfig
 from frugalray.data.tasks import resolve_task
 
-# Version of how a row records its configuration; rows without one were written by frugalray 0.1.
-CONFIG_VERSION = 2
+# Version of how a row records its configuration and is hashed; rows without one were written by frugalray 0.1,
+# rows of version 2 left the training's speed choices out of the hash.
+CONFIG_VERSION = 3
 
 
 def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: str) -> str:
     """Hash of exactly what changes a trial's result: not its strategy name (same layers, same run), not
-    the settings that change only speed, and only the learning rate the trial uses (LoRA's or the full one)."""
+    what only bookkeeping or evaluation speed depends on, and only the learning rate the trial uses (LoRA's or
+    the full one)."""
     identity = {
         "task": resolve_task(config.task).name,
         "data": task_fingerprint,
@@ -36,7 +38,7 @@ def config_hash(config: TrialConfig, kept: tuple[int, ...], task_fingerprint: st
 
 
 def recorded_hash(row: dict) -> str:
-    """The configuration hash of a stored row as this version computes it (rows of frugalray 0.1 hashed
+    """The configuration hash of a stored row as this version computes it (rows of earlier versions hashed
     differently: their settings are read back as that version trained and hashed again).
 
     A row whose configuration cannot be read back keeps its stored hash."""

@@ -111,7 +111,8 @@ def test_payoff_from_the_command_line_and_in_the_report(store, tmp_path, capsys)
     assert out[0].startswith("task,model,keeps,pick,family,configuration")
     assert len(out) == 7
     html = write_report(store, tmp_path / "report").read_text()
-    assert "<h3>payoff: Per task: the smallest and the fastest configuration" in html
+    section = html[html.index("<h3>What a smaller model saves: the frugality table"):]
+    assert "<th>keeps</th>" in section[:section.index("</table>")]  # the payoff view's table, in its section
     # the latency axis says what it plots: here the isolated grid, which covers every layer set
     assert "against latency, isolated grid (ms per batch of 32 x 128 tokens, encoder)" in html
 

@@ -5,6 +5,7 @@ import pytest
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.cli import main
 from frugalray.results import report_figures as plots
+from frugalray.results.grid import latency_axis
 from frugalray.results.report import FAMILIES, family, pareto_front, write_report
 from frugalray.results.views import aggregate, at_base, compute_view
 from frugalray.testing import synthetic_catalog, synthetic_table
@@ -118,12 +119,13 @@ def test_figures_keep_legends_off_the_data_and_draw_intervals_only_over_two_seed
 
 
 def test_latency_axis_says_what_the_rows_measured():
-    row = {"latency_ms": 3.0, "latency_batch_size": 16, "latency_seq_len": 64}
-    assert plots.latency_label([row]) == "latency, ms per batch of 16 × 64 tokens"
-    assert plots.latency_label([row, row | {"latency_seq_len": 128}]) == (
-        "latency, ms per batch; rows differ: 16 × 128, 16 × 64 tokens")
-    assert plots.latency_label([row | {"latency_batch_size": None}]) == "latency, ms per batch (batch shape not recorded)"
+    row = {"latency_ms": 3.0, "latency_batch_size": 16, "latency_seq_len": 64, "latency_isolated": False}
+    assert latency_axis([row], [])[1] == "latency in a sweep (ms per batch of 16 x 64 tokens)"
+    assert latency_axis([row, row | {"latency_seq_len": 128}], [])[1] == (
+        "latency in a sweep (ms per batch of 16 x 128 or 16 x 64 tokens)")
+    assert latency_axis([row | {"latency_batch_size": None}], [])[1] == "latency in a sweep (ms per batch of ? tokens)"
     rows = [{"strategy": "full", "n_kept_layers": 4, "num_layers": 4, "f1": 0.9, "seeds": 1, **row},
             {"strategy": "first", "n_kept_layers": 2, "num_layers": 4, "f1": 0.7, "seeds": 1, **row}]
     figure = plots.quality_vs_cost(rows)
-    assert [axis.get_xlabel() for axis in figure.axes] == ["kept layers (of 4)", "latency, ms per batch of 16 × 64 tokens"]
+    assert [axis.get_xlabel() for axis in figure.axes] == ["kept layers (of 4)",
+                                                            "latency in a sweep (ms per batch of 16 x 64 tokens)"]

@@ -139,7 +139,10 @@ def test_fronts_and_importance_on_the_command_line(tmp_path, tiny_model, ner_tas
     assert out[0] == "== s (f1_vs_layers)" and out[1].split()[:3] == ["kept_layers", "dev_f1", "n_kept_layers"]
     assert main(["importance", "--task", ner_task_file, "--model", tiny_model]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["layer", "proxy_importance"] and len(lines) == 2 + 4
+    assert lines[0].split() == ["layer", "proxy_importance"] and [line.split()[0] for line in lines[2:6]] == list("0123")
+    blocks = lines[lines.index(next(line for line in lines if line.startswith("Blocks:"))) + 1:]
+    assert blocks[0].split() == ["block_size", "proxy_drops", "angular_distance"]
+    assert [line.split()[0] for line in blocks[2:]] == ["1", "2", "3"]  # every block size short of the whole model
     assert main(["results", str(tmp_path / "empty"), "--fronts"]) == 2
 
 

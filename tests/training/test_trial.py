@@ -75,6 +75,16 @@ def test_same_layers_same_hash_and_seed_changes_it(tiny_model, ner_task_file):
     assert len({first.config_hash, other_seed.config_hash, lora.config_hash}) == 3
 
 
+@pytest.mark.parametrize("change", [dict(pad_to_multiple_of=8), dict(fused_optimizer=False), dict(compile=True),
+                                    dict(dtype="bf16"), dict(length_grouping=4), dict(max_grad_norm=0.0)])
+def test_every_training_knob_is_in_the_configuration_hash(tiny_model, ner_task_file, change):
+    config = _config(ner_task_file, tiny_model, strategy="first", n=2)
+    changed = dataclasses.replace(config, training=dataclasses.replace(config.training, **change))
+    assert prepare_trial(changed).config_hash != prepare_trial(config).config_hash
+    quicker_eval = dataclasses.replace(config, training=dataclasses.replace(config.training, eval_batch_size=7))
+    assert prepare_trial(quicker_eval).config_hash == prepare_trial(config).config_hash
+
+
 def test_a_failing_trial_is_a_failed_row(tmp_path, tiny_model, ner_task_file, monkeypatch):
     import frugalray.training.loop
 
