@@ -65,10 +65,7 @@ def trainer_run(task, model_name: str, kept: tuple[int, ...], settings: Training
     from transformers import DataCollatorForTokenClassification, Trainer, TrainingArguments, set_seed
 
     tokenizer, train_data, test_data = data
-    set_seed(seed)
-    model = load_model(model_name, task.spec.head, task.labels)
-    if len(kept) < num_layers(model.config):
-        prune_layers(model, kept)
+    model = _seeded_model(task, model_name, kept, seed, set_seed)
     rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e), "labels": e.labels} for e in train_data]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, per_device_train_batch_size=settings.batch_size,
@@ -88,14 +85,20 @@ def frugalray_run(task, model_name: str, kept: tuple[int, ...], settings: Traini
     from transformers import set_seed
 
     tokenizer, train_data, test_data = data
-    set_seed(seed)
-    model = load_model(model_name, task.spec.head, task.labels)
-    if len(kept) < num_layers(model.config):
-        prune_layers(model, kept)
+    model = _seeded_model(task, model_name, kept, seed, set_seed)
     pad = tokenizer.pad_token_id or 0
     stats = train(model, train_data, settings, settings.learning_rate, pad, torch.device("cpu"), seed)
     return _scored(model, task, test_data, tokenizer, settings) | {
         "train_seconds": stats.train_seconds, "tokens_per_s": stats.train_tokens / stats.train_seconds}
+
+
+def _seeded_model(task, model_name: str, kept: tuple[int, ...], seed: int, set_seed):
+    """The model both recipes start from: seeded as a trial seeds it, loaded with its head, pruned to ``kept``."""
+    set_seed(seed)
+    model = load_model(model_name, task.spec.head, task.labels)
+    if len(kept) < num_layers(model.config):
+        prune_layers(model, kept)
+    return model
 
 
 def _scored(model, task, test_data, tokenizer, settings) -> dict:

@@ -240,7 +240,7 @@ def bench_latency(
 ) -> int:
     """Inference latency over a grid (batch sizes x lengths x layer sets x precisions), measured alone.
 
-    Example: frugalray bench-latency --model minilm --keep 3 0/5 --batch-size 1 32 --precision fp32 int8
+    Example: frugalray bench-latency --model minilm --keep 3 0/5 --batch-size 1 8 --seq-len 64 --precision fp32 int8 --repeats 3
 
     Args:
         model: Alias, folder or hub id, or a folder written by frugalray export (timed against its base model).

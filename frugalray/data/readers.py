@@ -55,7 +55,7 @@ def read_text(path: str | Path, what: str = "File") -> str:
 
     Text in another encoding is an error naming the line, rather than a misread.
 
-    >>> read_text("tests/data/ner_task.json")[:1]  # doctest: +SKIP
+    >>> read_text("tests/fixtures/ner_task.json")[:1]  # doctest: +SKIP
     '{'
     """
     path = Path(path)
@@ -87,7 +87,7 @@ def read_conll(
 
     Blank lines end a sentence; ``-DOCSTART-`` lines end a document and are skipped.
 
-    >>> read_conll("tests/data/ner_train.conll")[0].words[:2]  # doctest: +SKIP
+    >>> read_conll("tests/fixtures/ner_train.conll")[0].words[:2]  # doctest: +SKIP
     ('Marie', 'Dupont')
     """
     path = _existing(path, "CoNLL reader")
@@ -146,7 +146,7 @@ def _token_and_tag(columns: list[str], token_column: int, tag_column: int) -> tu
 def read_text_classification(path: str | Path, text_field: str, label_field: str) -> list[Example]:
     """Read JSONL, CSV or Parquet rows with a text field and a label field.
 
-    >>> read_text_classification("tests/data/sentiment.jsonl", "text", "label")[0].labels  # doctest: +SKIP
+    >>> read_text_classification("tests/fixtures/sentiment.jsonl", "text", "label")[0].labels  # doctest: +SKIP
     'positive'
     """
     path = _existing(path, "Text classification reader")

@@ -3,7 +3,7 @@
 What ``TrainingArguments()`` does by default is what a trial does by default: AdamW (fused where the
 device has it) with betas 0.9/0.999 and eps 1e-8, weight decay off biases and LayerNorm weights, gradient
 norm clipped at 1.0, a linear schedule with optional warm-up, uniformly shuffled batches, dynamic padding.
-``tests/test_training.py`` checks step by step that the losses and the final weights equal the Trainer's
+``tests/training/test_loop.py`` checks step by step that the losses and the final weights equal the Trainer's
 on the same batches. Every knob is a ``TrainingSettings`` field, recorded in each row and in the
 configuration hash; the speed choices are off by default until ``benchmarks/recipe_fidelity.py`` shows
 over seeds, on a real corpus, that they cost no quality.

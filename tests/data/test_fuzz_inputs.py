@@ -153,15 +153,9 @@ def test_jsonl_reads_sanely_or_fails_clearly(tmp_path, rows, odd, at, newline, b
     path = tmp_path / "fuzz.jsonl"
     lines = _with_one_odd(rows, odd, at)
     path.write_bytes(_encode(lines, newline, bom, bad))
-    try:
-        examples = read_text_classification(path, "text", "label")
-    except FrugalrayError as error:
-        event("refused")
-        assert str(path) in str(error)
-        return
-    event("read")
-    assert bad is None, "a file with bytes that are not UTF-8 was read"
-    _check_rows(examples, path, [json.loads(line)["text"] for line in lines if line.strip()])
+    examples = _read_or_refused(path, bad)
+    if examples is not None:
+        _check_rows(examples, path, [json.loads(line)["text"] for line in lines if line.strip()])
 
 
 csv_value = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=12)
@@ -185,15 +179,22 @@ def test_csv_reads_sanely_or_fails_clearly(tmp_path, header, rows, odd, at, tsv,
     rows = [row[:len(header)] for row in rows]
     records = [_csv_record(values, delimiter) for values in [header, *rows]]  # a record may span lines
     path.write_bytes(_encode(_with_one_odd(records, odd, at), newline, bom, bad))
+    examples = _read_or_refused(path, bad)
+    if examples is not None:
+        _check_rows(examples, path, [dict(zip(header, row))["text"] for row in rows] if odd is None else None)
+
+
+def _read_or_refused(path, bad):
+    """The examples of a text-classification file, or None when it was refused with an error naming it."""
     try:
         examples = read_text_classification(path, "text", "label")
     except FrugalrayError as error:
         event("refused")
         assert str(path) in str(error)
-        return
+        return None
     event("read")
     assert bad is None, "a file with bytes that are not UTF-8 was read"
-    _check_rows(examples, path, [dict(zip(header, row))["text"] for row in rows] if odd is None else None)
+    return examples
 
 
 def _csv_record(values: list[str], delimiter: str) -> str:

@@ -68,7 +68,7 @@ def test_bad_kept_layers_are_refused(layers):
 
 
 def test_pruned_model_does_a_fraction_of_the_work():
-    """Counted in multiply-adds, not timed: speed itself is measured in benchmarks/pruned_latency.py."""
+    """Counted in multiply-adds, not timed: speed itself is measured by `frugalray bench-latency` and benchmarks/payoff.py."""
     from torch.utils.flop_counter import FlopCounterMode
 
     config = tiny_config("bert", 12)
