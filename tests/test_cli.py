@@ -306,6 +306,21 @@ def test_sweep_command_line_errors_are_clear(sweep_main, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--budget", "0"], "budget"),
+    (["--training.learning-rate", "inf"], "learning_rate must be a finite number, got inf"),
+    (["--task", "demo_poss"], "Unknown task 'demo_poss'. Did you mean 'demo_pos'?"),
+])
+def test_search_file_errors_are_clear(capsys, argv, message):
+    from frugalray.cli import search_main
+
+    with pytest.raises(SystemExit) as exit:
+        search_main(dict(name="s", task="demo_pos", model="minilm", budget=4), argv)
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("frugalray: error:") and message in err and "Traceback" not in err
+
+
 def test_sweep_command_line_overrides_the_file(sweep_main):
     sweep = sweep_main(["--tasks", "demo_pos", "--seeds", "1,2", "--training.learning-rate", "1e-4",
                         "--training.epochs", "2", "--data-dirs", "demo_pos=/data/pos", "--max-concurrent", "3",

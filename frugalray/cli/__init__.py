@@ -49,8 +49,6 @@ def sweep(file: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="FILE
 
 
 def main(argv: list[str] | None = None) -> int:
-    import tyro
-
     from frugalray.cli.options import CONFIG
     from frugalray.cli.run import load_settings_file
 

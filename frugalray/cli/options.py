@@ -5,7 +5,7 @@ Lists take commas or spaces (``--seeds 0,1,2`` or ``--seeds 0 1 2``), (task, fol
 ``task=folder``, and an optional group of settings (``lora: LoraSettings | None``) becomes a switch and its
 settings (``--lora --lora-settings.r 4``).
 
->>> parse_settings(TrainingSettings, ["--epochs", "5"], prog="demo").epochs  # doctest: +SKIP
+>>> parse(TrainingSettings, ["--epochs", "5"], prog="demo").epochs  # doctest: +SKIP
 5
 """
 

@@ -13,7 +13,6 @@ from frugalray._registry import FrugalrayError
 
 Location = Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="LOCATION")]
 Repeated = Annotated[tuple[str, ...], tyro.conf.UseAppendAction]  # --where a=1 --where 'b<=3'
-Pairs = Annotated[tuple[tuple[str, str], ...], tyro.conf.UseAppendAction]
 Format = Literal["table", "csv", "markdown"]
 
 
@@ -54,7 +53,8 @@ def results(
         columns: Columns to show.
         format: Output format.
         view: A ready table: budget (4.4), best_worst (4.2), lora (4.6), balanced (4.8/4.9), baselines,
-            strategies; seeds give mean ± std [95% CI].
+            strategies, payoff (the frugality table), recovery (students at each layer set); seeds give mean ±
+            std [95% CI].
         budget: With --view budget: the layer budgets to show (default: all).
         fronts: Show the Pareto fronts of layer-mask searches.
         check: The store's health: files, rows, unreadable files, staging leftovers, configurations trained
@@ -249,7 +249,7 @@ def bench_latency(
         seq_len: Tokens per sequence (several: a grid).
         precision: fp32, bf16, fp16 (torch), int8 (torch dynamic int8, CPU), onnx, onnx-int8 (ONNX Runtime, CPU;
             pip install 'frugalray[onnx]'). The full fp32 model is always measured: speedups are against it.
-        device: cpu, cuda, cuda:1... (default: cuda when present).
+        device: cpu, cuda, cuda:1... (default: cuda when present, cpu when the grid has int8 or ONNX precisions).
         repeats: Timed rounds (median shown).
         threads: Threads of the measuring process (torch, OMP, MKL); default: the physical cores.
         in_process: Measure in this process instead of a child started for it (not isolated).

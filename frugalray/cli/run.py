@@ -114,9 +114,13 @@ def sweep_main(defaults: dict, argv: list[str] | None = None, runner: str | None
 def search_main(defaults: dict, argv: list[str] | None = None, runner: str | None = None,
                 prog: str = "python SEARCH_FILE") -> dict:
     """Run a layer-mask search: ``defaults`` (a search file's SEARCH) overridden from the command line."""
-    config = from_view(parse(SearchView, argv, prog, to_view(SearchView, SearchConfig.from_dict(
-        defaults, source="search file")), description="Search layer masks with Optuna."))
-    return _search(config, runner)
+    try:
+        config = from_view(parse(SearchView, argv, prog, to_view(SearchView, SearchConfig.from_dict(
+            defaults, source="search file")), description="Search layer masks with Optuna."))
+        return _search(config, runner)
+    except FrugalrayError as error:
+        print(f"frugalray: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def search(config: Annotated[SearchView, tyro.conf.arg(name="")]) -> int:

@@ -27,6 +27,7 @@ from frugalray.config import TrialConfig
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.study.planned import DONE, Planned
+from frugalray.training.identity import lacks_weights
 from frugalray.training.trial import base_row, execute_trial
 
 DEFAULT_RUNNER = "frugalray.training.trial:run_trial"
@@ -44,7 +45,8 @@ def tune_trial(config: dict) -> None:
     trial = TrialConfig.from_dict(config["trial"])
     store = ResultsStore(config["results"])
     earlier = store.trained_row(config["config_hash"])
-    if earlier is not None:  # Tune retries a trial whose worker died after the append, before the report
+    if earlier is not None and not lacks_weights(earlier, trial):  # Tune retries a trial whose worker died
+        # after the append, before the report; a run that kept no weights trains again when they are wanted
         tune.report(to_report(earlier))
         return
     runner = _same_as_planned(_import(config["runner"]), config["config_hash"], config["task_fingerprint"])

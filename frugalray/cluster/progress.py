@@ -67,6 +67,17 @@ class Progress(Callback):
         self.started_at[trial.trial_id] = time.monotonic()
         self.show()
 
+    def on_step_end(self, iteration, trials, **info) -> None:
+        """Running trials as Tune holds them (its start events can come before a trial's actor runs it)."""
+        running: dict[tuple[str, str], int] = {}
+        for trial in trials:
+            if trial.status == "RUNNING":
+                running[self._key(trial)] = running.get(self._key(trial), 0) + 1
+        if running != self.running:
+            self.running = running
+            self.slots = max(self.slots, sum(running.values()))
+            self.show()
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.record(trial.config["task"], getattr(trial, "last_result", None) or {})
         self._finished(trial)

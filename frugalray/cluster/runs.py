@@ -22,6 +22,7 @@ from frugalray.results.metadata import record_run
 from frugalray.results.store import ResultsStore
 from frugalray.study.plan import StudyPlan
 from frugalray.study.planned import Planned
+from frugalray.training.trial import layer_count
 
 
 def trial_demand(rule: ResourceRule, model: str, has_gpus: bool):
@@ -88,7 +89,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     record_run(store, "searches", config.name, config.to_dict())
     prior = []
     if config.prior == "proxy":
-        low, high = config.bounds(_layer_count(config.model))
+        low, high = config.bounds(layer_count(config.model))
         prior = proxy_prior(proxy_scores(config.task, config.model, config.data_dir), low, high)
     search = MaskSearch(config, store, prior)
     ensure_ray(ray_init, connect)
@@ -102,8 +103,3 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
           f"stored results, Pareto front: {len(front)} mask(s)", file=stream)
     return {"study": search.study, "front": front, "told_from_store": search.told_from_store}
 
-
-def _layer_count(model: str) -> int:
-    from frugalray.training.trial import layer_count
-
-    return layer_count(model)

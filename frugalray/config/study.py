@@ -78,7 +78,8 @@ class TrialConfig(Settings):
     training: TrainingSettings = field(
         default_factory=TrainingSettings, metadata={"help": "How the trial trains (HF TrainingArguments' defaults)."}
     )
-    recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings, metadata={
+        "help": "Where a pruned model starts (pretrained or the fine-tuned full model) and how it learns."})
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
     save_model: bool = field(

@@ -160,6 +160,16 @@ def _onnx_runner(onnx_session) -> Callable:
     return run
 
 
+def default_device(variants, cuda: bool) -> str:
+    """The grid's device when none is named: CUDA where present, unless a precision runs on the CPU only (one
+    device for the whole grid, so that every speedup compares like with like).
+
+    >>> default_device(["fp32", "int8"], cuda=True), default_device(["fp32", "bf16"], cuda=True)
+    ('cpu', 'cuda')
+    """
+    return "cuda" if cuda and not any(v in CPU_ONLY for v in variants) else "cpu"
+
+
 def measure_grid(model: str, keep: list, batch_sizes: list[int], seq_lens: list[int], variants: list[str],
                  device: str | None, repeats: int, warmup: int, seed: int, threads: int) -> list[dict]:
     """Time every (layer set × variant) on every (batch size × sequence length), in this process."""
@@ -167,7 +177,7 @@ def measure_grid(model: str, keep: list, batch_sizes: list[int], seq_lens: list[
 
     source, config, layer_sets, wanted = check_request(model, keep, batch_sizes, seq_lens, variants, device,
                                                        repeats, warmup, seed, threads)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    target = torch.device(device or default_device(wanted, torch.cuda.is_available()))
     environment = hardware(target)
     rows = []
     with tempfile.TemporaryDirectory(prefix="frugalray-onnx-") as scratch:

@@ -14,6 +14,7 @@ layers it ranks lowest.
 from __future__ import annotations
 
 from frugalray.data.tasks import load_task
+from frugalray.study.strategies import lowest_block
 
 
 def _encoder_and_batches(task: str, model: str, data_dir: str | None, examples: int, batch_size: int):
@@ -54,16 +55,6 @@ def block_scores(task: str, model: str, data_dir: str | None = None, examples: i
     encoder, batches = _encoder_and_batches(task, model, data_dir, examples, batch_size)
     with torch.inference_mode():
         return tuple(tuple(row) for row in block_distances(encoder, batches))
-
-
-def lowest_block(scores, size: int) -> int:
-    """The start of the block of ``size`` layers with the smallest angular distance (ties: the earlier one).
-
-    >>> lowest_block(((0.3, 0.5), (0.1, 0.4), (0.2,)), 2)
-    1
-    """
-    starts = [start for start, row in enumerate(scores) if len(row) >= size]
-    return min(starts, key=lambda start: (scores[start][size - 1], start))
 
 
 def proxy_prior(scores: tuple[float, ...], low: int, high: int) -> list[tuple[int, ...]]:

@@ -29,7 +29,7 @@ from frugalray.results.store import STAGING, ResultsStore
 
 QUARANTINE = "quarantine"
 STALE_AFTER_S = 3600
-_WRITER = re.compile(r"^(?P<host>.*)_(?P<pid>\d+)_[0-9a-f]{32}(\.tmp)?$")  # results.staging_name()
+_WRITER = re.compile(r"^(?P<host>.*)_(?P<pid>\d+)_[0-9a-f]{32}(\.tmp)?$")  # frugalray.results.files.staging_name()
 
 DUPLICATES_SQL = """
 SELECT config_hash, count(*) AS n FROM trials WHERE status = 'ok' AND reused_from IS NULL

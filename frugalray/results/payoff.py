@@ -19,15 +19,17 @@ training's and the evaluation's (kWh).
 from __future__ import annotations
 
 from frugalray.results.grid import grid_cells, grid_seq_len, read_grid
-from frugalray.results.views import _at_base, _full, _label, _ratio, _score, latency_kind, view
+from frugalray.results.views import (_at_base, _full, _label, _ratio, _score, latency_kind, recovery_label,
+                                     study_recovery, view)
 
 SHARES = (0.98, 0.95, 0.90)
 
 
 def family(row: dict) -> str:
-    """pruned, LoRA, int8, onnx, onnx-int8, full (or a row's own ``recovery`` family when it has one)."""
-    if row.get("recovery"):
-        return row["recovery"]
+    """pruned, LoRA, int8, onnx, onnx-int8, full, or how a student recovered (``finetuned+distill(T=2,...)``)
+    when it did not recover as the study did."""
+    if not study_recovery(row):
+        return recovery_label(row)
     if row.get("variant", "fp32") != "fp32":
         return row["variant"] + (" + pruned" if not _full(row) else "") + (" + LoRA" if row["lora"] else "")
     if row["lora"]:

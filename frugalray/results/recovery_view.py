@@ -11,19 +11,9 @@ computed. Choices are made on dev F1 and reported on test F1.
 
 from __future__ import annotations
 
-from frugalray.results.views import _at_base, _full, _ratio, _stats, study_recovery, view
+from frugalray.results.views import _at_base, _full, _ratio, _stats, recovery_label, study_recovery, view
 
 TARGET = 0.99  # the share of the full model's quality a recovery must keep
-
-
-def _how(row: dict) -> str:
-    """``finetuned+distill(T=2,a=0.5,b=0)``, ``pretrained+finetune+lora``, ``finetuned+partial(k=1)``."""
-    init, method = row.get("init") or "pretrained", row.get("recovery") or "finetune"
-    if method == "distill":
-        method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g})"
-    elif method == "partial":
-        method += f"(k={row['partial_layers']})"
-    return f"{init}+{method}" + ("+lora" if row["lora"] else "")
 
 
 @view("recovery")
@@ -38,7 +28,7 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
             for r in sorted((r for r in mine if tuple(r["kept_layers"]) == kept), key=lambda r: -(r["dev_f1"] or 0)):
                 out.append({
                     "task": task, "model": model, "kept_layers": list(kept), "n_kept_layers": len(kept),
-                    "recovery": _how(r), "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
+                    "recovery": recovery_label(r), "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
                     "dev_f1": r["dev_f1"], "f1_vs_full": _ratio(r["f1"], full and full["f1"]),
                     "dev_f1_vs_full": _ratio(r["dev_f1"], full and full["dev_f1"]),
                     "train_seconds": r["train_seconds"], "compute_seconds": r["compute_seconds"],

@@ -69,7 +69,6 @@ class Figures:
 
     def __init__(self, folder: Path, embed: bool, dpi: int = 100):
         self.folder, self.embed, self.dpi = folder, embed, dpi
-        self.written: list[Path] = []
 
     def html(self, figure, name: str, caption: str) -> str:
         import io
@@ -83,7 +82,6 @@ class Figures:
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{name}.png"
             atomic_write(path, data)
-            self.written.append(path)
             src = f"{self.folder.name}/{path.name}"
         width, height = png_size(data)
         text = html.escape(caption)

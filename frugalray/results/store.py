@@ -97,7 +97,7 @@ class ResultsStore:
         readable = [c.path for c in (check_file(self.fs, p) for p in named) if c.problem is None]
         rows = self.dataset(require=False, files=readable).to_table().to_pylist() if readable else []
         trained = [r for r in rows if r["config_hash"] == config_hash and r["status"] == "ok" and not r["reused_from"]]
-        return TrialResult.from_row(trained[0]) if trained else None
+        return TrialResult.from_row(max(trained, key=lambda r: bool(r["model_path"]))) if trained else None  # weights kept first
 
     def write_table(self, table: pa.Table, folder: str, name: str) -> str:
         """Write ``folder/name`` under the store so that no reader ever sees part of it; returns the path."""

@@ -94,6 +94,16 @@ def study_recovery(row: dict) -> bool:
     return row.get("init") in (None, "pretrained") and row.get("recovery") in (None, "finetune")
 
 
+def recovery_label(row: dict) -> str:
+    """``finetuned+distill(T=2,a=0.5,b=0)``, ``pretrained+finetune+lora``, ``finetuned+partial(k=1)``."""
+    init, method = row.get("init") or "pretrained", row.get("recovery") or "finetune"
+    if method == "distill":
+        method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g})"
+    elif method == "partial":
+        method += f"(k={row['partial_layers']})"
+    return f"{init}+{method}" + ("+lora" if row["lora"] else "")
+
+
 def _at_base(row: dict, base: dict, ignore: tuple[str, ...] = (), any_recovery: bool = False) -> bool:
     """Whether a row was trained with its task's base settings (LoRA rows have their own learning rate) and,
     unless ``any_recovery``, recovered as the study did (the recovery view compares the other recoveries)."""

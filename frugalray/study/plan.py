@@ -20,7 +20,7 @@ from frugalray.results.store import ResultsStore
 from frugalray.results.schema import TrialResult
 from frugalray.study.planned import DONE, Planned
 from frugalray.study.stages import STAGES, StageInputs
-from frugalray.training.identity import recorded_hash
+from frugalray.training.identity import lacks_weights, recorded_hash
 from frugalray.training.trial import base_row, layer_count, prepare_trial
 
 
@@ -93,6 +93,8 @@ class StudyPlan:
         planned = Planned(config, prepared.config_hash, prepared.kept_layers, task, stage, prepared.task.fingerprint)
         self.planned[(task, stage)].append(planned)
         key = (prepared.config_hash, config.strategy, config.n, stage)
+        if lacks_weights(self.rows.get(prepared.config_hash), config):  # e.g. a teacher trained before recover ran
+            del self.rows[prepared.config_hash]  # train it again, keeping them; its stage waits for that run
         if prepared.config_hash in self.rows:  # trained before: report it under this strategy if not yet
             if key not in self.reported:
                 self._write_alias(planned, self.rows[prepared.config_hash])

@@ -179,12 +179,21 @@ def drop_block(num_layers: int, n: int | None = None, scores=None) -> tuple[int,
     if scores is None or len(scores) != num_layers:
         raise FrugalrayError(f"Strategy 'drop_block' needs the block distances of all {num_layers} start layers "
                              f"(frugalray importance computes them); got {None if scores is None else len(scores)}")
-    starts = [start for start in range(num_layers - n + 1)
-              if isinstance(scores[start], (tuple, list)) and len(scores[start]) >= n]
-    if not starts:
-        raise FrugalrayError(f"Strategy 'drop_block': no block distance of size {n} was given")
-    start = min(starts, key=lambda s: (float(scores[s][n - 1]), s))
+    start = lowest_block(scores, n)
     return tuple(k for k in range(num_layers) if not start <= k < start + n)
+
+
+def lowest_block(scores, size: int) -> int:
+    """The start of the block of ``size`` layers with the smallest angular distance (ties: the earlier one);
+    ``scores[l][size - 1]`` is the distance of the block starting at l.
+
+    >>> lowest_block(((0.3, 0.5), (0.1, 0.4), (0.2,)), 2)
+    1
+    """
+    starts = [start for start, row in enumerate(scores) if isinstance(row, (tuple, list)) and len(row) >= size]
+    if not starts:
+        raise FrugalrayError(f"Strategy 'drop_block': no block distance of size {size} was given")
+    return min(starts, key=lambda start: (float(scores[start][size - 1]), start))
 
 
 def _all_but_lowest(name: str, num_layers: int, n: int | None, scores) -> tuple[int, ...]:

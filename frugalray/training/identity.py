@@ -41,14 +41,22 @@ def recorded_hash(row: dict) -> str:
     """The configuration hash of a stored row as this version computes it (rows of earlier versions hashed
     differently: their settings are read back as that version trained and hashed again).
 
-    A row whose configuration cannot be read back keeps its stored hash."""
-    if row.get("config_version") == CONFIG_VERSION or not row.get("config_json") or row.get("kept_layers") is None:
+    A row whose configuration cannot be read back keeps its stored hash, and so does an exported variant's
+    (int8, ONNX: its hash is its source's and the variant's, never a training configuration's)."""
+    if (row.get("config_version") == CONFIG_VERSION or not row.get("config_json") or row.get("kept_layers") is None
+            or row.get("source_trial_id")):
         return row["config_hash"]
     try:
         config = TrialConfig.from_record(json.loads(row["config_json"]))
         return config_hash(config, tuple(row["kept_layers"]), row["task_fingerprint"])
     except (FrugalrayError, ValueError, TypeError):
         return row["config_hash"]
+
+
+def lacks_weights(row, config: TrialConfig) -> bool:
+    """Whether ``row``, a successful run of ``config``'s hash, kept no weights while ``config`` asks for them
+    (``save_model`` is not in the hash: a full model trained before a recover stage needed it as a teacher)."""
+    return row is not None and config.save_model and row["status"] == "ok" and not row["model_path"]
 
 
 def fallback_hash(config: TrialConfig) -> str:

@@ -486,6 +486,22 @@ def test_progress_off_a_terminal_prints_plain_lines_with_eta_and_the_best_per_ta
     assert sum(line.startswith("[frugalray") for line in quiet.getvalue().splitlines()) == 2  # first and last
 
 
+def test_progress_counts_the_trials_tune_holds_running():
+    from io import StringIO
+    from types import SimpleNamespace
+
+    from frugalray.cluster.progress import Progress
+
+    stream = StringIO()
+    progress = Progress(_counts, every_s=0, stream=stream)
+    trials = [SimpleNamespace(trial_id=f"t{i}", status=status, config={"task": task, "stage": "strategies"})
+              for i, (task, status) in enumerate([("demo_pos", "RUNNING"), ("demo_ner", "RUNNING"),
+                                                  ("demo_pos", "TERMINATED"), ("demo_pos", "PENDING")])]
+    progress.on_step_end(0, trials)
+    last = [line for line in stream.getvalue().splitlines() if line.startswith("[frugalray")][-1]
+    assert "3/6 done, 2 running" in last and "demo_pos 2/4: 1 running" in last and "demo_ner 1/2: 1 running" in last
+
+
 def test_progress_on_a_terminal_is_a_live_bar_per_task():
     from frugalray.cluster.progress import Progress
 

@@ -72,6 +72,13 @@ def test_the_grid_covers_every_shape_layer_set_and_precision_against_full_fp32(d
         assert [r["ideal_speedup"] for r in cell] == pytest.approx([1.0, 1.0, ideal, ideal])  # precision: no FLOPs
 
 
+def test_a_grid_with_cpu_only_precisions_runs_on_the_cpu_where_cuda_is_the_default():
+    from frugalray.model.grid import default_device
+
+    assert default_device(["fp32", "int8"], cuda=True) == "cpu" and default_device(["fp32", "onnx"], cuda=True) == "cpu"
+    assert default_device(["fp32", "fp16"], cuda=True) == "cuda" and default_device(["fp32"], cuda=False) == "cpu"
+
+
 def test_an_isolated_grid_runs_in_a_process_of_its_own_with_pinned_threads(deep_model, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     rows = bench_latency(deep_model, [2], batch_sizes=(2,), seq_lens=(8,), device="cpu", repeats=2, warmup=1,

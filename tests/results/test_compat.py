@@ -60,3 +60,12 @@ def test_recorded_settings_of_version_0_1_read_back_as_it_trained(old_store):
 def test_views_read_a_store_of_version_0_1(old_store):
     view = compute_view(old_store, "budget")
     assert view.table.num_rows > 0 and set(view.table.column("task").to_pylist()) == {"demo_pos"}
+
+
+def test_an_exported_variant_of_an_old_row_keeps_its_own_hash(old_store):
+    from frugalray.training.identity import recorded_hash
+
+    source = next(r for r in old_store.table().to_pylist() if r["strategy"] == "full")
+    assert recorded_hash(source) != source["config_hash"]  # an old training configuration: hashed again
+    variant = source | {"config_hash": "int8-of-source", "variant": "int8", "source_trial_id": source["trial_id"]}
+    assert recorded_hash(variant) == "int8-of-source"  # never taken for the trained fp32 run

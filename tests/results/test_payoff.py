@@ -7,6 +7,7 @@ import pytest
 from frugalray import ResultsStore
 from frugalray.cli import main
 from frugalray.results.grid import latency_axis, read_grid
+from frugalray.results.payoff import family
 from frugalray.results.report import write_report
 from frugalray.results.views import compute_view
 from frugalray.testing import synthetic_table
@@ -38,7 +39,7 @@ def _catalog() -> list[dict]:
             "precision": test, "recall": test, "dev_f1": dev, "train_seconds": 1.0 + len(kept), "model_mib": mib,
             "latency_ms": latency, "latency_batch_size": 32, "latency_seq_len": 41, "latency_isolated": False,
             "variant": variant, "train_kwh": 0.001 * len(kept), "eval_kwh": 0.0001, "total_params": 1000,
-            "trainable_params": 1000,
+            "trainable_params": 1000, "init": "pretrained", "recovery": "finetune",  # as trials record the study's
         })
     return rows
 
@@ -115,6 +116,16 @@ def test_payoff_from_the_command_line_and_in_the_report(store, tmp_path, capsys)
     assert "<th>keeps</th>" in section[:section.index("</table>")]  # the payoff view's table, in its section
     # the latency axis says what it plots: here the isolated grid, which covers every layer set
     assert "against latency, isolated grid (ms per batch of 32 x 128 tokens, encoder)" in html
+
+
+def test_families_name_the_form_and_only_students_by_their_recovery():
+    [full, pruned] = [next(r for r in _catalog() if r["variant"] == "fp32" and len(r["kept_layers"]) == n) for n in (4, 2)]
+    assert (family(full), family(pruned)) == ("full", "pruned")
+    assert family(pruned | {"variant": "int8"}) == "int8 + pruned" and family(pruned | {"lora": True}) == "LoRA + pruned"
+    student = pruned | {"init": "finetuned", "recovery": "distill", "distill_temperature": 2.0, "distill_alpha": 0.5,
+                        "distill_beta": 0.0}
+    assert family(student) == "finetuned+distill(T=2,a=0.5,b=0)"
+    assert family(pruned | {"init": "finetuned"}) == "finetuned+finetune"
 
 
 def test_the_latency_axis_says_what_was_measured():

@@ -230,8 +230,25 @@ def test_the_recover_stage_plans_students_of_the_saved_full_model(tmp_path, tiny
                ("pretrained", "partial"))
 
 
+def test_a_full_model_trained_without_its_weights_trains_again_for_the_recover_stage(tmp_path, tiny_model):
+    store = ResultsStore(tmp_path / "r")
+    _run(StudyPlan(_sweep(tmp_path, tiny_model, stages=("single",)), store))  # an earlier sweep: no teacher kept
+    [before] = [r for r in _rows(store) if r["strategy"] == "full"]
+    assert before["model_path"] is None
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies", "recover"), lora_max_layers=3,
+                            lora_sizes=(2,), recover_methods=("distill",)), store)
+    assert [p.config.strategy for p in plan.expand()] == ["full"]  # the singles are done; the teacher is not
+    assert not plan.stage_done("demo_pos", "single")  # so nothing that needs it starts before it is trained
+    _run(plan)
+    rows = _rows(store)
+    teacher = next(r for r in rows if r["strategy"] == "full" and r["model_path"])
+    students = [r for r in rows if r["stage"] == "recover"]
+    assert students and all(r["status"] == "ok" and r["teacher_trial_id"] == teacher["trial_id"] for r in students)
+
+
 def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):
-    from frugalray.model.importance import block_scores, lowest_block
+    from frugalray.model.importance import block_scores
+    from frugalray.study.strategies import lowest_block
 
     plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies"), drop_block=(2,)),
                      ResultsStore(tmp_path / "r"))
