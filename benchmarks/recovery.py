@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--kd-grid", default="all", help="'all', 'none' (T=2, alpha=0.5, beta=0) or indices 0,2")
     parser.add_argument("--kd-seeds", help="seeds the distillation grid is tuned on (default: the first seed)")
     parser.add_argument("--results", default="results/recovery")
+    parser.add_argument("--report", action="store_true", help="print the table from --results, training nothing")
     args = parser.parse_args(argv)
+    if args.report:
+        return report(ResultsStore(args.results), args.task)
 
     store = ResultsStore(args.results).check_writable()
     done = {recorded_hash(r) for r in store.table().to_pylist() if r["status"] == "ok"}
@@ -98,14 +101,14 @@ def main(argv: list[str] | None = None) -> None:
             for temperature, alpha, beta in grid:
                 recovery = RecoverySettings(init=init, method="distill", temperature=temperature, alpha=alpha, beta=beta)
                 run(trial(seed, layers=sets["first"], recovery=recovery), store, done)
-    for seed in seeds:
-        for kept in sets.values():
-            for init in ("pretrained", "finetuned"):
-                for method in ("finetune", "distill", "partial"):
-                    recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
-                                                **_best_kd(store, init, grid, kd_seeds))
-                    run(trial(seed, layers=kept, recovery=recovery), store, done)
-                run(trial(seed, layers=kept, lora=LoraSettings(), recovery=RecoverySettings(init=init)), store, done)
+    combos = [(method, init, False) for method in ("finetune", "distill", "partial") for init in ("finetuned", "pretrained")]
+    combos += [("finetune", init, True) for init in ("pretrained", "finetuned")]  # LoRA
+    for kept in dict.fromkeys(sets.values()):  # each layer set, each recovery over every seed before the next
+        for method, init, lora in combos:
+            for seed in seeds:
+                recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
+                                            **(_best_kd(store, init, grid, kd_seeds) if method == "distill" else {}))
+                run(trial(seed, layers=kept, recovery=recovery, lora=LoraSettings() if lora else None), store, done)
     report(store, args.task)
 
 

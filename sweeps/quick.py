@@ -3,7 +3,7 @@
     python sweeps/quick.py                 # starts a local Ray, or joins a running cluster
     python sweeps/quick.py --seeds 0,1,2   # more seeds: mean +- std per strategy
 
-Offline, CPU, a few minutes on 2 cores. Each number below is chosen for that budget, not for quality.
+Offline, CPU, about 9 minutes on 2 cores. Each number below is chosen for that budget, not for quality.
 """
 
 from frugalray.cli import sweep_main
