@@ -139,11 +139,15 @@ def test_check_reports_a_healthy_store_and_exits_0(tmp_path, capsys):
     store.append(_trial_row("a", strategy="single", reused_from="a-0"))  # an alias row shares the hash
     store.append(_trial_row("b", status="failed", error="RuntimeError: boom"))
     store.append(_trial_row("b", n=1))  # a failure fixed by a later run
+    store.append(_trial_row("c"))
+    store.append(_trial_row("c", n=1, model_path="models/c-1"))  # trained again for its weights (a teacher)
+    store.append(_trial_row("v", source_trial_id="c-1", variant="int8"))
+    store.append(_trial_row("v", n=1, source_trial_id="c-1", variant="int8"))  # a variant measured twice
     young = tmp_path / ".staging" / f"{socket.gethostname()}_{os.getpid()}_{'0' * 32}.tmp"
     young.write_bytes(b"being written")  # by a live writer: not a problem
     assert main(["results", str(tmp_path), "--check"]) == 0
     out = capsys.readouterr().out
-    assert f"{tmp_path}: 4 trial file(s), 4 row(s)" in out
+    assert f"{tmp_path}: 8 trial file(s), 8 row(s)" in out
     assert "may still be being written" in out and out.rstrip().endswith("Healthy.")
 
 
@@ -151,6 +155,8 @@ def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys
     store = ResultsStore(tmp_path).check_writable()
     store.append(_trial_row("a"))
     store.append(_trial_row("a", n=1))  # trained twice
+    store.append(_trial_row("w", model_path="models/w-0"))
+    store.append(_trial_row("w", n=1, model_path="models/w-1"))  # trained twice, weights kept both times
     bad = tmp_path / "trials" / "h-broken.parquet"
     bad.write_bytes(b"PAR1 half a row")
     kill_a_writer(tmp_path)  # leaves half a row and a model folder in .staging/
@@ -160,10 +166,10 @@ def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys
 
     assert main(["results", str(tmp_path), "--check"]) == 1
     out = capsys.readouterr().out
-    assert f"{tmp_path}: 3 trial file(s), 2 row(s)" in out
+    assert f"{tmp_path}: 5 trial file(s), 4 row(s)" in out
     assert "trials/h-broken.parquet: unreadable (ArrowInvalid: Parquet magic bytes not found" in out
     assert out.count("(0 min old, stale)") == 2 and "trials/.staging-0123.tmp (120 min old, stale)" in out
-    assert "a: 2 successful rows" in out and "--repair" in out
+    assert "a: 2 successful rows" in out and "w: 2 successful rows" in out and "--repair" in out
 
     assert main(["results", str(tmp_path), "--repair"]) == 1  # the duplicate stays: repair deletes no data
     out = capsys.readouterr().out
@@ -172,7 +178,7 @@ def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys
     assert (tmp_path / "quarantine" / "h-broken.parquet").read_bytes() == b"PAR1 half a row"
     assert not list((tmp_path / ".staging").iterdir()) and not old.exists()
     assert "Unreadable" not in out and "Staging" not in out and "a: 2 successful rows" in out
-    assert store.table().num_rows == 2
+    assert store.table().num_rows == 4
 
 
 def test_repair_leaves_a_live_writer_alone_and_a_missing_store_is_an_error(tmp_path, capsys):

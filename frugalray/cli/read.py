@@ -188,14 +188,13 @@ def importance(task: str, model: str = "minilm", data_dir: str | None = None, re
     """
     import pyarrow as pa
 
-    from frugalray.model.importance import block_agreement, block_scores, block_table, proxy_scores, spearman
+    from frugalray.model.importance import block_agreement, block_table, importance_scores, spearman
+    from frugalray.results.store import ResultsStore
     from frugalray.results.tables import render
 
-    scores = proxy_scores(task, model, data_dir)
+    scores, block_distances = importance_scores(task, model, data_dir)
     rows = [{"layer": k, "proxy_importance": s} for k, s in enumerate(scores)]
     trained = None
-    from frugalray.results.store import ResultsStore
-
     if results:
         from frugalray.study.scores import single_layer_scores
 
@@ -206,7 +205,7 @@ def importance(task: str, model: str = "minilm", data_dir: str | None = None, re
     if trained is not None:
         print(f"Spearman rank correlation, proxy vs trained single-layer scores: {spearman(scores, trained):+.3f}")
     by_layers = _trained_layer_sets(ResultsStore(results), task, model) if results else None
-    blocks = block_table(block_scores(task, model, data_dir), by_layers)
+    blocks = block_table(block_distances, by_layers)
     print("\nBlocks: the contiguous block the angular-distance proxy would drop, per size (drop_block)")
     print(render(pa.Table.from_pylist(blocks)))
     agreement = block_agreement(blocks)

@@ -61,16 +61,14 @@ def _name_base_model(model, base_model: str) -> None:
 def load_trained(folder: str | Path, merge: bool = True):
     """The trained model of a saved trial, in eval mode, and its manifest. LoRA is merged into the weights
     unless ``merge`` is False: then it is the peft model with its adapter, as the trial evaluated it."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from frugalray.model.loading import auto_class, load_model
 
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
-    auto = AutoModelForTokenClassification if manifest["head"] == "token" else AutoModelForSequenceClassification
     if manifest["lora"]:
         from peft import PeftModel
 
         from frugalray.model.lora import merged
-        from frugalray.model.loading import load_model
         from frugalray.model.surgery import num_layers, prune_layers
 
         model = load_model(manifest["base_model"], manifest["head"], manifest["labels"])
@@ -79,7 +77,7 @@ def load_trained(folder: str | Path, merge: bool = True):
         model = PeftModel.from_pretrained(model, folder)
         model = merged(model) if merge else model
     else:
-        model = auto.from_pretrained(folder)
+        model = auto_class(manifest["head"]).from_pretrained(folder)
     return model.eval(), manifest
 
 
@@ -244,10 +242,9 @@ def _logits(model, inputs: list[dict]) -> list:
 def _difference(expected: list, folder: Path, head: str, inputs: list[dict]) -> float:
     """Largest |logit| difference, over real (non-padding) positions, between ``expected`` and the model
     loaded back from ``folder``."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from frugalray.model.loading import auto_class
 
-    auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
-    got = _logits(auto.from_pretrained(folder).eval(), inputs)
+    got = _logits(auto_class(head).from_pretrained(folder).eval(), inputs)
     largest = 0.0
     for want, have, batch in zip(expected, got, inputs):
         difference = (want - have).abs()

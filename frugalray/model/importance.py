@@ -57,6 +57,19 @@ def block_scores(task: str, model: str, data_dir: str | None = None, examples: i
         return tuple(tuple(row) for row in block_distances(encoder, batches))
 
 
+def importance_scores(task: str, model: str, data_dir: str | None = None, examples: int = 64,
+                      batch_size: int = 16) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+    """``proxy_scores`` and ``block_scores`` together, the model loaded and the text encoded once."""
+    import torch
+
+    from frugalray.model.surgery import block_distances, layer_importance
+
+    encoder, batches = _encoder_and_batches(task, model, data_dir, examples, batch_size)
+    with torch.inference_mode():
+        layers = tuple(layer_importance(encoder, batches))
+        return layers, tuple(tuple(row) for row in block_distances(encoder, batches))
+
+
 def proxy_prior(scores: tuple[float, ...], low: int, high: int) -> list[tuple[int, ...]]:
     """Masks keeping the n most important layers by proxy, for every n the constraint allows."""
     ranked = sorted(range(len(scores)), key=lambda k: (-scores[k], k))

@@ -74,12 +74,18 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
+def auto_class(head: str):
+    """The transformers auto class of a ``head``: 'token' (one label per word) or 'sequence'."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
+
+
 def load_model(name: str, head: str, labels: list[str]):
     """The pretrained encoder with a fresh ``head`` ('token' or 'sequence') for ``labels``."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging
 
-    auto = AutoModelForTokenClassification if head == "token" else AutoModelForSequenceClassification
+    auto = auto_class(head)
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # "newly initialized head" is expected: the head is what we train
     logging.disable_progress_bar()

@@ -73,9 +73,8 @@ def _onnx_difference(model, graph: Path, batch: int = 3, length: int = 20) -> fl
 
 def load_variant(folder: str | Path, threads: int | None = None):
     """The exported model in the form its manifest names, ready to evaluate or time, and the manifest."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
     from frugalray.model.export import MANIFEST
+    from frugalray.model.loading import auto_class
 
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
@@ -84,8 +83,7 @@ def load_variant(folder: str | Path, threads: int | None = None):
         from frugalray.model.onnx import OnnxModel
 
         return OnnxModel(folder / VARIANT_FILES[variant], threads), manifest
-    auto = AutoModelForTokenClassification if manifest["head"] == "token" else AutoModelForSequenceClassification
-    model = auto.from_pretrained(folder).eval()
+    model = auto_class(manifest["head"]).from_pretrained(folder).eval()
     if variant == "int8":
         from frugalray.model.quantize import dynamic_int8
 

@@ -6,7 +6,9 @@
 A store needs attention when a trial file cannot be read or does not fit the schema (readers skip it, so
 its rows are missing and a sweep retrains them), when a killed writer left staging files behind, or when
 a configuration was trained more than once (successful rows of one config hash that are not alias rows:
-views use the latest, the others cost compute). Repair never deletes data: bad files keep their names
+views use the latest, the others cost compute). Two runs are expected and not counted: a configuration
+first trained without keeping its weights and trained again because a later stage needed them (a teacher),
+and an exported variant measured again (an evaluation, not a training). Repair never deletes data: bad files keep their names
 under ``quarantine/``; only staging files whose writer is gone (or that are older than an hour) are removed.
 
 >>> health = check_store(ResultsStore("results/"))    # doctest: +SKIP
@@ -32,8 +34,10 @@ STALE_AFTER_S = 3600
 _WRITER = re.compile(r"^(?P<host>.*)_(?P<pid>\d+)_[0-9a-f]{32}(\.tmp)?$")  # frugalray.results.files.staging_name()
 
 DUPLICATES_SQL = """
-SELECT config_hash, count(*) AS n FROM trials WHERE status = 'ok' AND reused_from IS NULL
-GROUP BY config_hash HAVING count(*) > 1 ORDER BY n DESC, config_hash
+SELECT config_hash, count(*) AS n FROM trials
+WHERE status = 'ok' AND reused_from IS NULL AND source_trial_id IS NULL
+GROUP BY config_hash HAVING count(model_path) > 1 OR (count(model_path) = 0 AND count(*) > 1)
+ORDER BY n DESC, config_hash
 """
 
 

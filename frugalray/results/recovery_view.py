@@ -28,7 +28,8 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
             for r in sorted((r for r in mine if tuple(r["kept_layers"]) == kept), key=lambda r: -(r["dev_f1"] or 0)):
                 out.append({
                     "task": task, "model": model, "kept_layers": list(kept), "n_kept_layers": len(kept),
-                    "recovery": recovery_label(r), "seeds": r["seeds"], **_stats(r), "degenerate": r["degenerate"],
+                    "recovery": recovery_label(r), "seeds": r["seeds"], "full_seeds": full and full["seeds"],
+                    **_stats(r), "degenerate": r["degenerate"],
                     "dev_f1": r["dev_f1"], "f1_vs_full": _ratio(r["f1"], full and full["f1"]),
                     "dev_f1_vs_full": _ratio(r["dev_f1"], full and full["dev_f1"]),
                     "train_seconds": r["train_seconds"], "compute_seconds": r["compute_seconds"],
@@ -40,20 +41,29 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
 
 def recommendation(rows: list[dict], target: float = TARGET) -> dict[tuple[str, str], str]:
     """Per (task, model) of recovery-view rows: the cheapest recovery that keeps ``target`` of the full
-    model's dev F1 (fewest layers, then least compute), or what comes closest when none does."""
+    model's dev F1 (fewest layers, then least compute), or what comes closest when none does. Only rows
+    measured over as many seeds as the full model compete: one lucky seed does not make a recommendation."""
     said = {}
     for key in sorted({(r["task"], r["model"]) for r in rows}):
-        mine = [r for r in rows if (r["task"], r["model"]) == key and r["dev_f1_vs_full"] is not None]
+        scored = [r for r in rows if (r["task"], r["model"]) == key and r["dev_f1_vs_full"] is not None]
+        mine = [r for r in scored if r["seeds"] >= (r.get("full_seeds") or 0)]
         if not mine:
+            if scored:
+                said[key] = (f"no recovery has been measured over the full model's {scored[0]['full_seeds']} seeds "
+                             f"yet (most: {max(r['seeds'] for r in scored)}); run the missing seeds to compare")
             continue
+        n = mine[0]["full_seeds"] or min(r["seeds"] for r in mine)
+        seeds = f"over {n} seed{'s' if n != 1 else ''}"
         good = [r for r in mine if r["dev_f1_vs_full"] >= target]
         if good:
             best = min(good, key=lambda r: (r["n_kept_layers"], r["compute_seconds"] or 0))
-            said[key] = (f"cheapest recovery keeping {target:.0%} of the full model's dev F1: {best['recovery']} on "
-                         f"layers {best['kept_layers']} (test F1 {best['f1']:.4f}, {best['f1_vs_full']:.1%} of the "
-                         f"full model's; compute {best['compute_vs_full']:.2f}x the full model's)")
+            said[key] = (f"cheapest recovery keeping {target:.0%} of the full model's dev F1 {seeds}: "
+                         f"{best['recovery']} on layers {best['kept_layers']} (test F1 {best['f1']:.4f}, "
+                         f"{best['f1_vs_full']:.1%} of the full model's; compute {best['compute_vs_full']:.2f}x "
+                         f"the full model's)")
         else:
             best = max(mine, key=lambda r: r["dev_f1_vs_full"])
-            said[key] = (f"no recovery keeps {target:.0%} of the full model's dev F1; closest: {best['recovery']} on "
-                         f"layers {best['kept_layers']} with {best['dev_f1_vs_full']:.1%} (test F1 {best['f1']:.4f})")
+            said[key] = (f"no recovery keeps {target:.0%} of the full model's dev F1 {seeds}; closest: "
+                         f"{best['recovery']} on layers {best['kept_layers']} with {best['dev_f1_vs_full']:.1%} "
+                         f"(test F1 {best['f1']:.4f})")
     return said

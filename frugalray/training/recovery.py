@@ -43,14 +43,22 @@ def teacher_config(config: TrialConfig) -> TrialConfig:
                        seed=config.seed, data_dir=config.data_dir)
 
 
+# what recorded_hash needs, of the successful trained rows of the student's seed (a store may hold thousands)
+TEACHER_SQL = """
+SELECT trial_id, config_hash, config_version, config_json, kept_layers, task_fingerprint, source_trial_id,
+       model_path, finished_at, train_seconds
+FROM trials WHERE status = 'ok' AND reused_from IS NULL AND source_trial_id IS NULL AND seed = $1
+"""
+
+
 def find_teacher(store, prepared, scratch: str | None = None) -> Teacher:
     """The teacher of a prepared trial, from the store: its row must be successful and have saved weights."""
     from frugalray.training.identity import recorded_hash
     from frugalray.training.trial import prepare_trial
 
     wanted = prepare_trial(teacher_config(prepared.config), prepared.task).config_hash
-    rows = [r for r in (store.table().to_pylist() if store is not None else [])
-            if r["status"] == "ok" and r["reused_from"] is None and recorded_hash(r) == wanted]
+    candidates = store.query(sql=TEACHER_SQL, params=[prepared.config.seed], require=False).to_pylist() if store else []
+    rows = [r for r in candidates if recorded_hash(r) == wanted]
     saved = sorted((r for r in rows if r["model_path"]), key=lambda r: r["finished_at"])
     if not saved:
         config = prepared.config

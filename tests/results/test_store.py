@@ -241,22 +241,41 @@ def _ok_hashes(store) -> set[str]:
 
 def test_store_metadata_merges_runs_by_name_and_later_reports_use_its_reference_pairs(tmp_path, capsys, caplog):
     import json
+    from concurrent.futures import ThreadPoolExecutor
 
     from frugalray import __version__
     from frugalray.cli import main
-    from frugalray.results.metadata import FILE, read_metadata, record_run, reference_tasks
+    from frugalray.results.metadata import FILE, read_metadata, record_run, reference_tasks, run_file
 
     store = ResultsStore(tmp_path)
     store.write_table(synthetic_table(synthetic_catalog(tasks=("demo_pos",), num_layers=6), seeds=2), "trials", "s.parquet")
     record_run(store, "sweeps", "quick", {"seeds": [0]}, reference_tasks={"demo_pos": "FTB_NER"})
     record_run(store, "sweeps", "other", {"seeds": [1]}, reference_tasks={})
     record_run(store, "sweeps", "quick", {"seeds": [0, 1]}, reference_tasks={"demo_pos": "FTB_POS"})  # re-run
-    metadata = json.loads((tmp_path / FILE).read_text())
-    assert sorted(metadata["sweeps"]) == ["other", "quick"] and metadata["frugalray_version"] == __version__
+    metadata = read_metadata(store)
+    assert sorted(metadata["sweeps"]) == ["other", "quick"]
     assert metadata["sweeps"]["quick"]["settings"] == {"seeds": [0, 1]}
     assert metadata["sweeps"]["quick"]["frugalray_version"] == __version__
+    assert json.loads((tmp_path / "runs" / "sweeps" / run_file("quick")).read_text())["name"] == "quick"
     assert reference_tasks(store) == {"demo_pos": "FTB_POS"}
     assert not list((tmp_path / ".staging").iterdir())  # written through the staging folder, then renamed
+
+    # many runs starting at once on one store: none loses another's entry
+    names = [f"sweep {i}/x" for i in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(lambda name: record_run(store, "searches", name, {"n": name}), names))
+    assert {name: entry["settings"]["n"] for name, entry in read_metadata(store)["searches"].items()} == {
+        name: name for name in names}
+
+    # a store of an earlier version kept every entry in one file: still read, a run file of the same name wins
+    (tmp_path / FILE).write_text(json.dumps({"frugalray_version": "0.1.0", "sweeps": {
+        "old": {"settings": {}, "reference_tasks": {"demo_ner": "FTB_NER"}, "updated_at": "2025-01-01T00:00:00"},
+        "quick": {"settings": {"seeds": [9]}, "reference_tasks": {}, "updated_at": "2025-01-01T00:00:00"}}}))
+    metadata = read_metadata(store)
+    assert sorted(metadata["sweeps"]) == ["old", "other", "quick"]
+    assert metadata["sweeps"]["quick"]["settings"] == {"seeds": [0, 1]}
+    assert reference_tasks(store) == {"demo_pos": "FTB_POS", "demo_ner": "FTB_NER"}
+    (tmp_path / FILE).unlink()
 
     # No --reference-task: the pairs the sweep recorded apply (the full model is the study's full model).
     assert main(["results", str(tmp_path), "--view", "baselines", "--format", "csv"]) == 0
@@ -265,5 +284,6 @@ def test_store_metadata_merges_runs_by_name_and_later_reports_use_its_reference_
                  "--reference-task", "demo_pos=WikiNER"]) == 0  # the command line adds to (and wins over) the store
     assert "WikiNER full, study: 12/12 layers" in capsys.readouterr().out
 
-    (tmp_path / FILE).write_text("{half")
-    assert read_metadata(store) == {} and "Ignoring" in caplog.text and FILE in caplog.text
+    (tmp_path / "runs" / "sweeps" / run_file("quick")).write_text("{half")
+    assert "quick" not in read_metadata(store)["sweeps"] and "Ignoring" in caplog.text
+    assert run_file("quick") in caplog.text and reference_tasks(store) == {}

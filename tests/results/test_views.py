@@ -179,10 +179,39 @@ def test_the_recovery_view_compares_every_recovery_and_counts_the_teachers_train
     assert got["finetuned+finetune"]["compute_seconds"] == pytest.approx(5.0 + 10.0 / 2)
     assert got["pretrained+finetune"]["compute_seconds"] == pytest.approx(5.0)
     [said] = recommendation(view.table.to_pylist()).values()
-    assert said.startswith("cheapest recovery keeping 99% of the full model's dev F1: finetuned+finetune on layers [0, 1]")
+    assert said.startswith("cheapest recovery keeping 99% of the full model's dev F1 over 1 seed: "
+                           "finetuned+finetune on layers [0, 1]")
     strategies = compute_view(rows, "strategies").table.to_pylist()
     assert {r["kept_layers"][0] for r in strategies} == {0}  # the students stay out of the study's curves
     assert len(strategies) == 2
+
+
+def test_the_recovery_recommendation_needs_the_full_models_seeds():
+    from frugalray.results.recovery_view import recommendation
+    from frugalray.results.schema import table
+
+    def row(trial, kept, f1, seed, init=None, recovery=None, **extra):
+        return {"trial_id": trial, "config_hash": trial, "status": "ok", "task": "ner", "model": "tiny",
+                "num_layers": 4, "strategy": "mask" if len(kept) < 4 else "full", "kept_layers": kept,
+                "n_kept_layers": len(kept), "lora": False, "learning_rate": 5e-5, "epochs": 3, "batch_size": 16,
+                "max_length": 128, "seed": seed, "f1": f1, "dev_f1": f1, "train_seconds": 5.0, "init": init,
+                "recovery": recovery, "teacher_trial_id": "full0" if init == "finetuned" else None,
+                "teacher_seconds": 10.0 if init == "finetuned" else None, **extra}
+
+    two_seeds = [row(f"full{s}", [0, 1, 2, 3], 0.80, s) for s in (0, 1)]
+    two_seeds += [row(f"pft{s}", [0, 1], 0.80, s, "finetuned", "finetune") for s in (0, 1)]
+    # one lucky seed on a single layer: fewer layers, but not measured like the full model
+    lucky = [row("lucky0", [0], 0.81, 0, "finetuned", "partial", partial_layers=1)]
+    view = compute_view(table(two_seeds + lucky), "recovery").table.to_pylist()
+    assert {r["recovery"]: r["seeds"] for r in view} == {"finetuned+finetune": 2, "finetuned+partial(k=1)": 1}
+    [said] = recommendation(view).values()
+    assert said.startswith("cheapest recovery keeping 99% of the full model's dev F1 over 2 seeds: "
+                           "finetuned+finetune on layers [0, 1]")
+    # with the two-seed student gone, nothing qualifies and the recommendation says why
+    view = compute_view(table(two_seeds[:2] + lucky), "recovery").table.to_pylist()
+    [said] = recommendation(view).values()
+    assert said == ("no recovery has been measured over the full model's 2 seeds yet (most: 1); "
+                    "run the missing seeds to compare")
 
 
 def test_study_rows_pair_at_the_same_fraction_of_layers_never_by_n_alone(tmp_path):

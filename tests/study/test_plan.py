@@ -247,7 +247,7 @@ def test_a_full_model_trained_without_its_weights_trains_again_for_the_recover_s
 
 
 def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):
-    from frugalray.model.importance import block_scores
+    from frugalray.model.importance import block_scores, importance_scores, proxy_scores
     from frugalray.study.strategies import lowest_block
 
     plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies"), drop_block=(2,)),
@@ -256,3 +256,7 @@ def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_mode
     [row] = [r for r in _rows(plan.store) if r["strategy"] == "drop_block"]
     start = lowest_block(block_scores("demo_pos", tiny_model), 2)
     assert row["kept_layers"] == [k for k in range(4) if not start <= k < start + 2]
+    # `frugalray importance` computes both proxies from one load of the model: the same numbers
+    layers, blocks = importance_scores("demo_pos", tiny_model)
+    assert layers == pytest.approx(proxy_scores("demo_pos", tiny_model))
+    assert [list(b) for b in blocks] == [pytest.approx(list(b)) for b in block_scores("demo_pos", tiny_model)]
