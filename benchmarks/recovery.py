@@ -101,10 +101,13 @@ def main(argv: list[str] | None = None) -> None:
             for temperature, alpha, beta in grid:
                 recovery = RecoverySettings(init=init, method="distill", temperature=temperature, alpha=alpha, beta=beta)
                 run(trial(seed, layers=sets["first"], recovery=recovery), store, done)
-    combos = [(method, init, False) for method in ("finetune", "distill", "partial") for init in ("finetuned", "pretrained")]
+    # the study's recovery and the strongest lead first, then distillation, LoRA, partial: a run cut short
+    # still has the main comparison at both layer sets
+    combos = [(method, init, False) for method in ("finetune", "distill") for init in ("finetuned", "pretrained")]
     combos += [("finetune", init, True) for init in ("pretrained", "finetuned")]  # LoRA
-    for kept in dict.fromkeys(sets.values()):  # each layer set, each recovery over every seed before the next
-        for method, init, lora in combos:
+    combos += [("partial", init, False) for init in ("finetuned", "pretrained")]
+    for method, init, lora in combos:  # each recovery at each layer set over every seed before the next
+        for kept in dict.fromkeys(sets.values()):
             for seed in seeds:
                 recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
                                             **(_best_kd(store, init, grid, kd_seeds) if method == "distill" else {}))

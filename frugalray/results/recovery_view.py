@@ -11,7 +11,8 @@ computed. Choices are made on dev F1 and reported on test F1.
 
 from __future__ import annotations
 
-from frugalray.results.views import _at_base, _full, _ratio, _stats, recovery_label, study_recovery, view
+from frugalray.results.views import (_at_base, _base_settings, _full, _ratio, _stats, recovery_label,
+                                     study_recovery, view)
 
 TARGET = 0.99  # the share of the full model's quality a recovery must keep
 
@@ -37,6 +38,13 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
                     "latency_ms": r["latency_ms"],
                 })
     return out
+
+
+def students(rows: list[dict]) -> list[dict]:
+    """Aggregated rows that recovered otherwise than the study did, without LoRA, at their task's base settings:
+    the recovery families the report's quality-vs-cost plots draw beside the strategies."""
+    base = _base_settings(rows)
+    return [r for r in rows if not r["lora"] and not study_recovery(r) and _at_base(r, base, any_recovery=True)]
 
 
 def recommendation(rows: list[dict], target: float = TARGET) -> dict[tuple[str, str], str]:

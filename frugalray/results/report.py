@@ -25,7 +25,7 @@ PosixPath('report/index.html')
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -38,7 +38,7 @@ from frugalray.results.report_figures import FAMILIES, family, pareto_front  # n
 from frugalray.results.report_page import Block, Figures, Section, anchor, atomic_write, page_html, table_html
 from frugalray.results.store import ResultsStore
 from frugalray.results.grid import read_grid
-from frugalray.results.recovery_view import recommendation
+from frugalray.results.recovery_view import recommendation, students
 from frugalray.results.views import View, aggregate, at_base, compute_view
 from frugalray.study.strategies import STRATEGIES
 
@@ -61,6 +61,7 @@ class TaskData:
     figures: Figures
     grid: list[dict]  # the store's isolated latency measurements (frugalray bench-latency --results)
     advice: str | None = None  # the recovery to recommend, if students were trained
+    students: list[dict] = field(default_factory=list)  # aggregated rows of the other recoveries, no LoRA
 
     def figure(self, figure, name: str, caption: str) -> str:
         return "" if figure is None else self.figures.html(figure, f"{self.key}-{name}", f"{self.task}: {caption}")
@@ -120,8 +121,10 @@ def cost_block(data: TaskData) -> Block | None:
 
     shown = latency_axis(data.rows, data.grid)[1]
     return _view_block(data, "pareto", "Quality against cost; best strategy per layer budget (table 4.4)", "budget",
-                       plots.quality_vs_cost(data.rows, data.grid),
-                       f"test F1 against kept layers and against {shown}; the red line is the Pareto front")
+                       plots.quality_vs_cost(data.rows, data.grid, data.students),
+                       f"test F1 against kept layers and against {shown}; the red line is the Pareto front"
+                       + ("; triangles: pruned models that recovered otherwise than the study (the recovery "
+                          "table)" if data.students else ""))
 
 
 def payoff_block(data: TaskData) -> Block | None:
@@ -195,6 +198,7 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
     figures = Figures(out / "figures", embed)
     trained = [r for r in aggregated.to_pylist() if r["variant"] == "fp32"]  # int8/ONNX forms: the payoff table
     strategies = at_base(trained, reference)
+    others = students(trained)
     grid = read_grid(store)
     advice = recommendation(views["recovery"].table.to_pylist()) if views["recovery"].table.num_columns else {}
     lora = views["lora"].table.to_pylist() if views["lora"].table.num_columns else []
@@ -203,7 +207,7 @@ def write_report(store: ResultsStore, out: str | os.PathLike, *, reference: list
         mine = {name: _rows_of(view.table, task, model) for name, view in views.items()}
         data = TaskData(task, model, anchor(task, model), [r for r in strategies if (r["task"], r["model"]) == (task, model)],
                         [r for r in lora if (r["task"], r["model"]) == (task, model)], mine, figures, grid,
-                        advice.get((task, model)))
+                        advice.get((task, model)), [r for r in others if (r["task"], r["model"]) == (task, model)])
         blocks, missing = [], []
         for absent, make in TASK_BLOCKS:
             block = make(data)

@@ -15,12 +15,19 @@ Every figure follows the same rules, so that it can be trusted at first read:
 
 from __future__ import annotations
 
+from frugalray.results.views import study_recovery
 from frugalray.study.strategies import STRATEGIES
 
 # One colour per strategy family (``Strategy.family``), the same in every figure.
 FAMILIES = {
     "full model": "#000000", "single layer": "#7f7f7f", "first / last": "#1f77b4", "best / drop_worst": "#2ca02c",
     "symmetric": "#ff7f0e", "alternate": "#9467bd", "importance proxy": "#8c564b", "searched mask": "#d62728",
+}
+# One colour per way a pruned model recovered other than the study's (init + method, the recovery view's
+# students), drawn as triangles beside the strategy families on the quality-vs-cost plots.
+RECOVERY_FAMILIES = {
+    ("finetuned", "finetune"): "#e377c2", ("finetuned", "distill"): "#bcbd22", ("finetuned", "partial"): "#393b79",
+    ("pretrained", "distill"): "#17a589", ("pretrained", "partial"): "#ff9896",
 }
 STUDY_STYLE = dict(marker="D", facecolors="white", edgecolors="#444444", linewidths=1.5, s=40, zorder=4)
 STUDY_LABEL = "reference study, same fraction of layers"
@@ -31,6 +38,16 @@ def family(strategy: str) -> tuple[str, str]:
     """(family name, colour) of a strategy."""
     name = STRATEGIES.get(strategy).family if strategy in STRATEGIES else "other"
     return name, FAMILIES.get(name, "#17becf")
+
+
+def point_family(row: dict) -> tuple[str, str, str]:
+    """(family name, colour, marker) of a row on the quality-vs-cost plots: its strategy's family when it
+    recovered as the study did, else how it recovered (``fine-tuned start + distill``)."""
+    if study_recovery(row):
+        return (*family(row["strategy"]), "o")
+    init, method = row.get("init") or "pretrained", row.get("recovery") or "finetune"
+    return f"{'fine-tuned' if init == 'finetuned' else 'pretrained'} start + {method}", \
+        RECOVERY_FAMILIES.get((init, method), "#17becf"), "^"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -168,11 +185,13 @@ def strategy_curves(rows: list[dict], names: tuple[str, ...], title: str):
     return figure
 
 
-def quality_vs_cost(rows: list[dict], grid: list[dict] | None = None):
-    """Test F1 against kept layers and against latency, with the Pareto front; None without pruned rows.
-    The latency is the store's isolated grid when it covers every row, else the trials' own (the label says)."""
+def quality_vs_cost(rows: list[dict], grid: list[dict] | None = None, students: list[dict] | None = None):
+    """Test F1 against kept layers and against latency, with the Pareto front over every point; None without
+    pruned rows. ``students`` (rows of other recoveries) are drawn as families of their own. The latency is the
+    store's isolated grid when it covers every row, else the trials' own (the label says)."""
     from frugalray.results.grid import latency_axis
 
+    rows = [*rows, *(students or [])]
     if not any(r["strategy"] != "full" for r in rows):
         return None
     figure, axes = _figure(height=3.6, rows=2)
@@ -180,10 +199,13 @@ def quality_vs_cost(rows: list[dict], grid: list[dict] | None = None):
     labels = [layers_label(rows), latency_text]
     for axis, values in zip(axes, ([r["n_kept_layers"] for r in rows], latencies)):
         points = [(x, r) for x, r in zip(values, rows) if x is not None]
-        for name in dict.fromkeys(family(r["strategy"])[0] for _, r in points):
-            mine = [(x, r) for x, r in points if family(r["strategy"])[0] == name]
-            axis.scatter([x for x, _ in mine], [r["f1"] for _, r in mine], color=family(mine[0][1]["strategy"])[1],
-                         s=22, alpha=0.8, label=name, zorder=3)
+        families: dict[str, tuple[str, str, list]] = {}
+        for x, r in points:
+            name, colour, marker = point_family(r)
+            families.setdefault(name, (colour, marker, []))[2].append((x, r["f1"]))
+        for name, (colour, marker, mine) in families.items():
+            axis.scatter(*zip(*mine), color=colour, marker=marker, s=22 if marker == "o" else 30, alpha=0.8,
+                         label=name, zorder=3)
         front = pareto_front([(x, r["f1"]) for x, r in points])
         if front:
             axis.step(*zip(*front), where="post", color="#d62728", linewidth=1.2, label="Pareto front", zorder=2)

@@ -129,3 +129,45 @@ def test_latency_axis_says_what_the_rows_measured():
     figure = plots.quality_vs_cost(rows)
     assert [axis.get_xlabel() for axis in figure.axes] == ["kept layers (of 4)",
                                                             "latency in a sweep (ms per batch of 16 x 64 tokens)"]
+
+
+def test_the_pareto_plots_draw_each_recovery_family_and_the_front_counts_its_students(tmp_path):
+    from frugalray.results.recovery_view import students
+
+    catalog = synthetic_catalog(tasks=("ner",))
+    first2 = next(r for r in catalog if r["strategy"] == "first" and r["strategy_n"] == 2)
+    # students of the first two layers: pruned after fine-tuning (better than the study's first_2), distilled
+    catalog += [first2 | {"strategy": "mask", "strategy_n": None, "init": "finetuned", "recovery": "finetune",
+                          "f1": 0.86, "dev_f1": 0.86},
+                first2 | {"strategy": "mask", "strategy_n": None, "init": "pretrained", "recovery": "distill",
+                          "distill_temperature": 2.0, "distill_alpha": 0.5, "distill_beta": 0.0, "f1": 0.6,
+                          "dev_f1": 0.6},
+                first2 | {"strategy": "mask", "strategy_n": None, "init": "finetuned", "recovery": "finetune",
+                          "lora": True, "learning_rate": 5e-4, "f1": 0.9, "dev_f1": 0.9}]  # LoRA: its own figure
+    columns = dict.fromkeys(k for r in catalog for k in r)
+    catalog = [columns | r for r in catalog]
+    store = ResultsStore(tmp_path / "results")
+    store.write_table(synthetic_table(catalog, seeds=2), "trials", "s.parquet")
+    aggregated = aggregate(store).to_pylist()
+    others = students(aggregated)
+    assert sorted((r["init"], r["recovery"]) for r in others) == [("finetuned", "finetune"), ("pretrained", "distill")]
+    rows = at_base(aggregated, [])
+    assert all(r.get("init") in (None, "pretrained") and r.get("recovery") in (None, "finetune") for r in rows)
+
+    figure = plots.quality_vs_cost(rows, [], others)
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert "fine-tuned start + finetune" in labels and "pretrained start + distill" in labels
+    assert "first / last" in labels and "Pareto front" in labels
+    for axis in figure.axes:
+        [front] = [line for line in axis.get_lines() if line.get_label() == "Pareto front"]
+        assert 0.86 == pytest.approx(max(y for x, y in front.get_xydata() if x == (2 if axis is figure.axes[0] else 3)))
+    # the study's curves alone: no student on the plot, a lower front at 2 layers
+    alone = plots.quality_vs_cost(rows, [])
+    assert not any("start +" in t.get_text() for t in alone.legends[0].get_texts())
+    [front] = [line for line in alone.axes[0].get_lines() if line.get_label() == "Pareto front"]
+    assert max(y for x, y in front.get_xydata() if x == 2) < 0.86
+
+    html = write_report(store, tmp_path / "report").read_text()
+    assert "triangles: pruned models that recovered otherwise than the study" in html
+    assert set(plots.RECOVERY_FAMILIES.values()).isdisjoint(FAMILIES.values())
+    assert len(set(plots.RECOVERY_FAMILIES.values())) == len(plots.RECOVERY_FAMILIES)
