@@ -11,6 +11,10 @@ on dev F1 over a small grid of temperature, label weight and hidden-state loss (
 ``--kd-seeds``), and the best setting on dev is the one reported. Every trial is an ordinary frugalray trial in ``--results``: an
 interrupted run resumes, and ``frugalray results DIR --view recovery`` shows the same rows.
 
+A student that starts from the fine-tuned full model has, in all, trained twice as many epochs as the full
+model. The control (``--no-control`` skips it) trains the full model for as many epochs in total, so that
+"pruned after fine-tuning" is not mistaken for "trained longer".
+
 Prints per layer set and recovery: test F1 mean ± 95% CI over seeds, its share of the full model's, and
 total compute — the trial's own training plus, for students of the fine-tuned full model, the teacher's
 training split over the students that share it (and the teacher logits they computed).
@@ -19,6 +23,7 @@ training split over the students that share it (and the teacher logits they comp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -28,6 +33,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from frugalray import ResultsStore  # noqa: E402
 from frugalray.config import LoraSettings, RecoverySettings, TrainingSettings, TrialConfig  # noqa: E402
+from frugalray.results.aggregate import aggregate  # noqa: E402
 from frugalray.results.recovery_view import recommendation  # noqa: E402
 from frugalray.results.views import compute_view  # noqa: E402
 from frugalray.study.scores import scores_from_rows  # noqa: E402
@@ -35,6 +41,7 @@ from frugalray.study.strategies import kept_layers  # noqa: E402
 from frugalray.training.identity import recorded_hash  # noqa: E402
 from frugalray.training.trial import execute_trial, layer_count, prepare_trial  # noqa: E402
 
+CONTROL = "recovery-benchmark-control"  # the sweep name of the control rows, outside the recovery view
 # (temperature, alpha, beta): the distillation settings tried on dev before the comparison
 KD_GRID = [(2.0, 0.5, 0.0), (4.0, 0.5, 0.0), (2.0, 0.2, 0.0), (2.0, 0.8, 0.0), (2.0, 0.5, 1.0)]
 
@@ -64,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partial-layers", type=int, default=1, help="partial: the last k kept layers train")
     parser.add_argument("--kd-grid", default="all", help="'all', 'none' (T=2, alpha=0.5, beta=0) or indices 0,2")
     parser.add_argument("--kd-seeds", help="seeds the distillation grid is tuned on (default: the first seed)")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the control: the full model trained for twice the epochs")
     parser.add_argument("--results", default="results/recovery")
     parser.add_argument("--report", action="store_true", help="print the table from --results, training nothing")
     args = parser.parse_args(argv)
@@ -112,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
                 recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
                                             **(_best_kd(store, init, grid, kd_seeds) if method == "distill" else {}))
                 run(trial(seed, layers=kept, recovery=recovery, lora=LoraSettings() if lora else None), store, done)
+    if not args.no_control:  # as many epochs as a student of the fine-tuned full model has seen in all
+        longer = dataclasses.replace(training, epochs=2 * args.epochs)
+        for seed in seeds:
+            run(TrialConfig(task=args.task, model=args.model, strategy="full", training=longer, seed=seed,
+                            sweep=CONTROL), store, done)
     report(store, args.task)
 
 
@@ -144,6 +158,11 @@ def report(store: ResultsStore, task: str) -> None:
     for r in rows:
         print(f"| {','.join(map(str, r['kept_layers']))} | {r['recovery']} | {r['seeds']} | {_ci(r)} | "
               f"{r['f1_vs_full']:.1%} | {r['dev_f1']:.4f} | {r['compute_seconds']:.0f} | {r['compute_vs_full']:.2f}x |")
+    control = [r for r in aggregate(store, [f"task={name}", f"sweep={CONTROL}"]).to_pylist() if not r["lora"]]
+    for r in control:
+        print(f"\ncontrol, the full model trained {r['epochs']} epochs (as long as a student of the fine-tuned full "
+              f"model in all): test F1 {_ci(r)} over {r['seeds']} seeds, dev F1 {r['dev_f1']:.4f}, training "
+              f"{r['train_seconds']:.0f} s")
     for said in recommendation(rows).values():
         print(f"\n{said}")
 

@@ -48,6 +48,13 @@ CURVE_COLUMNS = ("strategy", "kept_layers", "seeds", "f1", "f1_std", "f1_ci_low"
                  "degenerate", "latency_ms", "study_f1", "study_row")
 
 
+# Why a student of the fine-tuned full model can beat it: it has been trained for the teacher's epochs and then
+# its own, so the fair comparison is a full model trained as long (benchmarks/recovery.py runs that control).
+FINETUNED_START_NOTE = ("A student of the fine-tuned full model has trained for the full model's epochs and then its "
+                        "own: where it beats the full model, compare it with a full model trained as many epochs "
+                        "in all before crediting the pruning.")
+
+
 @dataclass
 class TaskData:
     """What the blocks of one (task, model) section draw from."""
@@ -135,6 +142,8 @@ def recovery_block(data: TaskData) -> Block | None:
     block = _view_block(data, "recovery", "Recovery beyond drop-and-fine-tune", "recovery")
     if block is not None and data.advice:
         block.notes = [*block.notes, f"Recommended: {data.advice}."]
+    if block is not None and any(r.get("init") == "finetuned" for r in data.students):
+        block.notes = [*block.notes, FINETUNED_START_NOTE]
     return block
 
 

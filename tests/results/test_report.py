@@ -169,5 +169,6 @@ def test_the_pareto_plots_draw_each_recovery_family_and_the_front_counts_its_stu
 
     html = write_report(store, tmp_path / "report").read_text()
     assert "triangles: pruned models that recovered otherwise than the study" in html
+    assert "compare it with a full model trained as many epochs in all" in html  # students of the fine-tuned model
     assert set(plots.RECOVERY_FAMILIES.values()).isdisjoint(FAMILIES.values())
     assert len(set(plots.RECOVERY_FAMILIES.values())) == len(plots.RECOVERY_FAMILIES)
