@@ -87,8 +87,10 @@ def open_study(config: SearchConfig, store: ResultsStore):
     except Exception as error:
         raise FrugalrayError(f"Optuna storage {url!r} cannot be opened or written: {error}") from None
     columns, directions = OBJECTIVES[config.objective]
+    from frugalray.study._samplers import NSGAIISampler
+
     sampler = (optuna.samplers.TPESampler(seed=config.sampler_seed) if len(columns) == 1
-               else optuna.samplers.NSGAIISampler(seed=config.sampler_seed))
+               else NSGAIISampler(seed=config.sampler_seed))
     study = optuna.create_study(study_name=config.name, storage=storage, directions=list(directions),
                                 sampler=sampler, load_if_exists=True)
     attributes = study_attributes(config)

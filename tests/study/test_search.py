@@ -181,3 +181,24 @@ def test_fronts_are_typed_like_the_trials_whatever_wrote_them(tmp_path):
     assert new.schema.field("n_kept_layers").type == pa.int32() and new.column("n_kept_layers").to_pylist() == [2]
     assert new.schema.field("kept_layers").type == old.schema.field("kept_layers").type == pa.list_(pa.int32())
     assert old.column_names == ["search", "objective", "kept_layers", "dev_f1", "latency_ms", "optuna_trial"]
+
+
+def test_the_multi_objective_sampler_pickles_as_tune_pickles_its_searcher():
+    import pickle
+    import threading
+
+    import optuna
+
+    from frugalray.study._samplers import NSGAIISampler
+
+    def objectives(trial):
+        return trial.suggest_float("a", 0, 1), trial.suggest_float("b", 0, 1)
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=NSGAIISampler(seed=3))
+    study.optimize(objectives, n_trials=4)
+    copy = pickle.loads(pickle.dumps(study))  # Tune writes the searcher (and with it the study) at start
+    locks = [v for v in vars(copy.sampler).values() if isinstance(v, type(threading.Lock()))]
+    assert all(not lock.locked() for lock in locks)
+    assert len(locks) == len([v for v in vars(study.sampler).values() if isinstance(v, type(threading.Lock()))])
+    copy.optimize(objectives, n_trials=2)  # the loaded copy samples on
+    assert len(copy.trials) == 6 and len(study.trials) == 4
