@@ -87,9 +87,10 @@ def main(argv: list[str] | None = None) -> None:
     count = layer_count(args.model)
     half = count // 2
 
-    def trial(seed: int, strategy: str = "mask", **values) -> TrialConfig:
-        return TrialConfig(task=args.task, model=args.model, strategy=strategy, training=training, seed=seed,
-                           sweep="recovery-benchmark", **values)
+    def trial(seed: int, strategy: str = "mask", settings: TrainingSettings = training,
+              sweep: str = "recovery-benchmark", **values) -> TrialConfig:
+        return TrialConfig(task=args.task, model=args.model, strategy=strategy, training=settings, seed=seed,
+                           sweep=sweep, **values)
 
     print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; {args.epochs} epochs", flush=True)
     kd_seeds = [int(s) for s in args.kd_seeds.split(",")] if args.kd_seeds else seeds[:1]
@@ -124,8 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_control:  # as many epochs as a student of the fine-tuned full model has seen in all
         longer = dataclasses.replace(training, epochs=2 * args.epochs)
         for seed in seeds:
-            run(TrialConfig(task=args.task, model=args.model, strategy="full", training=longer, seed=seed,
-                            sweep=CONTROL), store, done)
+            run(trial(seed, "full", settings=longer, sweep=CONTROL), store, done)
     report(store, args.task)
 
 

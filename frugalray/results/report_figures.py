@@ -15,7 +15,7 @@ Every figure follows the same rules, so that it can be trusted at first read:
 
 from __future__ import annotations
 
-from frugalray.results.views import study_recovery
+from frugalray.results.views import recovery_of, study_recovery
 from frugalray.study.strategies import STRATEGIES
 
 # One colour per strategy family (``Strategy.family``), the same in every figure.
@@ -45,7 +45,7 @@ def point_family(row: dict) -> tuple[str, str, str]:
     recovered as the study did, else how it recovered (``fine-tuned start + distill``)."""
     if study_recovery(row):
         return (*family(row["strategy"]), "o")
-    init, method = row.get("init") or "pretrained", row.get("recovery") or "finetune"
+    init, method = recovery_of(row)
     return f"{'fine-tuned' if init == 'finetuned' else 'pretrained'} start + {method}", \
         RECOVERY_FAMILIES.get((init, method), "#17becf"), "^"
 

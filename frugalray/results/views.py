@@ -94,9 +94,14 @@ def study_recovery(row: dict) -> bool:
     return row.get("init") in (None, "pretrained") and row.get("recovery") in (None, "finetune")
 
 
+def recovery_of(row: dict) -> tuple[str, str]:
+    """(init, method) of a row; rows written before recovery settings existed recovered as the study did."""
+    return row.get("init") or "pretrained", row.get("recovery") or "finetune"
+
+
 def recovery_label(row: dict) -> str:
     """``finetuned+distill(T=2,a=0.5,b=0)``, ``pretrained+finetune+lora``, ``finetuned+partial(k=1)``."""
-    init, method = row.get("init") or "pretrained", row.get("recovery") or "finetune"
+    init, method = recovery_of(row)
     if method == "distill":
         method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g})"
     elif method == "partial":

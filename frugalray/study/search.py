@@ -81,14 +81,14 @@ def open_study(config: SearchConfig, store: ResultsStore):
     import optuna
     from optuna.trial import TrialState
 
+    from frugalray.study._samplers import NSGAIISampler
+
     url = config.storage or _default_storage(store)
     try:
         storage = optuna.storages.RDBStorage(url)
     except Exception as error:
         raise FrugalrayError(f"Optuna storage {url!r} cannot be opened or written: {error}") from None
     columns, directions = OBJECTIVES[config.objective]
-    from frugalray.study._samplers import NSGAIISampler
-
     sampler = (optuna.samplers.TPESampler(seed=config.sampler_seed) if len(columns) == 1
                else NSGAIISampler(seed=config.sampler_seed))
     study = optuna.create_study(study_name=config.name, storage=storage, directions=list(directions),
