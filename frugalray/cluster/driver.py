@@ -27,7 +27,7 @@ from frugalray.config import TrialConfig
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.study.planned import DONE, Planned
-from frugalray.training.identity import lacks_weights
+from frugalray.training.identity import lacks_weights, trial_id
 from frugalray.training.trial import base_row, execute_trial
 
 DEFAULT_RUNNER = "frugalray.training.trial:run_trial"
@@ -148,11 +148,11 @@ class PlannerSearcher(Searcher):
             return
         if error or not result or "row_json" not in result:
             # the worker or node died more often than max_failures allows: record it, keep going
+            now = datetime.now(timezone.utc)
             lost = TrialResult.from_row(base_row(planned.config, None) | {
                 "config_hash": planned.config_hash, "status": "failed",
                 "error": "trial process died (worker or node lost) more often than max_failures allows",
-                "trial_id": f"{planned.config_hash}-lost-{int(time.time())}",
-                "finished_at": datetime.now(timezone.utc),
+                "trial_id": trial_id(planned.config_hash, now, "lost"), "finished_at": now,
             })
             ResultsStore(self.extra["results"]).append(lost)
             self.planner.finish(planned, lost)

@@ -54,6 +54,11 @@ class TrainingSettings(Settings):
     )
     fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (a speed choice)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (a speed choice)."})
+    eval_every_steps: int = field(
+        default=0, metadata={"help": "Evaluate dev F1 every this many optimizer steps during training (0: only at the "
+                                     "end); the row keeps the curve, and an early-stopping search stops on it "
+                                     "(recording only: training is the same)."}
+    )
     energy: bool = field(
         default=True, metadata={"help": "Record the energy (kWh) and CO2-eq of training and evaluation with "
                                         "codecarbon's offline tracker (recording only)."}
@@ -66,7 +71,7 @@ class TrainingSettings(Settings):
     # Fields that change what is recorded or how fast evaluation runs, never what a trial learns: left out of the
     # configuration hash. Speed choices of training (padding, fused AdamW, compile, dtype) change the arithmetic
     # and stay in it.
-    RECORD_ONLY = ("eval_batch_size", "energy", "energy_country")
+    RECORD_ONLY = ("eval_batch_size", "eval_every_steps", "energy", "energy_country")
 
     def check(self) -> None:
         checks = {
@@ -76,7 +81,7 @@ class TrainingSettings(Settings):
             "warmup_ratio": 0 <= self.warmup_ratio < 1, "weight_decay": self.weight_decay >= 0,
             "max_grad_norm": self.max_grad_norm >= 0, "adam_beta1": 0 <= self.adam_beta1 < 1,
             "adam_beta2": 0 <= self.adam_beta2 < 1, "adam_epsilon": self.adam_epsilon > 0,
-            "length_grouping": self.length_grouping >= 0,
+            "length_grouping": self.length_grouping >= 0, "eval_every_steps": self.eval_every_steps >= 0,
             "pad_to_multiple_of": self.pad_to_multiple_of is None or self.pad_to_multiple_of >= 1,
         }
         for name, ok in checks.items():

@@ -34,7 +34,8 @@ class TrialResult:
     # -- identity and outcome
     trial_id: str | None = column(_STRING, "config hash + start time; unique")
     config_hash: str | None = column(_STRING, "hash of everything that changes the result")
-    status: str | None = column(_STRING, "ok or failed")
+    status: str | None = column(_STRING, "ok, failed, or stopped: an early-stopping search stopped its training "
+                                         "at train_steps (dev F1 at that step, no test metrics; never a final result)")
     error: str | None = column(_STRING, "why a failed trial failed")
     reused_from: str | None = column(_STRING, "trial_id whose training this row reports (same layer set)")
     sweep: str | None = column(_STRING, "sweep label")
@@ -100,6 +101,11 @@ class TrialResult:
     dev_degenerate: bool | None = column(_BOOL)
     # -- cost
     train_seconds: float | None = column(_FLOAT, "training steps only")
+    train_steps: int | None = column(_INT64, "optimizer steps trained (fewer than planned_steps when stopped early)")
+    planned_steps: int | None = column(_INT64, "optimizer steps of the whole training: epochs x batches per epoch")
+    checkpoint_steps: list[int] | None = column(pa.list_(_INT32), "steps at which dev was scored during training "
+                                                                 "(training.eval_every_steps)")
+    checkpoint_dev_f1: list[float] | None = column(pa.list_(_FLOAT), "dev F1 at those steps (the final one is dev_f1)")
     seconds_per_epoch: float | None = column(_FLOAT)
     eval_seconds: float | None = column(_FLOAT)
     total_seconds: float | None = column(_FLOAT)

@@ -26,7 +26,7 @@ from frugalray.data.readers import Example
 from frugalray.data.metrics import METRICS
 from frugalray.config import TrainingSettings
 
-__all__ = ["TrainingSettings", "TrainStats", "train", "predict", "evaluate", "measure_latency"]
+__all__ = ["TrainingSettings", "TrainStats", "train", "planned_steps", "predict", "evaluate", "measure_latency"]
 
 # One loss per step is kept; checking them for NaN every few steps costs one host sync per check.
 DIVERGENCE_CHECK_EVERY = 16
@@ -56,6 +56,10 @@ class TrainStats:
     train_tokens: int  # non-padding tokens seen, all epochs
     padded_tokens: int  # tokens the model computed on, padding included
     step_losses: list[float] = field(repr=False)
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_losses)
 
 
 Objective = Callable[[torch.nn.Module, dict, list[int]], torch.Tensor]
@@ -100,6 +104,11 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingSettings,
     return get_scheduler(settings.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
+def planned_steps(examples: int, settings: TrainingSettings) -> int:
+    """Optimizer steps of a whole training: epochs x batches per epoch."""
+    return -(-examples // settings.batch_size) * settings.epochs
+
+
 def epoch_batches(lengths: list[int], settings: TrainingSettings, seed: int, epoch: int) -> list[list[int]]:
     """This epoch's batches of example indices: uniform shuffling, or length-grouped when asked."""
     return length_grouped_batches(lengths, settings.batch_size, seed * 1000 + epoch,
@@ -108,18 +117,21 @@ def epoch_batches(lengths: list[int], settings: TrainingSettings, seed: int, epo
 
 def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate: float, pad_id: int,
           device: torch.device, seed: int, *, objective: Objective = model_loss,
-          batches: Callable[[int], list[list[int]]] | None = None) -> TrainStats:
+          batches: Callable[[int], list[list[int]]] | None = None,
+          checkpoint: Callable[[int, float], None] | None = None, checkpoint_every: int = 0) -> TrainStats:
     """Fine-tune ``model`` on ``data`` in place; training seconds exclude everything but the steps.
 
     ``objective(model, batch, indices)`` gives the loss (the model's own by default; distillation passes
     its own). ``batches(epoch)`` replaces the shuffling, e.g. to replay another trainer's batch order.
-    A loss that turns NaN or infinite stops training with a FrugalrayError naming the step.
+    With ``checkpoint_every``, ``checkpoint(step)`` is called after every that many optimizer steps but the last, with the
+    training seconds so far (e.g. to evaluate dev); its time is not training time, and it must leave the model as it found it (train mode
+    included). A loss that turns NaN or infinite stops training with a FrugalrayError naming the step.
     """
     optimizer = make_optimizer(model, settings, learning_rate)
     lengths = [len(item) for item in data]
     plan = batches or (lambda epoch: epoch_batches(lengths, settings, seed, epoch))
-    steps_per_epoch = -(-len(data) // settings.batch_size)
-    scheduler = make_scheduler(optimizer, settings, steps_per_epoch * settings.epochs)
+    total_steps = planned_steps(len(data), settings)
+    scheduler = make_scheduler(optimizer, settings, total_steps)
     amp = autocast_dtype(settings.dtype, device)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     step_model = torch.compile(model) if settings.compile else model
@@ -144,6 +156,12 @@ def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate:
             losses.append(loss.detach())
             if len(losses) % DIVERGENCE_CHECK_EVERY == 0:
                 _check_finite(losses, len(losses) - DIVERGENCE_CHECK_EVERY)
+            if checkpoint_every and len(losses) % checkpoint_every == 0 and len(losses) < total_steps:
+                _check_finite(losses, 0)  # a diverged model is never scored
+                _sync(device)
+                paused = time.perf_counter()
+                checkpoint(len(losses), sum(epoch_seconds) + paused - start)
+                start += time.perf_counter() - paused
         _check_finite(losses, 0)
         _sync(device)
         epoch_seconds.append(time.perf_counter() - start)

@@ -26,7 +26,7 @@ from frugalray.results.store import ResultsStore
 from frugalray.study.strategies import kept_layers
 from frugalray.training.energy import measured_energy
 from frugalray.training.environment import check_device, device_name, environment, others_running, running
-from frugalray.training.identity import CONFIG_VERSION, config_hash, fallback_hash
+from frugalray.training.identity import CONFIG_VERSION, config_hash, fallback_hash, trial_id
 
 __all__ = ["PreparedTrial", "TrialConfig", "execute_trial", "layer_count", "prepare_trial", "run_trial"]
 
@@ -60,14 +60,16 @@ def prepare_trial(config: TrialConfig, task: TaskData | None = None) -> Prepared
 
 
 def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None,
-              save_to: str | None = None, alone: bool = False, teacher=None) -> dict:
+              save_to: str | None = None, alone: bool = False, teacher=None, report=None) -> dict:
     """Train and evaluate one prepared trial; returns its result row (raises on failure).
 
     With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.model.export``).
     ``alone``: the caller runs nothing else (``frugalray trial``); the latency is labelled isolated when, in
     addition, no other process of frugalray runs on the machine while it is measured.
     ``teacher`` (``frugalray.training.recovery.Teacher``): the fine-tuned full model a recovering student
-    starts from or learns from."""
+    starts from or learns from.
+    ``report(progress)``: called at every dev checkpoint (``training.eval_every_steps``) with the row's progress
+    columns so far (steps, the dev curve, dev F1 and training seconds at that step)."""
     import torch
     from transformers import set_seed
 
@@ -77,7 +79,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     from frugalray.model.loading import load_tokenizer
     from frugalray.model.surgery import parameter_count, parameter_mib
     from frugalray.training import recovery
-    from frugalray.training.loop import evaluate, measure_latency, model_loss, train
+    from frugalray.training.loop import evaluate, measure_latency, model_loss, planned_steps, train
 
     config, task = prepared.config, prepared.task
     started = time.perf_counter()
@@ -110,11 +112,20 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         teacher_model = recovery.load_teacher(teacher).to(target) if config.recovery.beta > 0 else None
         objective = recovery.distillation(config.recovery, logits, prepared.kept_layers, teacher_model)
     meter = functools.partial(measured_energy, config.training.energy, config.training.energy_country, str(target))
+    settings = (config.training.eval_batch_size, pad_id, target, config.training.dtype)
+    planned = planned_steps(len(train_data), config.training)
+    curve = DevCurve(planned)
+
+    def checkpoint(step: int, train_seconds: float) -> None:
+        curve.add(step, evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings), train_seconds)
+        model.train()
+        if report:
+            report(curve.progress())
+
     with meter() as train_energy:
         stats = train(model, train_data, config.training, config.learning_rate, pad_id, target, config.seed,
-                      objective=objective)
+                      objective=objective, checkpoint=checkpoint, checkpoint_every=config.training.eval_every_steps)
     eval_start = time.perf_counter()
-    settings = (config.training.eval_batch_size, pad_id, target, config.training.dtype)
     with meter() as eval_energy:
         test_metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
         dev_metrics = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
@@ -144,6 +155,9 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         "degenerate": is_degenerate(test_metrics, majority["test"]),
         "dev_degenerate": is_degenerate(dev_metrics, majority["dev"]),
         "train_seconds": stats.train_seconds,
+        "train_steps": stats.steps,
+        "planned_steps": planned,
+        **({"checkpoint_steps": curve.steps, "checkpoint_dev_f1": curve.dev_f1} if config.training.eval_every_steps else {}),
         "seconds_per_epoch": stats.train_seconds / len(stats.epoch_seconds),
         "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - started,
@@ -162,6 +176,26 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds,
             "teacher_logits_seconds": teacher.logits_seconds} if teacher else {}),
     }
+
+
+class DevCurve:
+    """Dev F1 at a trial's checkpoints, and its progress columns at the latest one."""
+
+    def __init__(self, planned_steps: int):
+        self.planned_steps, self.steps, self.dev_f1 = planned_steps, [], []
+        self.latest: dict = {}
+        self.train_seconds = 0.0
+
+    def add(self, step: int, metrics: dict, train_seconds: float) -> None:
+        self.steps.append(step)
+        self.dev_f1.append(metrics["f1"])
+        self.latest, self.train_seconds = metrics, train_seconds
+
+    def progress(self) -> dict:
+        return {"train_steps": self.steps[-1], "planned_steps": self.planned_steps,
+                "checkpoint_steps": list(self.steps), "checkpoint_dev_f1": list(self.dev_f1),
+                "dev_f1": self.latest["f1"], "dev_accuracy": self.latest["accuracy"],
+                "dev_eval_loss": self.latest["eval_loss"], "train_seconds": self.train_seconds}
 
 
 def energy_columns(train, evaluation, country: str) -> dict:
@@ -247,6 +281,7 @@ def execute_trial(
     runner=None,
     append: bool = True,
     alone: bool = False,
+    report=None,
 ) -> TrialResult:
     """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error.
 
@@ -256,6 +291,8 @@ def execute_trial(
     With ``raise_input_errors`` a bad input (FrugalrayError) is raised instead, and nothing is written.
     ``runner`` replaces ``run_trial`` (same signature), e.g. the simulated trials of ``frugalray.testing``.
     ``alone``: nothing else runs in the caller (``frugalray trial``, not a sweep), see ``run_trial``.
+    ``report(result)``: called at every dev checkpoint with the row this trial would leave if it stopped there
+    (status ``stopped``), for an early-stopping scheduler; the row is the caller's to store.
     """
     started_at = datetime.now(timezone.utc)
     row: dict
@@ -263,6 +300,11 @@ def execute_trial(
     try:
         prepared = prepared or prepare_trial(config)
         extra = ({"save_to": saving} if saving else {}) | ({"alone": True} if alone else {})
+        if report:
+            stopped = base_row(config, prepared) | {"trial_id": trial_id(prepared.config_hash, started_at),
+                                                    "status": "stopped", "started_at": started_at}
+            extra["report"] = lambda progress: report(TrialResult.from_row(
+                stopped | progress | {"finished_at": datetime.now(timezone.utc)}))
         if config.recovery.needs_teacher:
             from frugalray.training.recovery import find_teacher
 
@@ -278,7 +320,7 @@ def execute_trial(
         tail = "".join(traceback.format_exception(error)[-3:])
         row = base_row(config, prepared) | {"status": "failed", "error": f"{type(error).__name__}: {error}\n{tail}"}
     row["config_hash"] = row.get("config_hash") or fallback_hash(config)
-    row["trial_id"] = f"{row['config_hash']}-{started_at.strftime('%Y%m%dT%H%M%S%f')}"
+    row["trial_id"] = trial_id(row["config_hash"], started_at)
     if saving:
         try:
             if row["status"] == "ok":  # the weights land before the row that points at them

@@ -258,3 +258,27 @@ def test_latency_is_isolated_only_for_a_lone_trial_with_nothing_else_of_frugalra
     assert others_running() == [] and not (activity / f"{other.pid}-abcd.trial").exists()  # a dead writer's marker
     with running("trial"):  # this process's own marker is not "another"
         assert others_running() == []
+
+
+def test_dev_checkpoints_record_a_curve_and_leave_training_unchanged(tmp_path, tiny_model, ner_task_file):
+    """Scoring dev during training changes nothing the model learns, and each checkpoint offers the row the
+    trial would leave if an early-stopping scheduler stopped it there."""
+    plain = execute_trial(_config(ner_task_file, tiny_model, strategy="first", n=2, seed=1))
+    stops = []
+    checked = dataclasses.replace(FAST, eval_every_steps=1)
+    row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, seed=1,
+                                    training=checked), ResultsStore(tmp_path), report=stops.append)
+    assert row["status"] == "ok", row["error"]
+    assert row["config_hash"] == plain["config_hash"]  # scoring dev is bookkeeping: same configuration
+    for column in ("f1", "dev_f1", "eval_loss", "train_tokens"):
+        assert row[column] == plain[column], column
+    assert row["train_steps"] == row["planned_steps"] == plain["train_steps"] >= 4
+    expected = list(range(1, row["planned_steps"]))
+    assert row["checkpoint_steps"] == expected and len(row["checkpoint_dev_f1"]) == len(expected)
+    assert plain["checkpoint_steps"] is None
+    assert [s["train_steps"] for s in stops] == expected
+    last = stops[-1]
+    assert last["status"] == "stopped" and last["f1"] is None and last["config_hash"] == row["config_hash"]
+    assert last["dev_f1"] == row["checkpoint_dev_f1"][-1] and last["checkpoint_steps"] == expected
+    assert 0 < last["train_seconds"] <= row["train_seconds"] and last["trial_id"] == row["trial_id"]
+    assert [r["status"] for r in ResultsStore(tmp_path).table().to_pylist()] == ["ok"]  # stops are the caller's
