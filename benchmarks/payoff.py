@@ -7,7 +7,7 @@
 
 Latency: MiniLM (6 layers) in full against its first 3 layers, each in fp32 and torch dynamic int8 (and ONNX
 Runtime fp32/int8 when the 'onnx' extra is installed), at batch 1 and 32 x 128 tokens, measured by
-``frugalray.model.latency.bench_latency``: a process of its own with pinned threads, rounds alternating
+``frugalray.deploy.latency.bench_latency``: a process of its own with pinned threads, rounds alternating
 between all variants, medians, speedups against the full fp32 model. Quality: the full and the half-depth
 model are fine-tuned once (``frugalray trial``), each exported in every variant (``frugalray export
 --int8/--onnx``), and every variant is evaluated on the task's test set; its loss is against its own fp32
@@ -50,7 +50,7 @@ def _task(name: str, train_fraction: float, folder: Path) -> str:
 
 
 def measure_latency(variants: tuple[str, ...], repeats: int, threads: int | None) -> dict:
-    from frugalray.model.latency import bench_latency
+    from frugalray.deploy.latency import bench_latency
 
     rows = bench_latency(MODEL, [HALF], batch_sizes=(1, 32), seq_lens=(128,), variants=variants, device="cpu",
                          repeats=repeats, threads=threads)
@@ -60,7 +60,7 @@ def measure_latency(variants: tuple[str, ...], repeats: int, threads: int | None
 def measure_quality(task: str, variants: tuple[str, ...], epochs: int, max_length: int, seed: int,
                     folder: Path) -> dict:
     from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
-    from frugalray.model.export import export_trial
+    from frugalray.deploy.export import export_trial
 
     store = ResultsStore(folder / "results")
     training = TrainingSettings(epochs=epochs, max_length=max_length)

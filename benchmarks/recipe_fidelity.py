@@ -44,7 +44,7 @@ from frugalray.model.loading import load_model, load_tokenizer
 from frugalray.model.surgery import num_layers, prune_layers
 from frugalray.data.labels import majority_baseline
 from frugalray.training.loop import evaluate, train
-from frugalray.training.trial import is_degenerate
+from frugalray.training.columns import is_degenerate
 
 # name -> changes to frugalray's default recipe. "trainer" and "frugalray" are the two compared recipes.
 ABLATIONS = {

@@ -37,9 +37,10 @@ from frugalray.results.aggregate import aggregate  # noqa: E402
 from frugalray.results.recovery_view import recommendation  # noqa: E402
 from frugalray.results.views import compute_view  # noqa: E402
 from frugalray.study.scores import scores_from_rows  # noqa: E402
-from frugalray.study.strategies import kept_layers  # noqa: E402
+from frugalray.strategies import kept_layers  # noqa: E402
 from frugalray.training.identity import recorded_hash  # noqa: E402
-from frugalray.training.trial import execute_trial, layer_count, prepare_trial  # noqa: E402
+from frugalray.training.prepared import layer_count, prepare_trial  # noqa: E402
+from frugalray.training.trial import execute_trial  # noqa: E402
 
 CONTROL = "recovery-benchmark-control"  # the sweep name of the control rows, outside the recovery view
 # (temperature, alpha, beta): the distillation settings tried on dev before the comparison

@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
-from frugalray.training.trial import layer_count
+from frugalray.training.prepared import layer_count
 
 
 def record(args) -> None:
@@ -55,7 +55,7 @@ def record(args) -> None:
 
 
 def _hash(config: TrialConfig) -> str:
-    from frugalray.training.trial import prepare_trial
+    from frugalray.training.prepared import prepare_trial
 
     return prepare_trial(config).config_hash
 

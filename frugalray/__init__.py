@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+from frugalray._version import __version__
 
 _PUBLIC = {
     "FrugalrayError": "frugalray._registry",
@@ -17,9 +17,9 @@ _PUBLIC = {
     "SweepConfig": "frugalray.config",
     "TrialResult": "frugalray.results.schema",
     "ResultsStore": "frugalray.results.store",
-    "STRATEGIES": "frugalray.study.strategies",
-    "balanced_epochs": "frugalray.study.strategies",
-    "kept_layers": "frugalray.study.strategies",
+    "STRATEGIES": "frugalray.strategies",
+    "balanced_epochs": "frugalray.strategies",
+    "kept_layers": "frugalray.strategies",
     "TASKS": "frugalray.data.tasks",
     "TaskSpec": "frugalray.data.tasks",
     "load_task": "frugalray.data.tasks",
@@ -27,7 +27,7 @@ _PUBLIC = {
     "TrainingSettings": "frugalray.config",
     "TrialConfig": "frugalray.config",
     "execute_trial": "frugalray.training.trial",
-    "prepare_trial": "frugalray.training.trial",
+    "prepare_trial": "frugalray.training.prepared",
     "run_trial": "frugalray.training.trial",
 }
 __all__ = sorted(_PUBLIC) + ["__version__"]

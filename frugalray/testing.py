@@ -82,13 +82,15 @@ def conll_words(*paths: str | Path) -> set[str]:
     return words
 
 
-def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None, teacher=None) -> dict:
+def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None, teacher=None, report=None,
+                    alone=False) -> dict:
     """A stand-in for ``run_trial`` that trains nothing: for testing scheduling, packing and resume.
 
     Its F1 grows with the number of kept layers and favours low layers, so best/drop_worst are
     well defined; a layer set containing layer 1 alone raises a simulated CUDA OOM when the task is
     named ``*_oom``. It sleeps ``FRUGALRAY_SIMULATED_SECONDS`` (default 0.2) and reports the GPU ids
     Ray gave it in ``device``. A student of the fine-tuned full model (``teacher``) scores closer to 0.9.
+    With ``training.eval_every_steps`` it reports a dev curve rising linearly to its final dev F1.
     """
     import os
     import time
@@ -111,7 +113,9 @@ def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=Non
     if teacher is not None:  # a student of the fine-tuned full model recovers part of what pruning lost
         score += 0.5 * (0.9 - score) * (1.0 if prepared.config.recovery.init == "finetuned" else 0.5)
     seconds = 1.0 + len(kept) * (2.0 if prepared.config.lora is None else 1.2) * prepared.config.training.epochs / 3
-    return {
+    planned = prepared.config.training.planned_steps(len(prepared.task.train))
+    curve = checkpoint_curve(prepared, lambda step: score * step / planned, report)
+    return {**curve,
         "accuracy": score, "precision": score, "recall": score, "f1": score, "eval_loss": 1 - score,
         "dev_accuracy": score, "dev_f1": score, "dev_eval_loss": 1 - score,
         "train_seconds": seconds, "seconds_per_epoch": seconds / prepared.config.training.epochs,
@@ -119,6 +123,57 @@ def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=Non
         "device": f"simulated gpus={','.join(gpus)} node={node} start={started:.3f} end={time.time():.3f}",
         **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds} if teacher else {}),
     }
+
+
+def checkpoint_curve(prepared, dev_f1_at, report=None, seconds_per_step: float = 0.0) -> dict:
+    """Simulate a trial's dev checkpoints (every ``training.eval_every_steps``, the last step excluded), as
+    ``run_trial`` reports them; ``dev_f1_at(step)`` gives the curve. Returns the row's step columns."""
+    import time
+
+    training = prepared.config.training
+    planned = training.planned_steps(len(prepared.task.train))
+    steps = list(range(training.eval_every_steps, planned, training.eval_every_steps)) if training.eval_every_steps else []
+    values = []
+    for step in steps:
+        time.sleep(seconds_per_step * training.eval_every_steps)
+        values.append(dev_f1_at(step))
+        if report:
+            report({"train_steps": step, "planned_steps": planned, "checkpoint_steps": steps[:len(values)],
+                    "checkpoint_dev_f1": list(values), "dev_f1": values[-1], "dev_accuracy": values[-1],
+                    "dev_eval_loss": 1 - values[-1], "train_seconds": step * max(seconds_per_step, 1e-3)})
+    time.sleep(seconds_per_step * (planned - (steps[-1] if steps else 0)))
+    return {"train_steps": planned, "planned_steps": planned,
+            **({"checkpoint_steps": steps, "checkpoint_dev_f1": values} if steps else {})}
+
+
+def replayed_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None, teacher=None, report=None,
+                   alone=False) -> dict:
+    """A stand-in for ``run_trial`` that replays a recorded table instead of training: the row of the same
+    kept layers (and seed, where the table has it) from the store at ``FRUGALRAY_REPLAY_TABLE``, its dev curve
+    reported at the same checkpoints. It sleeps ``FRUGALRAY_REPLAY_SECONDS`` per kept layer and training step
+    (default 1e-5), so that deeper masks take longer, as they would. For replaying a search against every
+    mask trained once (``benchmarks/search_efficiency.py``)."""
+    import os
+
+    from frugalray.results.store import ResultsStore
+
+    table = os.environ["FRUGALRAY_REPLAY_TABLE"]
+    rows = _REPLAY.get(table)
+    if rows is None:
+        rows = _REPLAY[table] = {(tuple(r["kept_layers"]), r["seed"]): r for r in ResultsStore(table).table().to_pylist()
+                                 if r["status"] == "ok" and r["checkpoint_steps"]}
+    row = rows.get((prepared.kept_layers, prepared.config.seed))
+    if row is None:
+        raise FileNotFoundError(f"{table} has no recorded row for layers {prepared.kept_layers} seed {prepared.config.seed}")
+    recorded = dict(zip(row["checkpoint_steps"], row["checkpoint_dev_f1"]))
+    per_step = float(os.environ.get("FRUGALRAY_REPLAY_SECONDS", "1e-5")) * len(prepared.kept_layers)
+    curve = checkpoint_curve(prepared, recorded.__getitem__, report, per_step)
+    keep = ("accuracy", "precision", "recall", "f1", "eval_loss", "dev_accuracy", "dev_f1", "dev_eval_loss",
+            "train_seconds", "seconds_per_epoch", "train_tokens", "latency_ms", "model_mib")
+    return {k: row[k] for k in keep} | curve
+
+
+_REPLAY: dict[str, dict] = {}  # table location -> its rows, read once per process
 
 
 # -- synthetic results with known values ------------------------------------------------------------
@@ -139,7 +194,7 @@ def synthetic_catalog(tasks=("pos", "ner"), num_layers: int = 4, model: str = "t
     alternate family, as a whole sweep has them. ``last_1`` has the best dev F1 of the 1-layer sets but a
     poor test F1, so a view that chose on test F1 would pick another set.
     """
-    from frugalray.study.strategies import alternate_family, kept_layers
+    from frugalray.strategies import alternate_family, kept_layers
 
     layers = num_layers
     singles = [synthetic_truth((k,), layers) for k in range(layers)]

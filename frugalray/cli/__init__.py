@@ -27,12 +27,12 @@ __all__ = ["main", "search_main", "sweep_main"]
 
 
 def _commands() -> dict:
-    from frugalray.cli import read, run
+    from frugalray.cli import listings, read, run
 
     return {
         "trial": run.trial, "sweep": sweep, "search": run.search, "results": read.results, "report": read.report,
         "export": read.export, "importance": read.importance, "bench-latency": read.bench_latency,
-        "tasks": read.tasks, "strategies": read.strategies, "stages": read.stages,
+        "tasks": listings.tasks, "strategies": listings.strategies, "stages": listings.stages,
     }
 
 

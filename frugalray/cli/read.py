@@ -1,5 +1,6 @@
-"""The commands that read: ``results``, ``report``, ``export``, ``importance``, ``bench-latency``, and the
-listings ``tasks``, ``strategies`` and ``stages``. None of them imports torch or Ray unless it needs a model.
+"""The commands that read: ``results``, ``report``, ``export``, ``importance``, ``bench-latency`` (the listings
+``tasks``, ``strategies`` and ``stages`` are in ``frugalray.cli.listings``). None of them imports torch or Ray
+unless it needs a model.
 """
 
 from __future__ import annotations
@@ -70,38 +71,51 @@ def results(
 
     store, shown = ResultsStore(location), list(columns) or None
     if fronts:
-        from frugalray.results.fronts import read_fronts
-
-        tables = read_fronts(store)
-        if not tables:
-            raise FrugalrayError(f"No search fronts in {location!r}; run `frugalray search` first")
-        for front in tables:
-            print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
-            print(render(front.drop_columns(["search", "objective"]), fmt=format))
-        return 0
+        return _print_fronts(store, format)
     if check or repair:
-        from frugalray.results.health import check_store, repair_store
-
-        if repair:
-            print("\n".join(repair_store(store)))
-        health = check_store(store)
-        print(health.text())
-        return 0 if health.healthy else 1
+        return _health(store, repair)
     if view:
-        from frugalray.results.tables import with_uncertainty
-        from frugalray.results.views import compute_view
-
         if sql:
             raise FrugalrayError("--view and --sql do not combine; filter a view with --where")
-        computed = compute_view(store, view, where=list(where), budgets=list(budget) or None,
-                                reference=_reference(store, reference, reference_task, no_reference))
-        table = computed.table if format == "csv" else with_uncertainty(computed.table)
-        if table.num_columns:
-            print(render(table, shown, format))
-        for note in computed.notes:
-            print(f"# {note}", file=sys.stderr)
-        return 0
+        return _print_view(store, view, list(where), list(budget) or None, shown, format,
+                           _reference(store, reference, reference_task, no_reference))
     print(render(store.query(where=list(where), sql=sql), shown, format))
+    return 0
+
+
+def _print_fronts(store, format: Format) -> int:
+    from frugalray.results.fronts import read_fronts
+    from frugalray.results.tables import render
+
+    tables = read_fronts(store)
+    if not tables:
+        raise FrugalrayError(f"No search fronts in {store.location!r}; run `frugalray search` first")
+    for front in tables:
+        print(f"== {front.column('search')[0]} ({front.column('objective')[0]})")
+        print(render(front.drop_columns(["search", "objective"]), fmt=format))
+    return 0
+
+
+def _health(store, repair: bool) -> int:
+    from frugalray.results.health import check_store, repair_store
+
+    if repair:
+        print("\n".join(repair_store(store)))
+    health = check_store(store)
+    print(health.text())
+    return 0 if health.healthy else 1
+
+
+def _print_view(store, view: str, where: list[str], budgets, shown, format: Format, reference: list[dict]) -> int:
+    from frugalray.results.tables import render, with_uncertainty
+    from frugalray.results.views import compute_view
+
+    computed = compute_view(store, view, where=where, budgets=budgets, reference=reference)
+    table = computed.table if format == "csv" else with_uncertainty(computed.table)
+    if table.num_columns:
+        print(render(table, shown, format))
+    for note in computed.notes:
+        print(f"# {note}", file=sys.stderr)
     return 0
 
 
@@ -159,7 +173,7 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
             the task's test and dev sets and stored as a row of its own (variant, source_trial_id).
         onnx: Also write an ONNX graph run by ONNX Runtime (pip install 'frugalray[onnx]'); evaluated likewise.
     """
-    from frugalray.model.export import export_trial
+    from frugalray.deploy.export import export_trial
     from frugalray.results.store import ResultsStore
 
     done = export_trial(ResultsStore(location), trial, out, check=not no_check, force=force, int8=int8, onnx=onnx)
@@ -217,7 +231,8 @@ def importance(task: str, model: str = "minilm", data_dir: str | None = None, re
 def _trained_layer_sets(store, task: str, model: str) -> dict[tuple[int, ...], float]:
     """Mean dev F1 per kept-layer set of ``task`` and ``model``, full fine-tuning at the task's base settings."""
     from frugalray.data.tasks import resolve_task
-    from frugalray.results.views import aggregate, at_base
+    from frugalray.results.aggregate import aggregate
+    from frugalray.results.rows import at_base
 
     name = resolve_task(task).name
     rows = at_base(aggregate(store, [f"task={name}", f"model={model}"]).to_pylist(), [])
@@ -257,7 +272,7 @@ def bench_latency(
     """
     import pyarrow as pa
 
-    from frugalray.model.latency import bench_latency as measure
+    from frugalray.deploy.latency import bench_latency as measure
     from frugalray.results.tables import render
 
     variants = [int(k) if k.isdigit() else tuple(int(i) for i in k.split("/")) for k in keep]
@@ -279,43 +294,4 @@ def bench_latency(
 
         path = ResultsStore(results).write_table(table, "latency", f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}.parquet")
         print(f"# stored in {path}", file=sys.stderr)
-    return 0
-
-
-def tasks() -> int:
-    """List the registered tasks (names for --task).
-
-    Example: frugalray tasks
-    """
-    from frugalray.data.tasks import TASKS
-
-    for name in TASKS:
-        spec = TASKS.get(name)
-        print(f"{name:16} {spec.head:8} {spec.metric:14} {spec.description}")
-    return 0
-
-
-def strategies() -> int:
-    """List the pruning strategies and the option of `frugalray trial` each takes (--n, or --layers for mask).
-
-    Example: frugalray strategies
-    """
-    from frugalray.study.strategies import STRATEGIES
-
-    for spec in STRATEGIES.entries():
-        param = f"--{spec.param}" if spec.param else ""
-        print(f"{spec.name:12} {param:9} {spec.family:18} {spec.doc}")
-    return 0
-
-
-def stages() -> int:
-    """List a sweep's stages (names for --stages) and what each waits for.
-
-    Example: frugalray stages
-    """
-    from frugalray.study.stages import STAGES
-
-    for stage in STAGES.entries():
-        needs = ", ".join(stage.needs) or "-"
-        print(f"{stage.name:12} needs {needs:12} {stage.doc}")
     return 0

@@ -44,7 +44,7 @@ def trial(
     from frugalray.results.schema import SCHEMA
     from frugalray.results.store import ResultsStore
     from frugalray.results.tables import render
-    from frugalray.study.strategies import STRATEGIES
+    from frugalray.strategies import STRATEGIES
     from frugalray.training.environment import check_device
     from frugalray.training.trial import execute_trial, prepare_trial
 
@@ -67,14 +67,12 @@ def trial(
 def _layer_scores(config: TrialConfig, store) -> tuple:
     from frugalray.model import importance
     from frugalray.study.scores import single_layer_scores
-    from frugalray.study.strategies import STRATEGIES
+    from frugalray.strategies import STRATEGIES
 
     source = STRATEGIES.get(config.strategy).scores_from
     if source == "single_layer":
         return single_layer_scores(store, config.task, config.model)
-    # a proxy from the pretrained model: no training needed
-    compute = {"proxy": importance.proxy_scores, "block_proxy": importance.block_scores}[source]
-    return compute(config.task, config.model, config.data_dir)
+    return importance.proxy_of(source, config.task, config.model, config.data_dir)  # no training needed
 
 
 def load_settings_file(path: str, name: str) -> dict:
@@ -93,13 +91,14 @@ def sweep_main(defaults: dict, argv: list[str] | None = None, runner: str | None
     from frugalray.cluster.driver import DEFAULT_RUNNER
     from frugalray.cluster.runs import run_sweep
     from frugalray.results.summary import summary, write_sweep_report
+    from frugalray.study.plan import check_tasks
 
     try:
         base = to_view(SweepView, SweepConfig.from_dict(defaults, source="sweep file"))
         options = parse(SweepView, argv, prog, base, description="Run (or resume) a frugalray sweep.")
         if options.data_dirs == base.data_dirs:  # the file's folders, for the tasks this run keeps
             options = dataclasses.replace(options, data_dirs=tuple(p for p in base.data_dirs if p[0] in options.tasks))
-        sweep = from_view(options)
+        sweep = check_tasks(from_view(options))  # a misspelt task fails here, before Ray starts
         plan = run_sweep(sweep, runner=runner or DEFAULT_RUNNER)
     except FrugalrayError as error:
         print(f"frugalray: error: {error}", file=sys.stderr)

@@ -27,8 +27,9 @@ from frugalray.config import TrialConfig
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.study.planned import DONE, Planned
-from frugalray.training.identity import lacks_weights, trial_id
-from frugalray.training.trial import base_row, execute_trial
+from frugalray.training.identity import lacks_weights, make_trial_id
+from frugalray.training.columns import base_row, failed_columns
+from frugalray.training.trial import execute_trial
 
 DEFAULT_RUNNER = "frugalray.training.trial:run_trial"
 
@@ -52,8 +53,12 @@ def tune_trial(config: dict) -> None:
     runner = _same_as_planned(_import(config["runner"]), config["config_hash"], config["task_fingerprint"])
     gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
     attempts = config["retries"] + 1
+    # A trial that scores dev on the way reports each checkpoint, for an early-stopping scheduler; when the
+    # scheduler stops it, that report's call does not return (Tune ends the trial) and the driver stores the
+    # row the report carried (``PlannerSearcher.on_trial_complete``).
+    checkpoints = (lambda stopped: tune.report(to_report(stopped))) if trial.training.eval_every_steps else None
     for attempt in range(1, attempts + 1):
-        result = execute_trial(trial, store, append=False, runner=runner,  # appended below, after any retries
+        result = execute_trial(trial, store, append=False, runner=runner, report=checkpoints,  # appended below
                                gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None)
         if result.status == "ok" or result.error.startswith("FrugalrayError") or attempt == attempts:
             break
@@ -109,13 +114,15 @@ def _import(path: str):
 
 
 # -- the wire ------------------------------------------------------------------------------------------
-REPORTED = ("f1", "dev_f1", "n_kept_layers", "latency_ms")  # scalars for Tune's own loggers
+REPORTED = ("f1", "dev_f1", "n_kept_layers", "latency_ms", "train_steps")  # scalars for Tune and its schedulers
 
 
 def to_report(result: TrialResult) -> dict:
-    """What a worker reports: a few scalars for Tune's loggers, and the whole result as JSON."""
+    """What a worker reports: a few scalars for Tune's loggers and schedulers, and the whole result as JSON:
+    ``row_json`` for a finished trial, ``stopped_row_json`` at a checkpoint (the row it leaves if stopped there)."""
     scalars = {key: float(result.get(key) or 0.0) for key in REPORTED}
-    return {"config_hash": result.config_hash, "ok": result.status == "ok", **scalars, "row_json": result.to_json()}
+    key = "stopped_row_json" if result.status == "stopped" else "row_json"
+    return {"config_hash": result.config_hash, "ok": result.status == "ok", **scalars, key: result.to_json()}
 
 
 def from_report(report: dict) -> TrialResult:
@@ -140,20 +147,29 @@ class PlannerSearcher(Searcher):
         self.running[trial_id] = planned
         return {"trial": planned.config.to_dict(), "config_hash": planned.config_hash,
                 "task_fingerprint": planned.task_fingerprint, "task": planned.task, "stage": planned.stage,
-                "resources": self.demand(planned), **self.extra}
+                "resources": self.demand(planned), "full_fidelity": planned.full_fidelity, **self.extra}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        planned = self.running.get(trial_id)
+        if planned is not None and "stopped_row_json" in result and hasattr(self.planner, "progress"):
+            self.planner.progress(planned, int(result["train_steps"]), result["dev_f1"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         planned = self.running.pop(trial_id, None)
         if planned is None:
             return
-        if error or not result or "row_json" not in result:
+        if not error and result and "row_json" not in result and "stopped_row_json" in result:
+            # the scheduler stopped it at a checkpoint: its row says how far it trained, never a final result
+            stopped = TrialResult.from_json(result["stopped_row_json"])
+            ResultsStore(self.extra["results"]).append(stopped)
+            self.planner.finish(planned, stopped)
+        elif error or not result or "row_json" not in result:
             # the worker or node died more often than max_failures allows: record it, keep going
             now = datetime.now(timezone.utc)
-            lost = TrialResult.from_row(base_row(planned.config, None) | {
-                "config_hash": planned.config_hash, "status": "failed",
-                "error": "trial process died (worker or node lost) more often than max_failures allows",
-                "trial_id": trial_id(planned.config_hash, now, "lost"), "finished_at": now,
-            })
+            lost = TrialResult.from_row(base_row(planned.config, None) | failed_columns(
+                "trial process died (worker or node lost) more often than max_failures allows", "lost") | {
+                "config_hash": planned.config_hash, "trial_id": make_trial_id(planned.config_hash, now, "lost"),
+                "finished_at": now})
             ResultsStore(self.extra["results"]).append(lost)
             self.planner.finish(planned, lost)
         else:
@@ -168,8 +184,9 @@ class PlannerSearcher(Searcher):
 
 def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned], dict], runner: str = DEFAULT_RUNNER,
                 retries: int = 0, max_failures: int = 2, max_concurrent: int | None = None, verbose: int = 0,
-                callbacks: list | None = None) -> None:
-    """Run every trial ``planner`` hands out until it says DONE (Ray must be initialized)."""
+                callbacks: list | None = None, scheduler=None) -> None:
+    """Run every trial ``planner`` hands out until it says DONE (Ray must be initialized); ``scheduler``: a Tune
+    scheduler that may stop trials early (``frugalray.cluster.halving``), FIFO without one."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
@@ -178,8 +195,8 @@ def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned],
     trainable = tune.with_resources(tune_trial, lambda config: PlacementGroupFactory([config["resources"]]))
     tuner = tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=max_concurrent,
-                                    reuse_actors=True),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                    max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{name}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}", storage_path=_tune_storage(results),
             failure_config=tune.FailureConfig(max_failures=max_failures), verbose=verbose,

@@ -17,12 +17,13 @@ from frugalray.cluster.driver import DEFAULT_RUNNER, check_fit, cluster_has_gpus
 from frugalray.cluster.progress import Progress
 from frugalray.cluster.resources import estimate_memory_gib
 from frugalray.cluster.session import ensure_ray
-from frugalray.config import ResourceRule, SearchConfig, SweepConfig
+from frugalray.config import OBJECTIVES, ResourceRule, SearchConfig, SweepConfig
 from frugalray.results.metadata import record_run
+from frugalray.results.fronts import write_front
 from frugalray.results.store import ResultsStore
 from frugalray.study.plan import StudyPlan
 from frugalray.study.planned import Planned
-from frugalray.training.trial import layer_count
+from frugalray.training.prepared import layer_count
 
 
 def trial_demand(rule: ResourceRule, model: str, has_gpus: bool):
@@ -79,27 +80,73 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
 
 def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
                connect=None, stream=None) -> dict:
-    """Train up to ``budget`` new masks; returns the study, its Pareto front and how many masks the store told."""
-    stream = stream or sys.stdout
-    from frugalray.model.importance import proxy_prior, proxy_scores
-    from frugalray.study.search import MaskSearch, write_front
+    """Train up to ``budget`` new masks; returns the study (the last one, with halving per kept-layer count),
+    the Pareto front, the rows of its masks and how many masks the store told.
 
+    With ``halving`` and a front objective (f1_vs_layers, f1_vs_latency), one single-objective search per
+    kept-layer count: a rung then compares masks of one depth only, where a deeper mask would otherwise win
+    every rung and the front's shallow end would never train to the end. The front is the best mask of each
+    depth that trained to the end, less the dominated ones."""
+    from frugalray.model.importance import proxy_prior, proxy_scores
+
+    stream = stream or sys.stdout
     config = dataclasses.replace(config, results=_absolute(config.results))
     store = ResultsStore(config.results).check_writable()
     record_run(store, "searches", config.name, config.to_dict())
-    prior = []
-    if config.prior == "proxy":
-        low, high = config.bounds(layer_count(config.model))
-        prior = proxy_prior(proxy_scores(config.task, config.model, config.data_dir), low, high)
-    search = MaskSearch(config, store, prior)
+    low, high = config.bounds(layer_count(config.model))
+    scores = proxy_scores(config.task, config.model, config.data_dir) if config.prior == "proxy" else None
+    per_depth = config.halving and len(OBJECTIVES[config.objective][0]) > 1
+    parts = _depth_searches(config, low, high) if per_depth else [config]
     ensure_ray(ray_init, connect)
     demand = trial_demand(config.resources, config.model, cluster_has_gpus())
+    searches = []
+    for part in parts:
+        prior = proxy_prior(scores, *part.bounds(layer_count(config.model)), part.prior_masks) if scores else []
+        search = _run_one(part, store, prior, runner, demand, stream)
+        searches.append(search)
+    front = _front(config, searches)
+    write_front(store, config.name, config.objective, front)
+    told = sum(s.told_from_store for s in searches)
+    print(f"search '{config.name}': {sum(len(s.study.trials) for s in searches)} Optuna trials, {told} told from "
+          f"stored results, {sum(s.outcomes['stopped'] for s in searches)} stopped early, Pareto front: "
+          f"{len(front)} mask(s)", file=stream)
+    return {"study": searches[-1].study, "front": front, "told_from_store": told, "searches": searches}
+
+
+def _depth_searches(config: SearchConfig, low: int, high: int) -> list[SearchConfig]:
+    """One single-objective search per kept-layer count, the budget shared out (what a depth cannot use,
+    having fewer masks, goes to the next)."""
+    import math
+
+    count, parts, left = layer_count(config.model), [], config.budget
+    for n in range(high, low - 1, -1):
+        share = min(math.comb(count, n), math.ceil(left / (n - low + 1)))
+        if share:
+            parts.append(dataclasses.replace(config, objective="f1", exactly=n, budget=share,
+                                             name=f"{config.name}-n{n}"))
+        left -= share
+    return parts
+
+
+def _run_one(config: SearchConfig, store: ResultsStore, prior, runner: str, demand, stream):
+    from frugalray.cluster.halving import halving_scheduler
+    from frugalray.study.search import MaskSearch
+
+    search = MaskSearch(config, store, prior)
+    scheduler = halving_scheduler(config, search.max_steps) if config.halving else None
     check_fit([demand(search.planned(tuple(range(search.high))))])  # the largest mask the space allows
     run_planner(search, name=config.name, results=config.results, demand=demand, runner=runner,
-                max_concurrent=config.max_concurrent, callbacks=[Progress(search.counts, stream=stream)])
-    front = search.front()
-    write_front(store, config.name, config.objective, front)
-    print(f"search '{config.name}': {len(search.study.trials)} Optuna trials, {search.told_from_store} told from "
-          f"stored results, Pareto front: {len(front)} mask(s)", file=stream)
-    return {"study": search.study, "front": front, "told_from_store": search.told_from_store}
+                max_concurrent=config.max_concurrent, callbacks=[Progress(search.counts, stream=stream)],
+                scheduler=scheduler)
+    return search
 
+
+def _front(config: SearchConfig, searches) -> list[dict]:
+    """The searches' Pareto front on the objective's columns; per-depth searches each give their best."""
+    from frugalray.study.masks import non_dominated
+
+    if len(searches) == 1 and searches[0].config.objective == config.objective:
+        return searches[0].front()
+    columns, directions = OBJECTIVES[config.objective]
+    best = [row for search in searches for row in search.best_rows()]
+    return non_dominated(best, columns, directions)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from frugalray._registry import FrugalrayError
-from frugalray.data.readers import is_file, read_text
+from frugalray._files import is_file, read_text
 
 C = TypeVar("C")
 

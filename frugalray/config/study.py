@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from frugalray._registry import FrugalrayError, did_you_mean
 from frugalray.config._fields import Settings
@@ -17,13 +16,12 @@ from frugalray.config.lora import LoraSettings
 from frugalray.config.recovery import RecoverySettings
 from frugalray.config.training import TrainingSettings
 
-# Search objective -> (result columns, Optuna directions). Quality is dev F1: choosing layers never sees test.
-OBJECTIVES = {
-    "f1": (("dev_f1",), ("maximize",)),
-    "f1_vs_layers": (("dev_f1", "n_kept_layers"), ("maximize", "minimize")),
-    "f1_vs_latency": (("dev_f1", "latency_ms"), ("maximize", "minimize")),
-}
-PRIORS = ("none", "proxy")
+def check_seeds(*seeds: int) -> None:
+    """Seeds are what numpy (and so ``transformers.set_seed``) accepts: integers from 0 to 2**32 - 1."""
+    bad = [seed for seed in seeds if not 0 <= seed < 2**32]
+    if bad:
+        raise FrugalrayError(f"seed{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}: seeds are integers "
+                             f"from 0 to 2**32 - 1")
 
 
 @dataclass(frozen=True)
@@ -89,11 +87,10 @@ class TrialConfig(Settings):
     stage: str = field(default="", metadata={"help": "Sweep stage that scheduled the trial."})
 
     def check(self) -> None:
-        from frugalray.study.strategies import STRATEGIES
+        from frugalray.strategies import STRATEGIES
 
         STRATEGIES.get(self.strategy)  # unknown names fail here, with a did-you-mean
-        if not 0 <= self.seed < 2**32:  # what numpy (and so transformers.set_seed) accepts
-            raise FrugalrayError(f"seed {self.seed}: seeds are integers from 0 to 2**32 - 1")
+        check_seeds(self.seed)
         if self.lora and self.recovery.method == "partial":
             raise FrugalrayError("recovery method 'partial' trains whole layers and LoRA trains adapters: they do "
                                  "not combine; use LoRA with recovery finetune or distill, or partial without LoRA")
@@ -169,24 +166,20 @@ class SweepConfig(Settings):
     )
 
     def check(self) -> None:
-        from frugalray.data.tasks import resolve_task
-        from frugalray.study.stages import STAGES
+        from frugalray.strategies import STAGE_NAMES
 
         for name in ("name", "results"):
             if not getattr(self, name).strip():
                 raise FrugalrayError(f"{name} is empty; give the sweep a {name}")
         if not self.tasks:
             raise FrugalrayError("A sweep needs at least one task")
-        for task in self.tasks:
-            resolve_task(task)  # unknown names fail here, before anything is scheduled
         for name in ("stages", "save_models"):
             for stage in getattr(self, name):
-                if stage not in STAGES:
-                    raise FrugalrayError(f"{name}: " + did_you_mean("stage", stage, STAGES.names()))
+                if stage not in STAGE_NAMES:
+                    raise FrugalrayError(f"{name}: " + did_you_mean("stage", stage, list(STAGE_NAMES)))
         if not self.seeds:
             raise FrugalrayError("A sweep needs at least one seed")
-        if any(not 0 <= seed < 2**32 for seed in self.seeds):
-            raise FrugalrayError(f"seeds {list(self.seeds)}: seeds are integers from 0 to 2**32 - 1")
+        check_seeds(*self.seeds)
         if self.retries < 0 or self.max_failures < 0:
             raise FrugalrayError("retries and max_failures must be >= 0")
         if self.autoscale_wait_s < 0:
@@ -209,57 +202,3 @@ class SweepConfig(Settings):
 
     def data_dir(self, task: str) -> str | None:
         return dict(self.data_dirs).get(task)
-
-
-@dataclass(frozen=True)
-class SearchConfig(Settings):
-    """A layer-mask search: Optuna proposes masks, each trained as an ordinary trial."""
-
-    task: str = field(metadata={"help": "Task to search layer masks for."})
-    model: str = field(default="minilm", metadata={"help": "Model alias, folder or hub id."})
-    name: str = field(default="", metadata={"help": "Study name (default: search-<task>-<objective>)."})
-    budget: int = field(default=20, metadata={"help": "New masks to train in this run."})
-    min_layers: int = field(default=1, metadata={"help": "Fewest layers a mask keeps."})
-    max_layers: int | None = field(default=None, metadata={"help": "Most layers a mask keeps (default: L-1)."})
-    exactly: int | None = field(default=None, metadata={"help": "Keep exactly N layers (overrides min/max)."})
-    objective: str = field(default="f1", metadata={"help": ", ".join(OBJECTIVES) + "."})
-    seed: int = field(default=0, metadata={"help": "Training seed of every search trial."})
-    sampler_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler."})
-    training: TrainingSettings = field(
-        default_factory=TrainingSettings, metadata={"help": "How every trial trains (HF TrainingArguments' defaults)."}
-    )
-    lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
-    data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
-    results: str = field(default="results", metadata={"help": "Results location."})
-    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file)."})
-    warm_start: bool = field(default=True, metadata={"help": "Tell Optuna every stored result of this space."})
-    prior: str = field(default="proxy", metadata={"help": "'proxy': first try masks ranked by layer importance."})
-    resources: ResourceRule = field(
-        default_factory=ResourceRule, metadata={"help": "What each trial asks of the cluster."}
-    )
-    max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
-
-    def check(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise FrugalrayError(did_you_mean("objective", self.objective, list(OBJECTIVES)))
-        if self.prior not in PRIORS:
-            raise FrugalrayError(did_you_mean("prior", self.prior, list(PRIORS)))
-        if self.budget < 1:
-            raise FrugalrayError(f"The search budget must be a positive number of trials, got {self.budget!r}")
-        if not 0 <= self.seed < 2**32:
-            raise FrugalrayError(f"seed {self.seed}: seeds are integers from 0 to 2**32 - 1")
-        if not self.name:
-            object.__setattr__(self, "name", f"search-{Path(self.task).stem}-{self.objective}")
-
-    def bounds(self, num_layers: int) -> tuple[int, int]:
-        """(fewest, most) kept layers; an unsatisfiable constraint is an error."""
-        if self.exactly is not None:
-            low = high = self.exactly
-        else:
-            low, high = self.min_layers, self.max_layers if self.max_layers is not None else num_layers - 1
-        if not 1 <= low <= high <= num_layers:
-            raise FrugalrayError(
-                f"No mask satisfies the constraint: keep {low}..{high} layers of a {num_layers}-layer model "
-                f"(need 1 <= min <= max <= {num_layers})"
-            )
-        return low, high

@@ -97,6 +97,10 @@ class TrainingSettings(Settings):
         if self.lr_schedule not in LR_SCHEDULES:
             raise FrugalrayError(f"Training setting lr_schedule={self.lr_schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
 
+    def planned_steps(self, examples: int) -> int:
+        """Optimizer steps of a whole training on ``examples`` examples: epochs x batches per epoch."""
+        return -(-examples // self.batch_size) * self.epochs
+
     @classmethod
     def from_record(cls, values: dict, source: str = "recorded training settings") -> "TrainingSettings":
         """Settings as a row recorded them, including rows written before a field existed."""

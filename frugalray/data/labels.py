@@ -8,14 +8,11 @@ tells a model that learnt something from one that answers the same thing everywh
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from frugalray._registry import FrugalrayError
 from frugalray.data.metrics import METRICS
 from frugalray.data.readers import Example
-
-if TYPE_CHECKING:
-    from frugalray.data.tasks import TaskData, TaskSpec
+from frugalray.data.spec import TaskData, TaskSpec
 
 
 def check_labels(spec: TaskSpec, splits: dict[str, list[Example]]) -> list[str]:

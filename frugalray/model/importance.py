@@ -14,7 +14,7 @@ layers it ranks lowest.
 from __future__ import annotations
 
 from frugalray.data.tasks import load_task
-from frugalray.study.strategies import lowest_block
+from frugalray.strategies import lowest_block
 
 
 def _encoder_and_batches(task: str, model: str, data_dir: str | None, examples: int, batch_size: int):
@@ -70,10 +70,43 @@ def importance_scores(task: str, model: str, data_dir: str | None = None, exampl
         return layers, tuple(tuple(row) for row in block_distances(encoder, batches))
 
 
-def proxy_prior(scores: tuple[float, ...], low: int, high: int) -> list[tuple[int, ...]]:
-    """Masks keeping the n most important layers by proxy, for every n the constraint allows."""
-    ranked = sorted(range(len(scores)), key=lambda k: (-scores[k], k))
-    return [tuple(sorted(ranked[:n])) for n in range(low, high + 1)]
+PROXIES = ("proxy", "block_proxy")  # the strategies' scores_from values a pretrained model alone gives
+
+
+def proxy_of(source: str, task: str, model: str, data_dir: str | None = None) -> tuple:
+    """A proxy's scores by the name a strategy gives them (``Strategy.scores_from``): ``proxy`` (per layer) or
+    ``block_proxy`` (per block), from the pretrained model alone, in seconds."""
+    if source not in PROXIES:
+        raise ValueError(f"unknown proxy {source!r}; valid: {PROXIES}")
+    return (proxy_scores if source == "proxy" else block_scores)(task, model, data_dir)
+
+
+def proxy_prior(scores: tuple[float, ...], low: int, high: int, per_depth: int = 1) -> list[tuple[int, ...]]:
+    """The ``per_depth`` masks of highest summed proxy importance for every n the constraint allows: first the
+    best mask of each n (fewest layers first), then the second best of each, and so on."""
+    orders = [proxy_order(scores, n, per_depth) for n in range(low, high + 1)]
+    return [order[rank] for rank in range(per_depth) for order in orders if rank < len(order)]
+
+
+def proxy_order(scores: tuple[float, ...], n: int, limit: int) -> list[tuple[int, ...]]:
+    """The ``limit`` masks of ``n`` layers with the highest summed proxy importance, best first (ties: the
+    lower layers). Every mask is ranked where there are at most 5,000; beyond, the best mask and those one
+    swap (a kept layer for a dropped one) away from it.
+
+    >>> proxy_order((0.1, 0.5, 0.3), 2, 3)
+    [(1, 2), (0, 1), (0, 2)]
+    """
+    import itertools
+    import math
+
+    layers = range(len(scores))
+    if math.comb(len(scores), n) <= 5000:
+        candidates = list(itertools.combinations(layers, n))
+    else:
+        best = sorted(sorted(layers, key=lambda k: (-scores[k], k))[:n])
+        candidates = [tuple(best)] + [tuple(sorted(set(best) - {out} | {into}))
+                                      for out in best for into in layers if into not in best]
+    return sorted(set(candidates), key=lambda mask: (-sum(scores[k] for k in mask), mask))[:limit]
 
 
 def spearman(proxy: tuple[float, ...], trained: tuple[float, ...]) -> float:

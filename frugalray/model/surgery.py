@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from frugalray._registry import FrugalrayError
-from frugalray.study.strategies import validate_layers
+from frugalray.strategies import validate_layers
 
 
 def num_layers(config) -> int:

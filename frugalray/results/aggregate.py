@@ -13,7 +13,8 @@ import math
 
 import pyarrow as pa
 
-from frugalray.results.store import ResultsStore, where_clauses
+from frugalray.results.filters import where_clauses
+from frugalray.results.store import ResultsStore
 
 # The training recipe's fields group too: runs of two recipes are never seeds of one configuration.
 RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule"]

@@ -27,15 +27,16 @@ from dataclasses import dataclass, field
 from pyarrow import fs as pafs
 
 from frugalray._registry import FrugalrayError
+from frugalray.results.schema import TRAINED_SQL
 from frugalray.results.store import STAGING, ResultsStore
 
 QUARANTINE = "quarantine"
 STALE_AFTER_S = 3600
 _WRITER = re.compile(r"^(?P<host>.*)_(?P<pid>\d+)_[0-9a-f]{32}(\.tmp)?$")  # frugalray.results.files.staging_name()
 
-DUPLICATES_SQL = """
+DUPLICATES_SQL = f"""
 SELECT config_hash, count(*) AS n FROM trials
-WHERE status = 'ok' AND reused_from IS NULL AND source_trial_id IS NULL
+WHERE {TRAINED_SQL}
 GROUP BY config_hash HAVING count(model_path) > 1 OR (count(model_path) = 0 AND count(*) > 1)
 ORDER BY n DESC, config_hash
 """

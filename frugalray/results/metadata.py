@@ -45,7 +45,7 @@ def read_metadata(store: ResultsStore) -> dict:
 
 def record_run(store: ResultsStore, kind: str, name: str, settings: dict, **extra) -> dict:
     """Record one run's entry (``kind``: "sweeps" or "searches") in its own file; returns the entry."""
-    from frugalray import __version__
+    from frugalray._version import __version__
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")

@@ -18,8 +18,8 @@ training's and the evaluation's (kWh).
 
 from __future__ import annotations
 
-from frugalray.results.grid import grid_cells, grid_seq_len, read_grid
-from frugalray.results.views import (_at_base, _full, _label, _ratio, _score, latency_kind, recovery_label,
+from frugalray.results.grid_rows import grid_cells, grid_seq_len, read_grid
+from frugalray.results.rows import (at_base_settings, is_full, label, ratio, score, latency_kind, recovery_label,
                                      study_recovery, view)
 
 SHARES = (0.98, 0.95, 0.90)
@@ -31,10 +31,10 @@ def family(row: dict) -> str:
     if not study_recovery(row):
         return recovery_label(row)
     if row.get("variant", "fp32") != "fp32":
-        return row["variant"] + (" + pruned" if not _full(row) else "") + (" + LoRA" if row["lora"] else "")
+        return row["variant"] + (" + pruned" if not is_full(row) else "") + (" + LoRA" if row["lora"] else "")
     if row["lora"]:
-        return "LoRA" + ("" if _full(row) else " + pruned")
-    return "full" if _full(row) else "pruned"
+        return "LoRA" + ("" if is_full(row) else " + pruned")
+    return "full" if is_full(row) else "pruned"
 
 
 def speedups(row: dict, full: dict, grid: list[dict], seq_len: int | None) -> dict:
@@ -44,12 +44,12 @@ def speedups(row: dict, full: dict, grid: list[dict], seq_len: int | None) -> di
     if one or many:
         return {"speedup_b1": one and one["speedup"], "speedup_b32": many and many["speedup"], "seq_len": seq_len,
                 "speedup_source": "isolated grid"}
-    ratio = _ratio(full.get("latency_ms"), row.get("latency_ms"))
+    faster = ratio(full.get("latency_ms"), row.get("latency_ms"))
     same = (row.get("latency_batch_size"), row.get("latency_seq_len")) == (full.get("latency_batch_size"),
                                                                            full.get("latency_seq_len"))
     source = f"trials: {latency_kind(row)}" + ("" if same else f"; full model: {latency_kind(full)}")
-    return {"speedup_b1": None, "speedup_b32": ratio if ratio is not None else None,
-            "seq_len": row.get("latency_seq_len"), "speedup_source": source if ratio is not None else None}
+    return {"speedup_b1": None, "speedup_b32": faster,
+            "seq_len": row.get("latency_seq_len"), "speedup_source": source if faster is not None else None}
 
 
 @view("payoff", variants=True)
@@ -60,19 +60,19 @@ def payoff(rows: list[dict], base: dict, reference: list[dict], store=None, **_)
     for task, model in sorted({(r["task"], r["model"]) for r in rows}):
         if (task, model) not in base:
             continue
-        mine = [r for r in rows if (r["task"], r["model"]) == (task, model) and _at_base(r, base)]
-        fulls = [r for r in mine if _full(r) and not r["lora"] and r.get("variant", "fp32") == "fp32"]
+        mine = [r for r in rows if (r["task"], r["model"]) == (task, model) and at_base_settings(r, base)]
+        fulls = [r for r in mine if is_full(r) and not r["lora"] and r.get("variant", "fp32") == "fp32"]
         if not fulls:
             continue
         full = max(fulls, key=lambda r: r["seeds"])
         seq_len = grid_seq_len(grid, model)
         measured = [(r, speedups(r, full, grid, seq_len)) for r in mine]
         for share in SHARES:
-            keep = [(r, s) for r, s in measured if _score(r) >= share * _score(full)]
+            keep = [(r, s) for r, s in measured if score(r) >= share * score(full)]
             smallest = min(keep, key=lambda p: (p[0]["model_mib"] if p[0]["model_mib"] is not None else float("inf"),
-                                                -_score(p[0])))
+                                                -score(p[0])))
             timed = [p for p in keep if p[1]["speedup_b32"] is not None or p[1]["speedup_b1"] is not None]
-            fastest = max(timed, key=lambda p: (p[1]["speedup_b32"] or p[1]["speedup_b1"], _score(p[0]))) if timed else None
+            fastest = max(timed, key=lambda p: (p[1]["speedup_b32"] or p[1]["speedup_b1"], score(p[0]))) if timed else None
             for pick, chosen in (("smallest", smallest), ("fastest", fastest)):
                 if chosen is not None:
                     out.append(_row(task, model, share, pick, *chosen, full))
@@ -82,8 +82,8 @@ def payoff(rows: list[dict], base: dict, reference: list[dict], store=None, **_)
 def _row(task: str, model: str, share: float, pick: str, r: dict, speed: dict, full: dict) -> dict:
     return {
         "task": task, "model": model, "keeps": f">= {share:.0%}", "pick": pick, "family": family(r),
-        "configuration": _label(r), "kept_layers": r["kept_layers"], "n_kept_layers": r["n_kept_layers"],
-        "variant": r.get("variant", "fp32"), "seeds": r["seeds"], "f1": r["f1"], "f1_kept": _ratio(r["f1"], full["f1"]),
-        "dev_f1": r["dev_f1"], **speed, "model_mib": r["model_mib"], "size_vs_full": _ratio(r["model_mib"], full["model_mib"]),
+        "configuration": label(r), "kept_layers": r["kept_layers"], "n_kept_layers": r["n_kept_layers"],
+        "variant": r.get("variant", "fp32"), "seeds": r["seeds"], "f1": r["f1"], "f1_kept": ratio(r["f1"], full["f1"]),
+        "dev_f1": r["dev_f1"], **speed, "model_mib": r["model_mib"], "size_vs_full": ratio(r["model_mib"], full["model_mib"]),
         "train_kwh": r.get("train_kwh"), "eval_kwh": r.get("eval_kwh"),
     }

@@ -11,7 +11,7 @@ computed. Choices are made on dev F1 and reported on test F1.
 
 from __future__ import annotations
 
-from frugalray.results.views import (_at_base, _base_settings, _full, _ratio, _stats, recovery_label,
+from frugalray.results.rows import (at_base_settings, base_settings, is_full, ratio, stats, recovery_label,
                                      study_recovery, view)
 
 TARGET = 0.99  # the share of the full model's quality a recovery must keep
@@ -22,19 +22,19 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
     """Every recovery of the pruned layer sets that have students of the fine-tuned full model."""
     out = []
     for task, model in sorted({(r["task"], r["model"]) for r in rows}):
-        mine = [r for r in rows if (r["task"], r["model"]) == (task, model) and _at_base(r, base, any_recovery=True)]
-        full = next((r for r in mine if _full(r) and not r["lora"] and study_recovery(r)), None)
+        mine = [r for r in rows if (r["task"], r["model"]) == (task, model) and at_base_settings(r, base, any_recovery=True)]
+        full = next((r for r in mine if is_full(r) and not r["lora"] and study_recovery(r)), None)
         students = {tuple(r["kept_layers"]) for r in mine if not study_recovery(r)}
         for kept in sorted(students, key=lambda k: (len(k), k)):
             for r in sorted((r for r in mine if tuple(r["kept_layers"]) == kept), key=lambda r: -(r["dev_f1"] or 0)):
                 out.append({
                     "task": task, "model": model, "kept_layers": list(kept), "n_kept_layers": len(kept),
                     "recovery": recovery_label(r), "seeds": r["seeds"], "full_seeds": full and full["seeds"],
-                    **_stats(r), "degenerate": r["degenerate"],
-                    "dev_f1": r["dev_f1"], "f1_vs_full": _ratio(r["f1"], full and full["f1"]),
-                    "dev_f1_vs_full": _ratio(r["dev_f1"], full and full["dev_f1"]),
+                    **stats(r), "degenerate": r["degenerate"],
+                    "dev_f1": r["dev_f1"], "f1_vs_full": ratio(r["f1"], full and full["f1"]),
+                    "dev_f1_vs_full": ratio(r["dev_f1"], full and full["dev_f1"]),
                     "train_seconds": r["train_seconds"], "compute_seconds": r["compute_seconds"],
-                    "compute_vs_full": _ratio(r["compute_seconds"], full and full["compute_seconds"]),
+                    "compute_vs_full": ratio(r["compute_seconds"], full and full["compute_seconds"]),
                     "latency_ms": r["latency_ms"],
                 })
     return out
@@ -43,8 +43,8 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
 def students(rows: list[dict]) -> list[dict]:
     """Aggregated rows that recovered otherwise than the study did, without LoRA, at their task's base settings:
     the recovery families the report's quality-vs-cost plots draw beside the strategies."""
-    base = _base_settings(rows)
-    return [r for r in rows if not r["lora"] and not study_recovery(r) and _at_base(r, base, any_recovery=True)]
+    base = base_settings(rows)
+    return [r for r in rows if not r["lora"] and not study_recovery(r) and at_base_settings(r, base, any_recovery=True)]
 
 
 def recommendation(rows: list[dict], target: float = TARGET) -> dict[tuple[str, str], str]:

@@ -150,7 +150,7 @@ def _records(row: dict, place: str, dataset_to_task: dict[str, str]) -> list[dic
 
 def _kept_count(record: dict, place: str) -> int | None:
     """How many of its ``num_layers`` layers a study row keeps (None: the row names no layer set)."""
-    from frugalray.study.strategies import STRATEGIES, kept_layers
+    from frugalray.strategies import STRATEGIES, kept_layers
 
     if record["kept_layers"] is not None:
         return len(record["kept_layers"])

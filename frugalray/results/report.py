@@ -37,10 +37,12 @@ from frugalray.results import report_figures as plots
 from frugalray.results.report_figures import FAMILIES, family, pareto_front  # noqa: F401 (the report's colours)
 from frugalray.results.report_page import Block, Figures, Section, anchor, atomic_write, page_html, table_html
 from frugalray.results.store import ResultsStore
-from frugalray.results.grid import read_grid
+from frugalray.results.grid_rows import read_grid
 from frugalray.results.recovery_view import recommendation, students
-from frugalray.results.views import View, aggregate, at_base, compute_view
-from frugalray.study.strategies import STRATEGIES
+from frugalray.results.aggregate import aggregate
+from frugalray.results.rows import View, at_base
+from frugalray.results.views import compute_view
+from frugalray.strategies import STRATEGIES
 
 TABLE_VIEWS = ("baselines", "payoff", "budget", "best_worst", "lora", "balanced", "recovery")
 # Columns of the strategy tables beside the curves (the strategies view has more).
@@ -124,7 +126,7 @@ def symmetric_block(data: TaskData) -> Block | None:
 
 
 def cost_block(data: TaskData) -> Block | None:
-    from frugalray.results.grid import latency_axis
+    from frugalray.results.grid_rows import latency_axis
 
     shown = latency_axis(data.rows, data.grid)[1]
     return _view_block(data, "pareto", "Quality against cost; best strategy per layer budget (table 4.4)", "budget",

@@ -15,8 +15,8 @@ Every figure follows the same rules, so that it can be trusted at first read:
 
 from __future__ import annotations
 
-from frugalray.results.views import recovery_of, study_recovery
-from frugalray.study.strategies import STRATEGIES
+from frugalray.results.rows import recovery_of, study_recovery
+from frugalray.strategies import STRATEGIES
 
 # One colour per strategy family (``Strategy.family``), the same in every figure.
 FAMILIES = {
@@ -189,7 +189,7 @@ def quality_vs_cost(rows: list[dict], grid: list[dict] | None = None, students: 
     """Test F1 against kept layers and against latency, with the Pareto front over every point; None without
     pruned rows. ``students`` (rows of other recoveries) are drawn as families of their own. The latency is the
     store's isolated grid when it covers every row, else the trials' own (the label says)."""
-    from frugalray.results.grid import latency_axis
+    from frugalray.results.grid_rows import latency_axis
 
     rows = [*rows, *(students or [])]
     if not any(r["strategy"] != "full" for r in rows):

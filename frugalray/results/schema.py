@@ -37,6 +37,8 @@ class TrialResult:
     status: str | None = column(_STRING, "ok, failed, or stopped: an early-stopping search stopped its training "
                                          "at train_steps (dev F1 at that step, no test metrics; never a final result)")
     error: str | None = column(_STRING, "why a failed trial failed")
+    error_kind: str | None = column(_STRING, "input (bad input: retrying cannot help), exception (raised while it ran) "
+                                             "or lost (its process died); null: ok, or a row of frugalray <= 0.2")
     reused_from: str | None = column(_STRING, "trial_id whose training this row reports (same layer set)")
     sweep: str | None = column(_STRING, "sweep label")
     stage: str | None = column(_STRING, "sweep stage that scheduled it")
@@ -185,6 +187,17 @@ SCHEMA = pa.schema([pa.field(f.name, f.metadata["arrow"], metadata={"doc": f.met
                     for f in dataclasses.fields(TrialResult)])
 COLUMNS = SCHEMA.names
 COLUMN_SET = frozenset(COLUMNS)
+
+
+# A row whose own run trained its configuration: successful, not the alias row of another strategy that shared
+# the run (reused_from), not an exported int8/ONNX variant of a trained model (source_trial_id). As SQL over
+# the store's ``trials`` view, and as a test of one row.
+TRAINED_SQL = "status = 'ok' AND reused_from IS NULL AND source_trial_id IS NULL"
+
+
+def is_trained(row) -> bool:
+    """Whether ``row`` (a dict or a TrialResult) is a trained row (``TRAINED_SQL``)."""
+    return row["status"] == "ok" and row.get("reused_from") is None and row.get("source_trial_id") is None
 
 
 def table(results: list[TrialResult | dict]) -> pa.Table:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -30,12 +29,12 @@ import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
 from frugalray._registry import FrugalrayError
+from frugalray.results.filters import where_clauses
 from frugalray.results.files import FileCheck, check_file, duckdb_type, normal_permissions, staging_name
-from frugalray.results.schema import COLUMNS, SCHEMA, TrialResult, table
+from frugalray.results.schema import COLUMNS, SCHEMA, TrialResult, is_trained, table
 
 STAGING = ".staging"  # files being written, in the store but outside every folder a reader lists
 log = logging.getLogger(__name__)
-_FILTER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|!=|=|<|>)\s*(.*?)\s*$")
 
 
 def _filesystem(location: str) -> tuple[pafs.FileSystem, str, bool]:
@@ -96,7 +95,7 @@ class ResultsStore:
         named = [p for p in self.files() if p.rsplit("/", 1)[-1].startswith(f"{config_hash}-")]
         readable = [c.path for c in (check_file(self.fs, p) for p in named) if c.problem is None]
         rows = self.dataset(require=False, files=readable).to_table().to_pylist() if readable else []
-        trained = [r for r in rows if r["config_hash"] == config_hash and r["status"] == "ok" and not r["reused_from"]]
+        trained = [r for r in rows if r["config_hash"] == config_hash and is_trained(r)]
         return TrialResult.from_row(max(trained, key=lambda r: bool(r["model_path"]))) if trained else None  # weights kept first
 
     def write_table(self, table: pa.Table, folder: str, name: str) -> str:
@@ -292,37 +291,3 @@ class ResultsStore:
         Path(scratch).mkdir(parents=True, exist_ok=True)
         pafs.copy_files(source, str(scratch), source_filesystem=self.fs, destination_filesystem=pafs.LocalFileSystem())
         return str(scratch)
-
-
-def where_clauses(filters: list[str]) -> tuple[list[str], list]:
-    clauses, params = [], []
-    for text in filters:
-        match = _FILTER.match(text)
-        if not match:
-            raise FrugalrayError(f"Filter {text!r} is not 'column<op>value' with op one of = != < <= > >=")
-        column, op, value = match.groups()
-        if column not in COLUMNS:
-            from frugalray._registry import did_you_mean
-
-            raise FrugalrayError(did_you_mean("column", column, COLUMNS))
-        kind = SCHEMA.field(column).type
-        if pa.types.is_list(kind):
-            raise FrugalrayError(f"Filter on list column {column!r} is not supported; use --sql with list_contains")
-        clauses.append(f'"{column}" {op} ?')
-        params.append(_typed(value, kind, column))
-    return clauses, params
-
-
-def _typed(value: str, kind: pa.DataType, column: str):
-    try:
-        if pa.types.is_integer(kind):
-            return int(value)
-        if pa.types.is_floating(kind):
-            return float(value)
-        if pa.types.is_boolean(kind):
-            if value.lower() not in {"true", "false", "1", "0"}:
-                raise ValueError(value)
-            return value.lower() in {"true", "1"}
-    except ValueError:
-        raise FrugalrayError(f"Filter on {column!r}: {value!r} is not a valid {kind}") from None
-    return value

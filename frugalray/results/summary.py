@@ -28,7 +28,7 @@ FAILED_SQL = """
 SELECT count(*) FROM (
     SELECT status FROM trials WHERE sweep = ? AND task = ?
     QUALIFY row_number() OVER (PARTITION BY config_hash ORDER BY finished_at DESC NULLS LAST) = 1
-) WHERE status <> 'ok'
+) WHERE status = 'failed'
 """
 
 BASELINE_SQL = "SELECT max(majority_f1), max(dev_majority_f1) FROM trials WHERE sweep = ? AND task = ?"
@@ -41,9 +41,9 @@ def summary(plan, stream=None) -> None:
     import duckdb
 
     from frugalray.results.tables import render
-    from frugalray.study.stages import STAGES
+    from frugalray.strategies import STAGE_NAMES
 
-    stages = [stage.name for stage in STAGES.entries()]
+    stages = list(STAGE_NAMES)
     connection = duckdb.connect()
     plan.store.register(connection, "trials")
     for task in plan.sweep.tasks:

@@ -15,20 +15,29 @@ from __future__ import annotations
 
 import sys
 from frugalray.config import SweepConfig, TrialConfig
-from frugalray.data.tasks import TaskData, load_task
+from frugalray.data.tasks import TaskData, load_task, resolve_task
 from frugalray.results.store import ResultsStore
-from frugalray.results.schema import TrialResult
+from frugalray.results.schema import TrialResult, is_trained
 from frugalray.study.planned import DONE, Planned
 from frugalray.study.stages import STAGES, StageInputs
 from frugalray.training.identity import lacks_weights, recorded_hash
-from frugalray.training.trial import base_row, layer_count, prepare_trial
+from frugalray.training.columns import base_row
+from frugalray.training.prepared import layer_count, prepare_trial
+
+
+def check_tasks(sweep: SweepConfig) -> SweepConfig:
+    """The sweep, once every task name resolves (a registered task or a task file); an unknown name is an
+    error with a did-you-mean, before any data is read."""
+    for task in sweep.tasks:
+        resolve_task(task)
+    return sweep
 
 
 class StudyPlan:
     """The growing set of trials of one sweep, fed with result rows."""
 
     def __init__(self, sweep: SweepConfig, store: ResultsStore):
-        self.sweep = sweep
+        self.sweep = check_tasks(sweep)
         self.store = store
         self.data: dict[str, TaskData] = {
             task: load_task(task, sweep.data_dir(task)) for task in sweep.tasks
@@ -50,7 +59,7 @@ class StudyPlan:
 
     # -- results in -------------------------------------------------------------------------------
     def _remember(self, row: dict) -> None:
-        if row.get("reused_from") is None and (row["status"] == "ok" or row["config_hash"] not in self.rows):
+        if is_trained(row) or (row["status"] != "ok" and row["config_hash"] not in self.rows):
             self.rows[row["config_hash"]] = row
         self.reported.add(_report_key(row))
 
@@ -158,8 +167,7 @@ class StudyPlan:
         if key not in self.proxies:
             from frugalray.model import importance
 
-            compute = {"proxy": importance.proxy_scores, "block_proxy": importance.block_scores}[source]
-            self.proxies[key] = compute(task, self.sweep.model, self.sweep.data_dir(task))
+            self.proxies[key] = importance.proxy_of(source, task, self.sweep.model, self.sweep.data_dir(task))
         return self.proxies[key]
 
     def _task_rows(self, task: str, stages: tuple[str, ...]) -> list[dict]:

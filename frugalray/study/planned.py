@@ -21,3 +21,4 @@ class Planned:
     task: str  # the task as the planner names it (a registered name or a task file)
     stage: str
     task_fingerprint: str
+    full_fidelity: bool = False  # trains to the end whatever an early-stopping scheduler says

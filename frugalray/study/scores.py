@@ -75,7 +75,7 @@ def ranking_notes(rows: list[dict]) -> list[str]:
 
 def single_layer_scores(store: ResultsStore, task: str, model: str) -> tuple[tuple[float, float], ...]:
     """Scores for every layer of ``model`` on ``task`` from the store's single(k) rows."""
-    from frugalray.training.trial import layer_count
+    from frugalray.training.prepared import layer_count
 
     count = layer_count(model)
     name = resolve_task(task).name

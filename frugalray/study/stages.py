@@ -25,7 +25,7 @@ from typing import Callable
 from frugalray._registry import FrugalrayError, Registry
 from frugalray.config import SweepConfig
 from frugalray.study.scores import SCORE_COLUMN, ranking_notes, scores_from_rows
-from frugalray.study.strategies import STRATEGIES, balanced_epochs
+from frugalray.strategies import STAGE_NAMES, STRATEGIES, balanced_epochs
 
 Spec = tuple[str, dict]  # (strategy name, further TrialConfig values), planned once per seed
 
@@ -54,6 +54,9 @@ STAGES: Registry[Stage] = Registry("stage")
 
 
 def stage(name: str, needs: tuple[str, ...] = ()):
+    if name not in STAGE_NAMES:  # the names are vocabulary that config and results check against
+        raise FrugalrayError(f"Stage {name!r} is not in frugalray.strategies.STAGE_NAMES {STAGE_NAMES}")
+
     def decorate(fn):
         STAGES.add(name, Stage(name, needs, fn, (fn.__doc__ or "").strip().splitlines()[0]))
         return fn

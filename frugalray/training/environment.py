@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-from frugalray import __version__
+from frugalray._version import __version__
 from frugalray._registry import FrugalrayError
 
 

@@ -59,12 +59,12 @@ def lacks_weights(row, config: TrialConfig) -> bool:
     return row is not None and config.save_model and row["status"] == "ok" and not row["model_path"]
 
 
-def trial_id(config_hash: str, started_at, kind: str = "") -> str:
+def make_trial_id(config_hash: str, started_at, kind: str = "") -> str:
     """A row's unique id: its configuration hash and when its run started (UTC), with ``kind`` for rows the
     driver writes on a run's behalf (``lost``).
 
     >>> from datetime import datetime, timezone
-    >>> trial_id("abc", datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc))
+    >>> make_trial_id("abc", datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc))
     'abc-20260102T030405000006'
     """
     return "-".join([config_hash] + ([kind] if kind else []) + [started_at.strftime("%Y%m%dT%H%M%S%f")])

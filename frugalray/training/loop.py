@@ -26,7 +26,7 @@ from frugalray.data.readers import Example
 from frugalray.data.metrics import METRICS
 from frugalray.config import TrainingSettings
 
-__all__ = ["TrainingSettings", "TrainStats", "train", "planned_steps", "predict", "evaluate", "measure_latency"]
+__all__ = ["TrainingSettings", "TrainStats", "train", "predict", "evaluate", "measure_latency"]
 
 # One loss per step is kept; checking them for NaN every few steps costs one host sync per check.
 DIVERGENCE_CHECK_EVERY = 16
@@ -104,11 +104,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainingSettings,
     return get_scheduler(settings.lr_schedule, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
 
 
-def planned_steps(examples: int, settings: TrainingSettings) -> int:
-    """Optimizer steps of a whole training: epochs x batches per epoch."""
-    return -(-examples // settings.batch_size) * settings.epochs
-
-
 def epoch_batches(lengths: list[int], settings: TrainingSettings, seed: int, epoch: int) -> list[list[int]]:
     """This epoch's batches of example indices: uniform shuffling, or length-grouped when asked."""
     return length_grouped_batches(lengths, settings.batch_size, seed * 1000 + epoch,
@@ -130,7 +125,7 @@ def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate:
     optimizer = make_optimizer(model, settings, learning_rate)
     lengths = [len(item) for item in data]
     plan = batches or (lambda epoch: epoch_batches(lengths, settings, seed, epoch))
-    total_steps = planned_steps(len(data), settings)
+    total_steps = settings.planned_steps(len(data))
     scheduler = make_scheduler(optimizer, settings, total_steps)
     amp = autocast_dtype(settings.dtype, device)
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -24,6 +24,7 @@ from torch.nn import functional
 from frugalray._registry import FrugalrayError
 from frugalray.config import RecoverySettings, TrialConfig
 from frugalray.data.encoding import IGNORE, Encoded, collate
+from frugalray.results.schema import TRAINED_SQL
 
 LOGITS = "logits.safetensors"
 
@@ -44,17 +45,17 @@ def teacher_config(config: TrialConfig) -> TrialConfig:
 
 
 # what recorded_hash needs, of the successful trained rows of the student's seed (a store may hold thousands)
-TEACHER_SQL = """
+TEACHER_SQL = f"""
 SELECT trial_id, config_hash, config_version, config_json, kept_layers, task_fingerprint, source_trial_id,
        model_path, finished_at, train_seconds
-FROM trials WHERE status = 'ok' AND reused_from IS NULL AND source_trial_id IS NULL AND seed = $1
+FROM trials WHERE {TRAINED_SQL} AND seed = $1
 """
 
 
 def find_teacher(store, prepared, scratch: str | None = None) -> Teacher:
     """The teacher of a prepared trial, from the store: its row must be successful and have saved weights."""
     from frugalray.training.identity import recorded_hash
-    from frugalray.training.trial import prepare_trial
+    from frugalray.training.prepared import prepare_trial
 
     wanted = prepare_trial(teacher_config(prepared.config), prepared.task).config_hash
     candidates = store.query(sql=TEACHER_SQL, params=[prepared.config.seed], require=False).to_pylist() if store else []
@@ -75,7 +76,7 @@ def find_teacher(store, prepared, scratch: str | None = None) -> Teacher:
 
 
 def load_teacher(teacher: Teacher):
-    from frugalray.model.export import load_trained
+    from frugalray.model.saved import load_trained
 
     model, _ = load_trained(teacher.folder)
     return model

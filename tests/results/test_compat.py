@@ -50,7 +50,7 @@ def test_todays_recipe_is_another_configuration_and_trains_anew(old_store):
 def test_recorded_settings_of_version_0_1_read_back_as_it_trained(old_store):
     import json
 
-    from frugalray.training.trial import TrialConfig
+    from frugalray.config import TrialConfig
 
     row = next(r for r in old_store.table().to_pylist() if r["stage"] == "single")
     config = TrialConfig.from_record(json.loads(row["config_json"]))

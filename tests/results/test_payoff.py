@@ -6,7 +6,7 @@ import pytest
 
 from frugalray import ResultsStore
 from frugalray.cli import main
-from frugalray.results.grid import latency_axis, read_grid
+from frugalray.results.grid_rows import latency_axis, read_grid
 from frugalray.results.payoff import family
 from frugalray.results.report import write_report
 from frugalray.results.views import compute_view

@@ -5,9 +5,11 @@ import pytest
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.cli import main
 from frugalray.results import report_figures as plots
-from frugalray.results.grid import latency_axis
+from frugalray.results.grid_rows import latency_axis
 from frugalray.results.report import FAMILIES, family, pareto_front, write_report
-from frugalray.results.views import aggregate, at_base, compute_view
+from frugalray.results.aggregate import aggregate
+from frugalray.results.rows import at_base
+from frugalray.results.views import compute_view
 from frugalray.testing import synthetic_catalog, synthetic_table
 
 
@@ -56,7 +58,7 @@ def test_report_of_nothing_is_an_error(store, tmp_path):
 
 
 def test_every_strategy_has_one_family_colour_and_fronts_are_non_dominated():
-    from frugalray.study.strategies import STRATEGIES
+    from frugalray.strategies import STRATEGIES
 
     for name in STRATEGIES:
         assert family(name)[0] != "other", name

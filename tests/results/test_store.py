@@ -13,7 +13,8 @@ from frugalray import FrugalrayError, ResultsStore
 from frugalray.results.store import SCHEMA
 from frugalray.results.tables import render
 from frugalray.testing import synthetic_catalog, synthetic_table
-from frugalray.results.views import aggregate, compute_view
+from frugalray.results.aggregate import aggregate
+from frugalray.results.views import compute_view
 
 
 def _row(**values):

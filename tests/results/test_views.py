@@ -7,9 +7,10 @@ from scipy import stats
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.cli import main
 from frugalray.results.reference import find, load_reference
-from frugalray.study.strategies import balanced_epochs
+from frugalray.strategies import balanced_epochs
 from frugalray.testing import SYNTHETIC_NOISE, synthetic_catalog, synthetic_table
-from frugalray.results.views import aggregate, compute_view
+from frugalray.results.aggregate import aggregate
+from frugalray.results.views import compute_view
 
 SEEDS = 3
 HALF_CI = stats.t.ppf(0.975, SEEDS - 1) * SYNTHETIC_NOISE / math.sqrt(SEEDS)  # std of the seed shifts is NOISE

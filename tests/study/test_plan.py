@@ -172,8 +172,13 @@ def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_
     assert any("missing for layer(s) [1]" in note for note in plan.notes)  # best/drop_worst need every layer
 
 
+def test_an_unknown_task_fails_before_any_data_is_read(tmp_path, tiny_model):
+    with pytest.raises(FrugalrayError, match="Unknown task 'wikiner_ner'. Did you mean 'wikiner'"):
+        StudyPlan(_sweep(tmp_path, tiny_model, tasks=("wikiner_ner",)), ResultsStore(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("values,message", [
-    ({"tasks": ("wikiner_ner",)}, "Did you mean 'wikiner'"),
     ({"stages": ("single", "lora_stage")}, "stages: Unknown stage 'lora_stage'. Did you mean 'lora'?"),
     ({"save_models": ("loras",)}, r"save_models: Unknown stage 'loras'. Did you mean 'lora'\? Available: balanced, lora, recover, single, strategies"),
     ({"seeds": ()}, "at least one seed"),
@@ -193,6 +198,7 @@ def test_unknown_sweep_key_fails(tmp_path):
 
 def test_a_registered_stage_is_planned_listed_and_accepted_with_nothing_else_changed(tmp_path, tiny_model,
                                                                                     monkeypatch, capsys):
+    import frugalray.strategies
     from frugalray.cli import main
     from frugalray.study.stages import STAGES, Stage
 
@@ -202,6 +208,7 @@ def test_a_registered_stage_is_planned_listed_and_accepted_with_nothing_else_cha
         return [("first", {"n": 3})] if best >= 0 else []
 
     monkeypatch.setitem(STAGES._items, "extra", Stage("extra", ("single",), extra, "An example stage."))
+    monkeypatch.setattr(frugalray.strategies, "STAGE_NAMES", frugalray.strategies.STAGE_NAMES + ("extra",))
     plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "extra")), ResultsStore(tmp_path / "r"))
     _run(plan)
     assert plan.finished()
@@ -248,7 +255,7 @@ def test_a_full_model_trained_without_its_weights_trains_again_for_the_recover_s
 
 def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):
     from frugalray.model.importance import block_scores, importance_scores, proxy_scores
-    from frugalray.study.strategies import lowest_block
+    from frugalray.strategies import lowest_block
 
     plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies"), drop_block=(2,)),
                      ResultsStore(tmp_path / "r"))

@@ -9,8 +9,9 @@ from frugalray import FrugalrayError, ResultsStore
 from frugalray.model.importance import proxy_prior, spearman
 from frugalray.cluster.session import start_local_ray
 from frugalray.cluster.runs import run_search
-from frugalray.study.search import SearchConfig, mask_space, open_study
-from frugalray.study.strategies import kept_layers
+from frugalray.config import SearchConfig
+from frugalray.study.masks import mask_space, open_study
+from frugalray.strategies import kept_layers
 
 ray = pytest.importorskip("ray")
 RUNNER = "frugalray.testing:simulated_trial"
@@ -77,7 +78,7 @@ def test_multi_objective_front_is_non_dominated(tmp_path, tiny_model, local_ray)
                          and (b["dev_f1"], b["n_kept_layers"]) != (a["dev_f1"], a["n_kept_layers"]))
             assert not dominated, (a, b)
         assert len(a["kept_layers"]) == a["n_kept_layers"]
-    from frugalray.study.search import read_fronts
+    from frugalray.results.fronts import read_fronts
 
     [stored] = read_fronts(ResultsStore(tmp_path / "r"))
     assert stored.num_rows == len(front)
@@ -202,3 +203,60 @@ def test_the_multi_objective_sampler_pickles_as_tune_pickles_its_searcher():
     assert len(locks) == len([v for v in vars(study.sampler).values() if isinstance(v, type(threading.Lock()))])
     copy.optimize(objectives, n_trials=2)  # the loaded copy samples on
     assert len(copy.trials) == 6 and len(study.trials) == 4
+
+
+def test_halving_stops_masks_early_and_a_stopped_mask_is_never_a_result(tmp_path, tiny_model, local_ray):
+    """Successive halving stops masks at rungs counted in steps; their rows say so, Optuna has them as pruned,
+    and no view, front or best trial ever holds one of their partial scores."""
+    from frugalray.results.views import compute_view
+    from frugalray.study.masks import rungs
+
+    config = _search(tmp_path, tiny_model, budget=8, min_layers=1, max_layers=3, halving=True, grace_steps=3,
+                     reduction_factor=2, max_concurrent=1, training={"epochs": 2})
+    outcome = run_search(config, runner=RUNNER)
+    store = ResultsStore(tmp_path / "r")
+    rows = store.table().to_pylist()
+    planned = rows[0]["planned_steps"]
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    finished = [r for r in rows if r["status"] == "ok"]
+    assert stopped and finished, [(r["status"], r["train_steps"]) for r in rows]
+    assert all(r["train_steps"] == planned for r in finished)
+    for row in stopped:  # stopped at a rung, scored on dev only, its curve kept
+        assert row["train_steps"] in rungs(3, 2, planned) and row["f1"] is None
+        assert row["checkpoint_steps"][-1] == row["train_steps"] and row["dev_f1"] == row["checkpoint_dev_f1"][-1]
+    assert len({r["config_hash"] for r in rows}) == len(rows)  # no mask trained twice
+    study = outcome["study"]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(pruned) >= len(stopped) and all(t.intermediate_values for t in pruned)
+    best = max(finished, key=lambda r: r["dev_f1"])
+    assert study.best_value == best["dev_f1"] and study.best_trial.user_attrs["kept_layers"] == best["kept_layers"]
+    shown = compute_view(store, "strategies").table.to_pylist()
+    assert sorted(tuple(r["kept_layers"]) for r in shown) == sorted(tuple(r["kept_layers"]) for r in finished)
+    assert [f["kept_layers"] for f in outcome["front"]] == [best["kept_layers"]]
+    outcome = run_search(config, runner=RUNNER)  # resumed: stopped masks are told as pruned, not retrained
+    again = ResultsStore(tmp_path / "r").table().to_pylist()
+    trained_twice = {r["config_hash"] for r in again if r["status"] == "ok"} & {r["config_hash"] for r in stopped}
+    assert len(trained_twice) <= 1  # at most a stopped mask the search promoted, trained to the end once
+
+
+def test_halving_with_a_front_objective_searches_each_depth_apart(tmp_path, tiny_model, local_ray):
+    config = _search(tmp_path, tiny_model, budget=6, min_layers=1, max_layers=3, halving=True, grace_steps=3,
+                     reduction_factor=2, objective="f1_vs_layers", max_concurrent=1, training={"epochs": 2})
+    outcome = run_search(config, runner=RUNNER)
+    names = [search.config.name for search in outcome["searches"]]
+    assert names == ["s-n3", "s-n2", "s-n1"]
+    assert [search.config.budget for search in outcome["searches"]] == [2, 2, 2]
+    assert {len(f["kept_layers"]) for f in outcome["front"]} <= {1, 2, 3} and outcome["front"]
+    ok = {tuple(r["kept_layers"]) for r in ResultsStore(tmp_path / "r").table().to_pylist() if r["status"] == "ok"}
+    assert all(tuple(f["kept_layers"]) in ok for f in outcome["front"])
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"grace_steps": 500}, "a trial trains .* steps in all"),
+    ({"grace_steps": 1, "training": {"warmup_ratio": 0.5}}, "the first rung must come after the .* warm-up steps"),
+    ({"reduction_factor": 1}, "reduction_factor >= 2"),
+    ({"sampler": "tpee"}, "Unknown sampler 'tpee'. Did you mean 'tpe'"),
+])
+def test_bad_halving_settings_fail_before_any_trial(tmp_path, tiny_model, values, message):
+    with pytest.raises(FrugalrayError, match=message):
+        run_search(_search(tmp_path, tiny_model, halving=True, **values), runner=RUNNER)

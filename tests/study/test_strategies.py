@@ -5,7 +5,7 @@ import pytest
 
 import frugalray
 from frugalray import FrugalrayError, balanced_epochs, kept_layers
-from frugalray.study.strategies import STRATEGIES, alternate_family
+from frugalray.strategies import STRATEGIES, alternate_family
 
 REFERENCE = Path(frugalray.__file__).parent / "data" / "reference"
 

@@ -9,7 +9,8 @@ import torch
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.config import LoraSettings, RecoverySettings, TrainingSettings, TrialConfig
 from frugalray.training import recovery
-from frugalray.training.trial import execute_trial, prepare_trial
+from frugalray.training.prepared import prepare_trial
+from frugalray.training.trial import execute_trial
 
 FAST = TrainingSettings(epochs=2, batch_size=2, learning_rate=1e-3, lora_learning_rate=1e-3, max_length=32)
 

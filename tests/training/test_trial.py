@@ -10,7 +10,7 @@ from frugalray import (FrugalrayError, LoraSettings, ResultsStore, TrainingSetti
                        execute_trial, prepare_trial)
 from frugalray.cluster.resources import ResourceRule
 from frugalray.results.store import SCHEMA
-from frugalray.training.trial import check_device
+from frugalray.training.environment import check_device
 
 FAST = TrainingSettings(epochs=2, batch_size=2, learning_rate=1e-3, lora_learning_rate=1e-3, max_length=32)
 

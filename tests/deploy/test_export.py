@@ -10,7 +10,8 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from frugalray import FrugalrayError, LoraSettings, ResultsStore, TrainingSettings, TrialConfig, execute_trial
 from frugalray.cli import main
-from frugalray.model.export import export_trial, load_trained
+from frugalray.deploy.export import export_trial
+from frugalray.model.saved import load_trained
 from frugalray.model.loading import MODELS
 from frugalray.results.schema import TrialResult
 
@@ -162,7 +163,7 @@ def _stored(store, trial_id):
 def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, saved, capsys):
     from frugalray.data.encoding import encode_examples
     from frugalray.data.tasks import load_task
-    from frugalray.model.variants import load_variant
+    from frugalray.deploy.variants import load_variant
     from frugalray.results.views import compute_view
     from frugalray.training.loop import evaluate
 
@@ -196,8 +197,8 @@ def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, s
 def test_an_onnx_export_is_run_by_onnx_runtime_and_re_evaluated(tmp_path, saved, int8):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from frugalray.model.onnx import OnnxModel
-    from frugalray.model.variants import load_variant
+    from frugalray.deploy.onnx import OnnxModel
+    from frugalray.deploy.variants import load_variant
 
     store, trial = saved
     out = tmp_path / "onnx"
@@ -235,7 +236,8 @@ def test_onnx_export_without_the_extra_names_it_and_writes_nothing(tmp_path, sav
 
 def test_the_export_check_compares_with_the_unmerged_trained_model_on_the_tasks_test_examples(
         tmp_path, tiny_model, ner_task_file, monkeypatch):
-    from frugalray.model import export, lora
+    from frugalray.deploy import export
+    from frugalray.model import lora
 
     store = ResultsStore(tmp_path / "results")
     row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, lora=LoraSettings(),

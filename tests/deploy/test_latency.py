@@ -6,8 +6,9 @@ import pytest
 
 from frugalray import FrugalrayError, ResultsStore, TrainingSettings, TrialConfig, execute_trial
 from frugalray.cli import main
-from frugalray.model.export import export_trial
-from frugalray.model.latency import bench_latency, forward_flops
+from frugalray.deploy.export import export_trial
+from frugalray.deploy.grid import forward_flops
+from frugalray.deploy.latency import bench_latency
 from frugalray.testing import tiny_config
 
 
@@ -73,7 +74,7 @@ def test_the_grid_covers_every_shape_layer_set_and_precision_against_full_fp32(d
 
 
 def test_a_grid_with_cpu_only_precisions_runs_on_the_cpu_where_cuda_is_the_default():
-    from frugalray.model.grid import default_device
+    from frugalray.deploy.grid import default_device
 
     assert default_device(["fp32", "int8"], cuda=True) == "cpu" and default_device(["fp32", "onnx"], cuda=True) == "cpu"
     assert default_device(["fp32", "fp16"], cuda=True) == "cuda" and default_device(["fp32"], cuda=False) == "cpu"

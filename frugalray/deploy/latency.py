@@ -30,52 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from frugalray._registry import FrugalrayError
-
-# variant -> (runtime, precision)
-VARIANTS = {"fp32": ("torch", "fp32"), "bf16": ("torch", "bf16"), "fp16": ("torch", "fp16"),
-            "int8": ("torch", "int8"), "onnx": ("onnxruntime", "fp32"), "onnx-int8": ("onnxruntime", "int8")}
-CPU_ONLY = ("int8", "onnx", "onnx-int8")
-
-
-def forward_flops(config, kept: int, batch_size: int, seq_len: int) -> float:
-    """Forward FLOPs of an encoder keeping ``kept`` layers, from its config (multiply-add = 2 FLOPs)."""
-    h = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or getattr(config, "emb_dim")
-    i = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or 4 * h
-    per_token_layer = 8 * h * h + 4 * h * i + 4 * seq_len * h
-    embeddings = 7 * h  # three embeddings added, then layer-norm: a few operations per value
-    tokens = batch_size * seq_len
-    return tokens * (embeddings + kept * per_token_layer) + batch_size * 2 * h * h
-
-
-def hardware(device) -> dict:
-    """Where the timings were taken: the trial rows' hardware and versions, plus device, threads, runtime."""
-    import importlib.metadata
-
-    import torch
-
-    from frugalray.training.environment import environment
-
-    recorded = environment()
-    try:
-        onnxruntime = importlib.metadata.version("onnxruntime")
-    except importlib.metadata.PackageNotFoundError:
-        onnxruntime = None
-    return {
-        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-        "hardware": recorded["hardware"], "threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_version": recorded["torch_version"],
-        "transformers_version": recorded["transformers_version"], "onnxruntime_version": onnxruntime,
-        "python_version": platform.python_version(),
-    }
-
 
 def default_threads() -> int:
     """Physical cores this process may use (torch's own default counts physical cores too)."""
@@ -96,11 +57,11 @@ def bench_latency(model: str = "minilm", keep: list | None = None, *, batch_size
     request = dict(model=model, keep=[k if isinstance(k, int) else list(k) for k in keep or []],
                    batch_sizes=list(batch_sizes), seq_lens=list(seq_lens), variants=list(variants), device=device,
                    repeats=repeats, warmup=warmup, seed=seed, threads=threads or default_threads())
-    from frugalray.model.grid import check_request
+    from frugalray.deploy.grid import check_request
 
     check_request(**request)  # bad input fails here, before a process starts
     if not isolated:
-        from frugalray.model.grid import measure_grid
+        from frugalray.deploy.grid import measure_grid
 
         return _label(measure_grid(**request), False)
     return _label(_in_child(request), True)
@@ -122,7 +83,7 @@ def _in_child(request: dict) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="frugalray-latency-") as scratch:
         asked, answer = Path(scratch) / "request.json", Path(scratch) / "rows.json"
         asked.write_text(json.dumps(request))
-        done = subprocess.run([sys.executable, "-m", "frugalray.model.latency", str(asked), str(answer)], env=env,
+        done = subprocess.run([sys.executable, "-m", "frugalray.deploy.latency", str(asked), str(answer)], env=env,
                               capture_output=True, text=True)
         if not answer.is_file():
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-8:])
@@ -138,7 +99,7 @@ def _in_child(request: dict) -> list[dict]:
 def _child(asked: str, answer: str) -> None:
     import torch
 
-    from frugalray.model.grid import measure_grid
+    from frugalray.deploy.grid import measure_grid
     from frugalray.training.environment import running
 
     request = json.loads(Path(asked).read_text())
@@ -150,10 +111,6 @@ def _child(asked: str, answer: str) -> None:
     except FrugalrayError as error:
         result = {"error": str(error)}
     Path(answer).write_text(json.dumps(result))
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The latency grid measured in one process: which encoders to build (layer sets × precision/runtime), and
-the alternating timing rounds. ``frugalray.model.latency.bench_latency`` runs it in a process of its own.
+the alternating timing rounds. ``frugalray.deploy.latency.bench_latency`` runs it in a process of its own.
 
 >>> rows = measure_grid("minilm", [3], [32], [128], ["fp32", "int8"], "cpu", 10, 3, 0, 4)   # doctest: +SKIP
 """
@@ -7,15 +7,59 @@ the alternating timing rounds. ``frugalray.model.latency.bench_latency`` runs it
 from __future__ import annotations
 
 import json
+import os
+import platform
 import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from frugalray._registry import FrugalrayError
-from frugalray.model.latency import CPU_ONLY, VARIANTS, forward_flops, hardware, now
+
+
+# variant -> (runtime, precision)
+VARIANTS = {"fp32": ("torch", "fp32"), "bf16": ("torch", "bf16"), "fp16": ("torch", "fp16"),
+            "int8": ("torch", "int8"), "onnx": ("onnxruntime", "fp32"), "onnx-int8": ("onnxruntime", "int8")}
+CPU_ONLY = ("int8", "onnx", "onnx-int8")
+
+
+def forward_flops(config, kept: int, batch_size: int, seq_len: int) -> float:
+    """Forward FLOPs of an encoder keeping ``kept`` layers, from its config (multiply-add = 2 FLOPs)."""
+    h = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or getattr(config, "emb_dim")
+    i = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or 4 * h
+    per_token_layer = 8 * h * h + 4 * h * i + 4 * seq_len * h
+    embeddings = 7 * h  # three embeddings added, then layer-norm: a few operations per value
+    tokens = batch_size * seq_len
+    return tokens * (embeddings + kept * per_token_layer) + batch_size * 2 * h * h
+
+
+def hardware(device) -> dict:
+    """Where the timings were taken: the trial rows' hardware and versions, plus device, threads, runtime."""
+    import importlib.metadata
+
+    import torch
+
+    from frugalray.training.environment import environment
+
+    recorded = environment()
+    try:
+        onnxruntime = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        onnxruntime = None
+    return {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "hardware": recorded["hardware"], "threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch_version": recorded["torch_version"],
+        "transformers_version": recorded["transformers_version"], "onnxruntime_version": onnxruntime,
+        "python_version": platform.python_version(),
+    }
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -29,7 +73,7 @@ class _Source:
 
 
 def _source(model: str) -> _Source:
-    from frugalray.model.export import MANIFEST
+    from frugalray.model.saved import MANIFEST
 
     manifest = Path(model) / MANIFEST
     if manifest.is_file():
@@ -48,7 +92,7 @@ def _layer_sets(total: int, keep: list, source: _Source) -> list[tuple[str, tupl
                 raise FrugalrayError(f"--keep {spec}: a model with {total} layers keeps 1..{total - 1} of them")
             out.append((f"first_{spec}", tuple(range(spec))))
         else:
-            from frugalray.study.strategies import validate_layers
+            from frugalray.strategies import validate_layers
 
             kept = validate_layers(list(spec), total, "--keep layers")
             out.append(("mask " + ",".join(map(str, kept)), kept))
@@ -72,7 +116,7 @@ def check_request(model: str, keep: list, batch_sizes: list[int], seq_lens: list
         raise FrugalrayError(f"Precisions {', '.join(CPU_ONLY)} run on CPU only (dynamic int8, ONNX Runtime's CPU "
                              f"provider); measure them with --device cpu")
     if any(VARIANTS[v][0] == "onnxruntime" for v in variants):
-        from frugalray.model.onnx import require_onnx
+        from frugalray.deploy.onnx import require_onnx
 
         require_onnx("--precision onnx")
     source = _source(model)
@@ -128,7 +172,7 @@ def _entries(source: _Source, layer_sets, variants: list[str], target, threads: 
 
                 out.append(_Entry(label, kept, variant, _torch_runner(dynamic_int8(load()))))
             else:
-                from frugalray.model.onnx import export_onnx, quantize_onnx, session
+                from frugalray.deploy.onnx import export_onnx, quantize_onnx, session
 
                 if onnx_file is None:
                     onnx_file = export_onnx(load(), scratch / f"{len(out)}.onnx", output="last_hidden_state")

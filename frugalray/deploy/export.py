@@ -1,8 +1,7 @@
-"""Saved trial weights, and exporting a trial as a plain Hugging Face model folder.
+"""Exporting a trial as a plain Hugging Face model folder, from the weights it saved
+(``frugalray.model.saved``).
 
-A trial run with ``save_model`` keeps its trained model under ``<results>/models/<trial_id>/``: the whole
-pruned model after full fine-tuning; after LoRA only the adapter and the head (megabytes, not the
-model), rebuilt at export from the base model and the kept layers. ``export_trial`` writes the pruned
+``export_trial`` writes the pruned
 model with LoRA merged as a normal folder that ``AutoModelFor…Classification.from_pretrained`` loads,
 and checks that it predicts what the trained model predicted: the export, loaded back, against the model as
 the trial evaluated it (for LoRA the unmerged adapter model), on the task's test examples encoded with the
@@ -13,7 +12,7 @@ trial's tokenizer.
 
 ``--int8`` and ``--onnx`` export a smaller inference form too (torch dynamic int8; ONNX Runtime, fp32 or with
 ``--int8`` int8), which is re-evaluated on the task and stored as a row of its own
-(``frugalray.model.variants``).
+(``frugalray.deploy.variants``).
 
 The base model is named as the trial named it (``minilm``, a hub id, the user's folder), never by this
 machine's path to it, so a saved trial and an export mean the same thing on another machine. An export
@@ -30,56 +29,8 @@ import tempfile
 from pathlib import Path, PurePath
 
 from frugalray._registry import FrugalrayError
+from frugalray.model.saved import MANIFEST, load_trained
 from frugalray.results.store import ResultsStore, normal_permissions
-
-MANIFEST = "frugalray_trial.json"
-
-
-def save_trained(model, tokenizer, folder: str | Path, *, base_model: str, kept_layers, head: str,
-                 labels: list[str], lora: bool, trial: dict) -> None:
-    """Write what export needs: weights (whole model, or adapter + head), tokenizer and a manifest."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _name_base_model(model, base_model)
-    model.save_pretrained(folder)  # a peft model saves its adapter and modules_to_save only
-    tokenizer.save_pretrained(folder)
-    manifest = {"base_model": base_model, "kept_layers": list(kept_layers), "head": head, "labels": list(labels),
-                "lora": lora, **trial}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-
-
-def _name_base_model(model, base_model: str) -> None:
-    """Make ``model`` call its base model ``base_model``: peft writes that name into adapter_config.json and
-    README.md, where the resolved location (e.g. a site-packages path) would only mean something here."""
-    for config in getattr(model, "peft_config", {}).values():
-        config.base_model_name_or_path = base_model
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner.config.name_or_path = base_model
-    inner.name_or_path = base_model
-
-
-def load_trained(folder: str | Path, merge: bool = True):
-    """The trained model of a saved trial, in eval mode, and its manifest. LoRA is merged into the weights
-    unless ``merge`` is False: then it is the peft model with its adapter, as the trial evaluated it."""
-    from frugalray.model.loading import auto_class, load_model
-
-    folder = Path(folder)
-    manifest = json.loads((folder / MANIFEST).read_text())
-    if manifest["lora"]:
-        from peft import PeftModel
-
-        from frugalray.model.lora import merged
-        from frugalray.model.surgery import num_layers, prune_layers
-
-        model = load_model(manifest["base_model"], manifest["head"], manifest["labels"])
-        if list(manifest["kept_layers"]) != list(range(num_layers(model.config))):
-            prune_layers(model, manifest["kept_layers"])
-        model = PeftModel.from_pretrained(model, folder)
-        model = merged(model) if merge else model
-    else:
-        model = auto_class(manifest["head"]).from_pretrained(folder)
-    return model.eval(), manifest
-
 
 def find_trial(store: ResultsStore, trial: str) -> dict:
     """The row whose trial_id is ``trial`` or starts with it (unique)."""
@@ -103,7 +54,7 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
                  int8: bool = False, onnx: bool = False) -> dict:
     """Write trial ``trial``'s model (pruned, LoRA merged) as a plain HF folder at ``out``.
 
-    With ``int8`` and/or ``onnx`` the export is that variant (``frugalray.model.variants``): it is evaluated
+    With ``int8`` and/or ``onnx`` the export is that variant (``frugalray.deploy.variants``): it is evaluated
     on the task's test and dev sets and stored as a row of ``store`` (``variant_row``), beside the source's F1.
 
     ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
@@ -114,26 +65,14 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
     >>> export_trial(ResultsStore("results/"), "3f2a9c01", "exported/")["kept_layers"]   # doctest: +SKIP
     [0, 1, 5]
     """
-    row = find_trial(store, trial)
-    if row["status"] != "ok":
-        raise FrugalrayError(f"Trial {row['trial_id']} failed ({(row['error'] or '').splitlines()[0][:200]}); "
-                             f"a failed trial has no model to export")
-    if not row["model_path"]:
-        raise FrugalrayError(
-            f"Trial {row['trial_id']} has no saved weights; run it again with --save-model "
-            f"(frugalray trial ... --save-model, or save_models=[stages] in a sweep) and export that run"
-        )
-    try:
-        store.path(row["model_path"])
-    except FrugalrayError as error:
-        raise FrugalrayError(f"Trial {row['trial_id']}: its model_path is not readable: {error}") from None
+    row = _exportable(store, trial)
     out = Path(out)
     _check_out(out, force)
-    from frugalray.model.variants import evaluate_variant, variant_name, write_variant
+    from frugalray.deploy.variants import evaluate_variant, variant_name
 
     variant = variant_name(int8, onnx)
     if onnx:
-        from frugalray.model.onnx import require_onnx
+        from frugalray.deploy.onnx import require_onnx
 
         require_onnx("frugalray export --onnx")  # before anything is written
     from transformers.utils import logging
@@ -147,32 +86,60 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
         from frugalray.model import lora
 
         model = lora.merged(trained)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside ``out``: moves are renames
-        try:
-            model.save_pretrained(staging)
-            from transformers import AutoTokenizer
-
-            AutoTokenizer.from_pretrained(folder).save_pretrained(staging)
-            difference = _difference(expected, staging, manifest["head"], inputs) if check else None
-            if difference is not None and difference > 1e-4:
-                raise FrugalrayError(f"Exported model of {row['trial_id']} differs from the trained one "
-                                     f"(max logit difference {difference:.2e}); nothing was written to {out}")
-            write_variant(model, staging, variant)
-            written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-            manifest |= {"variant": variant, "source_trial_id": row["trial_id"]}
-            (staging / MANIFEST).write_text(json.dumps(manifest | {"exported_files": written + [MANIFEST]},
-                                                       indent=2, sort_keys=True))
-            normal_permissions(staging)  # mkdtemp and some writers make files private
-            _install(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        manifest |= {"variant": variant, "source_trial_id": row["trial_id"]}
+        difference = _write(model, folder, out, manifest, (expected, inputs) if check else None)
     from frugalray.model.surgery import parameter_count
 
     evaluated = evaluate_variant(store, row["trial_id"], out) if variant != "fp32" else None
     return {"trial_id": row["trial_id"], "out": str(out), "kept_layers": manifest["kept_layers"],
             "lora_merged": manifest["lora"], "parameters": parameter_count(model), "max_logit_difference": difference,
             "variant": variant, "source_f1": row["f1"], "variant_row": evaluated}
+
+
+def _exportable(store: ResultsStore, trial: str) -> dict:
+    """Trial ``trial``'s row, refused when it failed or kept no readable weights."""
+    row = find_trial(store, trial)
+    if row["status"] != "ok":
+        raise FrugalrayError(f"Trial {row['trial_id']} failed ({(row['error'] or '').splitlines()[0][:200]}); "
+                             f"a failed trial has no model to export")
+    if not row["model_path"]:
+        raise FrugalrayError(
+            f"Trial {row['trial_id']} has no saved weights; run it again with --save-model "
+            f"(frugalray trial ... --save-model, or save_models=[stages] in a sweep) and export that run"
+        )
+    try:
+        store.path(row["model_path"])
+    except FrugalrayError as error:
+        raise FrugalrayError(f"Trial {row['trial_id']}: its model_path is not readable: {error}") from None
+    return row
+
+
+def _write(model, saved: Path, out: Path, manifest: dict, check: tuple | None) -> float | None:
+    """Write the merged ``model``, its tokenizer (from the ``saved`` folder), its variant's files and the
+    manifest to ``out``, through a staging folder beside it; with ``check`` (expected logits, inputs) the
+    export is loaded back and compared first. Returns the largest logit difference (None: unchecked)."""
+    from transformers import AutoTokenizer
+
+    from frugalray.deploy.variants import write_variant
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # beside ``out``: moves are renames
+    try:
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(saved).save_pretrained(staging)
+        difference = _difference(check[0], staging, manifest["head"], check[1]) if check else None
+        if difference is not None and difference > 1e-4:
+            raise FrugalrayError(f"Exported model of {manifest['source_trial_id']} differs from the trained one "
+                                 f"(max logit difference {difference:.2e}); nothing was written to {out}")
+        write_variant(model, staging, manifest["variant"])
+        written = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        (staging / MANIFEST).write_text(json.dumps(manifest | {"exported_files": written + [MANIFEST]},
+                                                   indent=2, sort_keys=True))
+        normal_permissions(staging)  # mkdtemp and some writers make files private
+        _install(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return difference
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -1,0 +1,99 @@
+"""A layer-mask search (``SearchConfig``): what Optuna searches, how each mask trains, and how early an
+unpromising mask is stopped. Torch-free.
+
+>>> SearchConfig(task="demo_pos", max_layers=3).name
+'search-demo_pos-f1'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from frugalray._registry import FrugalrayError, did_you_mean
+from frugalray.config._fields import Settings
+from frugalray.config.lora import LoraSettings
+from frugalray.config.study import ResourceRule, check_seeds
+from frugalray.config.training import TrainingSettings
+
+# Search objective -> (result columns, Optuna directions). Quality is dev F1: choosing layers never sees test.
+OBJECTIVES = {
+    "f1": (("dev_f1",), ("maximize",)),
+    "f1_vs_layers": (("dev_f1", "n_kept_layers"), ("maximize", "minimize")),
+    "f1_vs_latency": (("dev_f1", "latency_ms"), ("maximize", "minimize")),
+}
+PRIORS = ("none", "proxy")
+SAMPLERS = ("tpe", "random")
+
+
+@dataclass(frozen=True)
+class SearchConfig(Settings):
+    """A layer-mask search: Optuna proposes masks, each trained as an ordinary trial."""
+
+    task: str = field(metadata={"help": "Task to search layer masks for."})
+    model: str = field(default="minilm", metadata={"help": "Model alias, folder or hub id."})
+    name: str = field(default="", metadata={"help": "Study name (default: search-<task>-<objective>)."})
+    budget: int = field(default=20, metadata={"help": "New masks to train in this run (with halving and a front "
+                                                       "objective: in all, shared out over the kept-layer counts)."})
+    min_layers: int = field(default=1, metadata={"help": "Fewest layers a mask keeps."})
+    max_layers: int | None = field(default=None, metadata={"help": "Most layers a mask keeps (default: L-1)."})
+    exactly: int | None = field(default=None, metadata={"help": "Keep exactly N layers (overrides min/max)."})
+    objective: str = field(default="f1", metadata={"help": ", ".join(OBJECTIVES) + "."})
+    seed: int = field(default=0, metadata={"help": "Training seed of every search trial."})
+    sampler_seed: int = field(default=0, metadata={"help": "Seed of Optuna's sampler."})
+    training: TrainingSettings = field(
+        default_factory=TrainingSettings, metadata={"help": "How every trial trains (HF TrainingArguments' defaults)."}
+    )
+    lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
+    data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
+    results: str = field(default="results", metadata={"help": "Results location."})
+    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file)."})
+    warm_start: bool = field(default=True, metadata={"help": "Tell Optuna every stored result of this space."})
+    prior: str = field(default="proxy", metadata={"help": "'proxy': first try masks ranked by layer importance."})
+    prior_masks: int = field(default=3, metadata={
+        "help": "How many masks per kept-layer count the proxy puts first (best by summed layer importance)."})
+    sampler: str = field(default="tpe", metadata={"help": "Optuna sampler once the prior's masks are tried: tpe "
+                                                          "(NSGA-II for two objectives) or random."})
+    halving: bool = field(default=False, metadata={
+        "help": "Stop unpromising masks early (asynchronous successive halving, Ray Tune's ASHAScheduler, on dev "
+                "F1 at rungs counted in training steps); only trials trained to the end are results. With a front "
+                "objective, one search per kept-layer count."})
+    grace_steps: int | None = field(default=None, metadata={
+        "help": "Training steps before the first rung (default: the whole training / reduction_factor**2, and "
+                "never before warm-up ends); dev F1 is scored every this many steps."})
+    reduction_factor: int = field(default=3, metadata={
+        "help": "Each rung keeps the best 1/reduction_factor of the masks that reach it; rungs at grace_steps "
+                "x reduction_factor**k steps, up to the whole training (--training.epochs)."})
+    resources: ResourceRule = field(
+        default_factory=ResourceRule, metadata={"help": "What each trial asks of the cluster."}
+    )
+    max_concurrent: int | None = field(default=None, metadata={"help": "Cap on trials running at once."})
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise FrugalrayError(did_you_mean("objective", self.objective, list(OBJECTIVES)))
+        if self.prior not in PRIORS:
+            raise FrugalrayError(did_you_mean("prior", self.prior, list(PRIORS)))
+        if self.sampler not in SAMPLERS:
+            raise FrugalrayError(did_you_mean("sampler", self.sampler, list(SAMPLERS)))
+        if self.prior_masks < 0 or self.reduction_factor < 2 or (self.grace_steps is not None and self.grace_steps < 1):
+            raise FrugalrayError(f"prior_masks must be >= 0 (got {self.prior_masks}), reduction_factor >= 2 (got "
+                                 f"{self.reduction_factor}) and grace_steps >= 1 (got {self.grace_steps})")
+        if self.budget < 1:
+            raise FrugalrayError(f"The search budget must be a positive number of trials, got {self.budget!r}")
+        check_seeds(self.seed)
+        if not self.name:
+            object.__setattr__(self, "name", f"search-{Path(self.task).stem}-{self.objective}")
+
+    def bounds(self, num_layers: int) -> tuple[int, int]:
+        """(fewest, most) kept layers; an unsatisfiable constraint is an error."""
+        if self.exactly is not None:
+            low = high = self.exactly
+        else:
+            low, high = self.min_layers, self.max_layers if self.max_layers is not None else num_layers - 1
+        if not 1 <= low <= high <= num_layers:
+            raise FrugalrayError(
+                f"No mask satisfies the constraint: keep {low}..{high} layers of a {num_layers}-layer model "
+                f"(need 1 <= min <= max <= {num_layers})"
+            )
+        return low, high
