@@ -9,6 +9,17 @@
 scoring dev every ``--eval-every`` optimizer steps (the row's ``checkpoint_dev_f1``), then the best masks of
 each depth over more seeds, to know the noise between seeds. The rows land in ``--results``, a frugalray store:
 an interrupted run resumes.
+
+``replay`` runs frugalray's own search (``frugalray.cluster.runs.run_search``: Optuna, Ray Tune, the ASHA
+scheduler) with trials that replay the recorded table instead of training (``frugalray.testing.replayed_trial``:
+the same dev curve at the same checkpoints, the same final scores), --repeats times per method, each in a
+store of its own: random search and TPE at full fidelity, the proxy's order alone, successive halving without
+and with the proxy's order first. The space: masks keeping at most --max-layers layers (half the encoder by
+default); the answer: the mask with the best dev F1 among those trained to the end, judged on its test F1.
+
+``report`` prints how well each checkpoint's dev F1 ranks the masks' final test F1 (Spearman, Kendall), the
+noise floor between seeds, and for each method the training steps it needed (a fraction of training every
+mask) to come within the target of the exhaustive answer in >= 90% of repeats, with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -54,6 +65,51 @@ def record(args) -> None:
                 trial(mask, seed)
 
 
+METHODS = {  # name -> SearchConfig settings
+    "random, full fidelity": dict(sampler="random", prior="none", halving=False),
+    "TPE, full fidelity": dict(sampler="tpe", prior="none", halving=False),
+    "proxy order alone": dict(sampler="tpe", prior="proxy", prior_masks=10_000, halving=False),
+    "halving (ASHA), TPE": dict(sampler="tpe", prior="none", halving=True),
+    "halving (ASHA), proxy order first": dict(sampler="tpe", prior="proxy", halving=True),
+}
+
+
+def replay(args) -> None:
+    """Each method --repeats times (sampler seed = repeat), each run's rows summarised in --log."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from frugalray import SearchConfig
+    from frugalray.cluster.runs import run_search
+    from frugalray.cluster.session import start_local_ray
+
+    os.environ["FRUGALRAY_REPLAY_TABLE"] = os.path.abspath(args.results)  # Ray's workers inherit it
+    os.environ["FRUGALRAY_REPLAY_SECONDS"] = str(args.seconds_per_layer_step)
+    log = Path(args.log)
+    done = {(r["method"], r["repeat"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
+    start_local_ray(num_cpus=2, num_gpus=0)
+    for repeat in range(args.repeats):
+        for method, settings in METHODS.items():
+            if (method, repeat) in done or (method == "proxy order alone" and repeat > 0):  # deterministic
+                continue
+            with tempfile.TemporaryDirectory() as scratch:
+                config = SearchConfig(task=args.task, model=args.model, max_layers=args.max_layers, budget=10_000,
+                                      sampler_seed=repeat, warm_start=False, results=scratch, name="replay",
+                                      training={"epochs": args.epochs}, resources={"cpus_per_trial": 1},
+                                      max_concurrent=2, **settings)
+                with open(os.devnull, "w") as quiet:
+                    run_search(config, runner="frugalray.testing:replayed_trial", stream=quiet)
+                rows = ResultsStore(scratch).table().to_pylist()
+            events = [{"kept_layers": r["kept_layers"], "status": r["status"], "train_steps": r["train_steps"],
+                       "dev_f1": r["dev_f1"]} for r in sorted(rows, key=lambda r: r["finished_at"])]
+            with log.open("a") as handle:
+                handle.write(json.dumps({"method": method, "repeat": repeat, "events": events}) + "\n")
+            print(f"  {method:34} repeat {repeat:2}: {sum(e['status'] == 'ok' for e in events)} trained to the end, "
+                  f"{sum(e['status'] == 'stopped' for e in events)} stopped, "
+                  f"{sum(e['train_steps'] for e in events)} steps", flush=True)
+
+
 def _hash(config: TrialConfig) -> str:
     from frugalray.training.prepared import prepare_trial
 
@@ -62,7 +118,7 @@ def _hash(config: TrialConfig) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["record"])
+    parser.add_argument("command", choices=["record", "replay", "report"])
     parser.add_argument("--task", default="wnut16", help="registered task or task .json")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--epochs", type=int, default=3)
@@ -70,9 +126,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--noise-seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1, 2])
     parser.add_argument("--top", type=int, default=3, help="best masks per depth trained over --noise-seeds")
-    parser.add_argument("--results", default="results/search_table")
+    parser.add_argument("--results", default="results/search_table", help="the recorded table (a frugalray store)")
+    parser.add_argument("--max-layers", type=int, default=None, help="the searched space: masks keeping at most "
+                                                                      "this many layers (default: half the encoder)")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seconds-per-layer-step", type=float, default=1e-4,
+                        help="replayed trials sleep this long per kept layer and training step")
+    parser.add_argument("--log", default="results/search_replays.jsonl", help="JSONL of every replayed search")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     args = parser.parse_args(argv)
-    record(args)
+    if args.max_layers is None:
+        args.max_layers = layer_count(args.model) // 2
+    if args.command == "record":
+        record(args)
+    elif args.command == "replay":
+        replay(args)
+    else:
+        from search_report import report
+
+        report(args)
 
 
 if __name__ == "__main__":

@@ -90,7 +90,9 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     from frugalray.model.importance import proxy_prior, proxy_scores
 
     stream = stream or sys.stdout
-    config = dataclasses.replace(config, results=_absolute(config.results))
+    config = dataclasses.replace(config, results=_absolute(config.results),  # workers run in folders of their own
+                                 task=_absolute(config.task) if config.task.endswith(".json") else config.task,
+                                 data_dir=_absolute(config.data_dir) if config.data_dir else None)
     store = ResultsStore(config.results).check_writable()
     record_run(store, "searches", config.name, config.to_dict())
     low, high = config.bounds(layer_count(config.model))

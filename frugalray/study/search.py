@@ -76,6 +76,7 @@ class MaskSearch:
         self.running: dict[str, tuple[object, tuple[int, ...]]] = {}  # config hash -> (Optuna trial, mask)
         self.parked: dict[str, list] = {}  # config hash -> Optuna trials waiting for that run
         self.promoted: set[str] = set()  # stopped masks handed out again, to train to the end
+        self.failed: dict[str, tuple[int, ...]] = {}  # hash -> mask whose run failed in this run (retried by the next)
         self.reported: dict[int, set[int]] = {}  # Optuna trial number -> checkpoint steps reported to it
         self.handed_out = 0
         self.told_from_store = 0
@@ -94,34 +95,70 @@ class MaskSearch:
         return Planned(config, prepared.config_hash, prepared.kept_layers, self.config.task, "search",
                        self.task.fingerprint, full_fidelity)
 
-    def next(self, max_known_in_a_row: int = 50):
-        """The next mask to train, None to wait for the running ones, or DONE."""
+    def next(self, max_known_in_a_row: int = 50, resample_after: int = 10):
+        """The next mask to train, None to wait for the running ones, or DONE.
+
+        A sampler that keeps proposing masks already tried (TPE does, in a small space) is handed a random
+        untried mask after ``resample_after`` such proposals in a row."""
         if self.handed_out >= self.config.budget:
             return DONE if not self.running else None
-        for _ in range(max_known_in_a_row):
-            if len(self.known_masks) + len(self.running) >= self.space_size:
-                break  # every mask of the space is trained or training
+        for asked in range(max_known_in_a_row):
+            if len(self.known_masks) + len(self.running) + len(self.failed) >= self.space_size:
+                break  # every mask of the space is trained, training or failed in this run
+            if asked and asked % resample_after == 0:
+                untried = self._untried()
+                if untried is not None:
+                    self.study.enqueue_trial(mask_params(untried, self.num_layers))
             trial = self.study.ask()
             kept = tuple(self.space(trial)["layers"])
             trial.set_user_attr("kept_layers", list(kept))  # forced layers are not params
-            planned = self.planned(kept)
-            if planned.config_hash in self.known:  # trained before: tell Optuna, ask again
-                self.study.tell(trial, self._values(self.known[planned.config_hash]))
-                self.known_masks.add(kept)
-                self.told_from_store += 1
-            elif planned.config_hash in self.running:  # wait for that run
-                self.parked.setdefault(planned.config_hash, []).append(trial)
-            elif planned.config_hash in self.stopped and not self._earns_promotion(planned.config_hash):
-                self._tell_stopped(trial, self.stopped[planned.config_hash])
-            else:
-                if planned.config_hash in self.stopped:
-                    self.promoted.add(planned.config_hash)
-                    planned = self.planned(kept, full_fidelity=True)
-                self.running[planned.config_hash] = (trial, kept)
-                self.handed_out += 1
+            planned = self._handle(trial, kept)
+            if planned is not None:
                 return planned
         # Only known or running masks come back: the space is exhausted (or nearly): wait, or stop.
         return None if self.running else DONE
+
+    def _handle(self, trial, kept: tuple[int, ...]) -> Planned | None:
+        """Tell Optuna what is known of ``kept`` (None), or hand it out to train."""
+        from optuna.trial import TrialState
+
+        planned = self.planned(kept)
+        if planned.config_hash in self.known:  # trained before: tell Optuna, ask again
+            self.study.tell(trial, self._values(self.known[planned.config_hash]))
+            self.known_masks.add(kept)
+            self.told_from_store += 1
+        elif planned.config_hash in self.running:  # wait for that run
+            self.parked.setdefault(planned.config_hash, []).append(trial)
+        elif planned.config_hash in self.failed:  # failed in this run: retried by the next run, not now
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif planned.config_hash in self.stopped and not self._earns_promotion(planned.config_hash):
+            self._tell_stopped(trial, self.stopped[planned.config_hash])
+        else:
+            if planned.config_hash in self.stopped:
+                self.promoted.add(planned.config_hash)
+                planned = self.planned(kept, full_fidelity=True)
+            self.running[planned.config_hash] = (trial, kept)
+            self.handed_out += 1
+            return planned
+        return None
+
+    def _untried(self) -> tuple[int, ...] | None:
+        """A random mask of the space that was never trained, stopped, failed or handed out (None: no such)."""
+        import itertools
+        import random
+
+        tried = (self.known_masks | {kept for _, kept in self.running.values()} | set(self.failed.values())
+                 | {tuple(r["kept_layers"]) for r in self.stopped.values()})
+        rng = random.Random(self.config.sampler_seed * 100_003 + self.handed_out)
+        if self.space_size <= 50_000:
+            every = [m for n in range(self.low, self.high + 1) for m in itertools.combinations(range(self.num_layers), n)]
+            untried = [m for m in every if m not in tried]
+            return rng.choice(untried) if untried else None
+        for _ in range(1000):
+            mask = tuple(sorted(rng.sample(range(self.num_layers), rng.randint(self.low, self.high))))
+            if mask not in tried:
+                return mask
+        return None
 
     def progress(self, planned: Planned, step: int, dev_f1: float) -> None:
         """A running mask's dev F1 at a checkpoint, reported to its Optuna trial (the dashboard draws it)."""
@@ -149,6 +186,7 @@ class MaskSearch:
                 self._tell_stopped(each, result.to_row())
         else:
             self.outcomes["failed"] += 1
+            self.failed[planned.config_hash] = kept
             for each in waiting:
                 self.study.tell(each, state=TrialState.FAIL)
 

@@ -260,3 +260,17 @@ def test_halving_with_a_front_objective_searches_each_depth_apart(tmp_path, tiny
 def test_bad_halving_settings_fail_before_any_trial(tmp_path, tiny_model, values, message):
     with pytest.raises(FrugalrayError, match=message):
         run_search(_search(tmp_path, tiny_model, halving=True, **values), runner=RUNNER)
+
+
+def test_a_task_file_named_relative_to_the_caller_is_found_by_every_trial(tmp_path, tiny_model, local_ray,
+                                                                           monkeypatch):
+    """Tune runs each trial in a folder of its own: a relative task path must not fail there (nor be retried
+    over and over within the run when a trial does fail)."""
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    outcome = run_search(_search(tmp_path, tiny_model, task="fixtures/ner_task.json", budget=3, max_layers=2),
+                         runner=RUNNER)
+    rows = _trained(tmp_path)
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
+    assert outcome["front"]

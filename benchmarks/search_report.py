@@ -1,0 +1,135 @@
+"""The tables of ``benchmarks/search_efficiency.py report``: rank agreement of early dev scores with final test
+F1, the noise floor between seeds, and the compute each replayed search method needed.
+
+A method's compute to come within the target of the exhaustive answer: replay by replay, the training steps of
+every row the search had finished (trained to the end or stopped) when, for the first time, the mask with the
+best dev F1 among those trained to the end has a test F1 within the target of the exhaustive answer's (the
+mask with the best dev F1 of the whole space). As a fraction of training every mask of the space to the end.
+"Needed in >= 90% of repeats" is the 90th percentile of that over repeats (nearest rank), with a bootstrap
+interval; a search that never got there counts as infinite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from pathlib import Path
+
+from frugalray import ResultsStore
+
+GOAL_FRACTION, GOAL_RATE, GOAL_VS_RANDOM = 0.15, 0.9, 2.0
+
+
+def _table(args):
+    rows = [r for r in ResultsStore(args.results).table().to_pylist() if r["status"] == "ok" and r["checkpoint_steps"]]
+    by_seed: dict[tuple, dict[int, dict]] = {}
+    for row in rows:
+        by_seed.setdefault(tuple(row["kept_layers"]), {})[row["seed"]] = row
+    space = {kept: seeds[args.seed] for kept, seeds in by_seed.items() if len(kept) <= args.max_layers and args.seed in seeds}
+    return space, by_seed
+
+
+def _noise_floor(by_seed, max_layers: int) -> tuple[float, int]:
+    """Pooled standard deviation of test F1 between seeds, over the masks trained on several seeds."""
+    spread = [statistics.variance([r["f1"] for r in seeds.values()]) for kept, seeds in by_seed.items()
+              if len(seeds) >= 3 and len(kept) <= max_layers]
+    return (math.sqrt(statistics.mean(spread)) if spread else float("nan")), len(spread)
+
+
+def _ranks(space: dict) -> None:
+    from scipy.stats import kendalltau, spearmanr
+
+    masks = sorted(space)
+    final = [space[m]["f1"] for m in masks]
+    steps = sorted(set.intersection(*(set(space[m]["checkpoint_steps"]) for m in masks)))
+    planned = space[masks[0]]["planned_steps"]
+    print(f"\nRank agreement with the final test F1, over the {len(masks)} masks of the space (dev F1 at each step)")
+    print("| step | share of training | Spearman | Kendall |\n|---|---|---|---|")
+    for step in steps + [planned]:
+        score = [space[m]["dev_f1"] if step == planned else dict(zip(space[m]["checkpoint_steps"],
+                                                                       space[m]["checkpoint_dev_f1"]))[step] for m in masks]
+        print(f"| {step} | {step / planned:.0%} | {spearmanr(score, final).statistic:+.3f} | "
+              f"{kendalltau(score, final).statistic:+.3f} |")
+
+
+def _to_target(events: list[dict], space: dict, target: float) -> float:
+    """Steps spent when the search's answer first came within the target (inf: it never did)."""
+    spent, best = 0, None
+    for event in events:
+        spent += event["train_steps"]
+        if event["status"] == "ok" and (best is None or event["dev_f1"] > best["dev_f1"]):
+            best = event
+        if best is not None and space[tuple(best["kept_layers"])]["f1"] >= target:
+            return spent
+    return math.inf
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _interval(draw, resamples: int) -> tuple[float, float]:
+    values = sorted(draw() for _ in range(resamples))
+    return values[int(0.025 * resamples)], values[int(0.975 * resamples) - 1]
+
+
+def _wilson(hits: int, n: int) -> tuple[float, float]:
+    z, p = 1.96, hits / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def report(args) -> None:
+    space, by_seed = _table(args)
+    if not space:
+        raise SystemExit(f"{args.results} holds no recorded masks: run `record` first")
+    planned = next(iter(space.values()))["planned_steps"]
+    exhaustive = planned * len(space)
+    answer = max(space.values(), key=lambda r: r["dev_f1"])
+    floor, masks = _noise_floor(by_seed, args.max_layers)
+    margin = max(0.005, floor) if not math.isnan(floor) else 0.005
+    target = answer["f1"] - margin
+    print(f"space: {len(space)} masks of at most {args.max_layers} layers, {planned} steps each ({exhaustive} in all)")
+    print(f"exhaustive answer (best dev F1): layers {answer['kept_layers']}, dev F1 {answer['dev_f1']:.4f}, test F1 "
+          f"{answer['f1']:.4f}; best test F1 of the space {max(r['f1'] for r in space.values()):.4f}")
+    print(f"noise floor: test F1 std between seeds {floor:.4f} (pooled over {masks} masks on 3 seeds); target: within "
+          f"{margin:.4f} of the answer's test F1 ({'the floor, wider than 0.005' if margin > 0.005 else '0.5 point'})")
+    _ranks(space)
+    runs = [json.loads(line) for line in Path(args.log).read_text().splitlines()] if Path(args.log).exists() else []
+    costs: dict[str, list[float]] = {}
+    totals: dict[str, list[float]] = {}
+    for run in runs:
+        costs.setdefault(run["method"], []).append(_to_target(run["events"], space, target) / exhaustive)
+        totals.setdefault(run["method"], []).append(sum(e["train_steps"] for e in run["events"]) / exhaustive)
+    if not costs:
+        return
+    rng = random.Random(0)
+    resample = lambda values: [rng.choice(values) for _ in values]  # noqa: E731
+    need = {m: _quantile(v, GOAL_RATE) for m, v in costs.items()}
+    baseline = costs.get("random, full fidelity")
+    print(f"\nCompute to come within {margin:.4f} of the answer's test F1, as a share of training all {len(space)} "
+          f"masks ({args.bootstrap} bootstrap resamples)")
+    print("| method | repeats | needed in >= 90% of repeats [95% CI] | median | hit by 15% [95% CI] | "
+          "random's need / this one's [95% CI] | whole search |")
+    print("|---|---|---|---|---|---|---|")
+    for method, values in costs.items():
+        low, high = _interval(lambda: _quantile(resample(values), GOAL_RATE), args.bootstrap) if len(values) > 1 else (need[method],) * 2
+        hits = sum(v <= GOAL_FRACTION for v in values)
+        rate_low, rate_high = _wilson(hits, len(values))
+        versus = ""
+        if baseline and method != "random, full fidelity":
+            ratio = lambda: _quantile(resample(baseline), GOAL_RATE) / _quantile(resample(values), GOAL_RATE)  # noqa: E731
+            r_low, r_high = _interval(ratio, args.bootstrap) if len(values) > 1 else (float("nan"),) * 2
+            versus = f"{need['random, full fidelity'] / need[method]:.2f}x [{r_low:.2f}, {r_high:.2f}]"
+        print(f"| {method} | {len(values)} | {need[method]:.1%} [{low:.1%}, {high:.1%}] | "
+              f"{statistics.median(values):.1%} | {hits / len(values):.0%} [{rate_low:.0%}, {rate_high:.0%}] | {versus} | "
+              f"{statistics.mean(totals[method]):.0%} |")
+    for method in (m for m in costs if m.startswith("halving")):
+        met = need[method] <= GOAL_FRACTION
+        vs = baseline and need["random, full fidelity"] / need[method] >= GOAL_VS_RANDOM
+        print(f"goal, {method}: within the target at <= {GOAL_FRACTION:.0%} of exhaustive in >= 90% of repeats: "
+              f"{'met' if met else 'NOT met'} ({need[method]:.1%}); >= {GOAL_VS_RANDOM:.0f}x less than random: "
+              f"{'met' if vs else 'NOT met'}")
