@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ablation-seeds", help="seeds for the ablation runs (default: --seeds)")
     parser.add_argument("--ablation-keep", action="append", help="layer sets the speed choices run on, as --keep "
                                                                  "(default: every --keep set)")
-    parser.add_argument("--trainer-keep", action="append", help="layer sets the Trainer runs on, as --keep "
-                                                                "(default: every --keep set)")
+    parser.add_argument("--trainer-keep", action="append", help="layer sets the Trainer runs on, as --keep, or "
+                                                                "none (default: every --keep set)")
     parser.add_argument("--timing-seeds", help="seeds whose runs the speed columns use (default: every seed); "
                                                "name the seeds run on a quiet machine")
     parser.add_argument("--log", default="results/recipe_fidelity.jsonl", help="JSONL of every run (resumes)")
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     total = num_layers(load_model(args.model, task.spec.head, task.labels).config)
     layer_sets = [_layers(k, total) for k in (args.keep or ["all", ",".join(map(str, range(total // 2))), "0"])]
     ablation_sets = [_layers(k, total) for k in args.ablation_keep] if args.ablation_keep else layer_sets
-    trainer_sets = [_layers(k, total) for k in args.trainer_keep] if args.trainer_keep else layer_sets
+    trainer_sets = ([] if args.trainer_keep == ["none"] else [_layers(k, total) for k in args.trainer_keep]
+                    if args.trainer_keep else layer_sets)
     seeds = [int(s) for s in args.seeds.split(",")]
     ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
     timing_seeds = [int(s) for s in args.timing_seeds.split(",")] if args.timing_seeds else None

@@ -23,7 +23,13 @@ def save_trained(model, tokenizer, folder: str | Path, *, base_model: str, kept_
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _name_base_model(model, base_model)
-    model.save_pretrained(folder)  # a peft model saves its adapter and modules_to_save only
+    if hasattr(model, "peft_config"):  # a peft model saves its adapter and modules_to_save only
+        # frugalray never resizes the vocabulary, so the embeddings are saved only when LoRA targets them;
+        # saying so spares peft looking the base model's config up on the hub (a warning offline).
+        targets = {str(m) for config in model.peft_config.values() for m in (config.target_modules or ())}
+        model.save_pretrained(folder, save_embedding_layers=any("embed" in m for m in targets))
+    else:
+        model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     manifest = {"base_model": base_model, "kept_layers": list(kept_layers), "head": head, "labels": list(labels),
                 "lora": lora, **trial}

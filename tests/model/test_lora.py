@@ -66,3 +66,24 @@ def test_bad_settings_files(tmp_path, content, message):
     path.write_text(content)
     with pytest.raises(FrugalrayError, match=message):
         LoraSettings.from_json(path)
+
+
+def test_saving_a_lora_model_never_asks_the_hub_about_its_base_model(tmp_path, monkeypatch):
+    """peft looks the base model's config up on the hub to decide whether to save the embeddings, and warns
+    when it cannot reach it; frugalray knows the answer (it never resizes the vocabulary) and says so."""
+    import peft.utils.save_and_load as save_and_load
+
+    from frugalray.model.saved import MANIFEST, save_trained
+    from frugalray.testing import tiny_tokenizer
+
+    asked = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # online, peft would look
+    monkeypatch.setattr(save_and_load, "check_file_exists_on_hf_hub", lambda *a, **k: asked.append(a))
+    model = apply_lora(prune_layers(AutoModelForTokenClassification.from_config(tiny_config("camembert", 4)), [0, 2]),
+                       LoraSettings())
+    save_trained(model, tiny_tokenizer(["a", "b"]), tmp_path, base_model="minilm", kept_layers=(0, 2), head="token",
+                 labels=["O", "B"], lora=True, trial={})
+    assert asked == []
+    assert (tmp_path / "adapter_config.json").exists() and (tmp_path / MANIFEST).exists()
+    saved = set(__import__("safetensors.torch", fromlist=["load_file"]).load_file(tmp_path / "adapter_model.safetensors"))
+    assert not any("embed" in name for name in saved)
