@@ -27,11 +27,11 @@ __all__ = ["main", "search_main", "sweep_main"]
 
 
 def _commands() -> dict:
-    from frugalray.cli import listings, read, run
+    from frugalray.cli import listings, measure, read, run
 
     return {
         "trial": run.trial, "sweep": sweep, "search": run.search, "results": read.results, "report": read.report,
-        "export": read.export, "importance": read.importance, "bench-latency": read.bench_latency,
+        "export": read.export, "importance": measure.importance, "bench-latency": measure.bench_latency,
         "tasks": listings.tasks, "strategies": listings.strategies, "stages": listings.stages,
     }
 

@@ -51,11 +51,13 @@ def find_trial(store: ResultsStore, trial: str) -> dict:
 
 
 def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool = True, force: bool = False,
-                 int8: bool = False, onnx: bool = False) -> dict:
+                 int8: bool = False, onnx: bool = False, int8_fp32: str | list[str] = "auto") -> dict:
     """Write trial ``trial``'s model (pruned, LoRA merged) as a plain HF folder at ``out``.
 
     With ``int8`` and/or ``onnx`` the export is that variant (``frugalray.deploy.variants``): it is evaluated
     on the task's test and dev sets and stored as a row of ``store`` (``variant_row``), beside the source's F1.
+    For torch int8, ``int8_fp32`` names the groups of Linear layers that stay fp32, or ``auto`` (chosen on dev,
+    ``frugalray.deploy.int8``) or ``none``.
 
     ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
     needs ``force`` (its files are kept). Returns what was written: trial row, output folder, parameters
@@ -90,7 +92,7 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
         difference = _write(model, folder, out, manifest, (expected, inputs) if check else None)
     from frugalray.model.surgery import parameter_count
 
-    evaluated = evaluate_variant(store, row["trial_id"], out) if variant != "fp32" else None
+    evaluated = evaluate_variant(store, row["trial_id"], out, int8_fp32) if variant != "fp32" else None
     return {"trial_id": row["trial_id"], "out": str(out), "kept_layers": manifest["kept_layers"],
             "lora_merged": manifest["lora"], "parameters": parameter_count(model), "max_logit_difference": difference,
             "variant": variant, "source_f1": row["f1"], "variant_row": evaluated}

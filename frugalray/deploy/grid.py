@@ -70,6 +70,7 @@ class _Source:
     export: str | None = None  # the exported folder
     export_kept: tuple[int, ...] | None = None
     export_variant: str | None = None
+    export_int8_fp32: tuple[str, ...] = ()  # the export's int8 groups kept fp32
 
 
 def _source(model: str) -> _Source:
@@ -78,7 +79,8 @@ def _source(model: str) -> _Source:
     manifest = Path(model) / MANIFEST
     if manifest.is_file():
         recorded = json.loads(manifest.read_text())
-        return _Source(recorded["base_model"], str(model), tuple(recorded["kept_layers"]), recorded.get("variant", "fp32"))
+        return _Source(recorded["base_model"], str(model), tuple(recorded["kept_layers"]), recorded.get("variant", "fp32"),
+                       tuple(recorded.get("int8_fp32_groups") or ()))
     return _Source(model)
 
 
@@ -170,7 +172,8 @@ def _entries(source: _Source, layer_sets, variants: list[str], target, threads: 
             elif runtime == "torch":
                 from frugalray.model.quantize import dynamic_int8
 
-                out.append(_Entry(label, kept, variant, _torch_runner(dynamic_int8(load()))))
+                groups = source.export_int8_fp32 if label == "export" else ()
+                out.append(_Entry(label, kept, variant, _torch_runner(dynamic_int8(load(), groups))))
             else:
                 from frugalray.deploy.onnx import export_onnx, quantize_onnx, session
 

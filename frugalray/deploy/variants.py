@@ -87,7 +87,7 @@ def load_variant(folder: str | Path, threads: int | None = None):
     if variant == "int8":
         from frugalray.model.quantize import dynamic_int8
 
-        model = dynamic_int8(model)
+        model = dynamic_int8(model, manifest.get("int8_fp32_groups") or ())
     return model, manifest
 
 
@@ -106,51 +106,37 @@ def size_mib(model, variant: str) -> float:
     return parameter_mib(model)
 
 
-def evaluate_variant(store, source_id: str, folder: str | Path):
+def evaluate_variant(store, source_id: str, folder: str | Path, int8_fp32: str | list[str] = "auto"):
     """Evaluate the export in ``folder`` (of trial ``source_id``) on its task's test and dev sets, on CPU, and
-    append its row to ``store``; returns the row (a TrialResult)."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from frugalray.config import TrialConfig
-    from frugalray.data.encoding import encode_examples
+    append its row to ``store``; returns the row (a TrialResult). For torch int8, ``int8_fp32`` says which
+    groups of Linear layers stay fp32: chosen on dev (``auto``, ``frugalray.deploy.int8``), none, or those
+    listed; the choice is written into the export's manifest first."""
     from frugalray.data.labels import majority_baseline
-    from frugalray.data.tasks import load_task
     from frugalray.results.schema import TrialResult
+    from frugalray.training.columns import energy_columns, quality_columns
     from frugalray.training.energy import measured_energy
     from frugalray.training.environment import environment, others_running, running
-    from frugalray.training.loop import evaluate, measure_latency
-    from frugalray.training.columns import energy_columns, quality_columns
     from frugalray.training.identity import make_trial_id
+    from frugalray.training.loop import measure_latency
 
-    started_at = datetime.now(timezone.utc)
-    source = store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[source_id]).to_pylist()[0]
-    config = TrialConfig.from_record(json.loads(source["config_json"]))
-    task = load_task(config.task, config.data_dir)
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    source, config, task, data = _variant_data(store, source_id, folder)
+    if json.loads((Path(folder) / _manifest_name()).read_text()).get("variant") == "int8":
+        _choose_int8(folder, data, int8_fp32)
     model, manifest = load_variant(folder)
-    variant = manifest.get("variant", "fp32")
-    if list(manifest["labels"]) != list(task.labels):
-        raise FrugalrayError(f"Export {str(folder)!r} predicts labels {manifest['labels']} but task '{task.name}' now "
-                             f"has {task.labels}; its data changed since trial {source_id} ran")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    label2id = {label: i for i, label in enumerate(task.labels)}
-    test_data = encode_examples(task.test, tokenizer, label2id, config.training.max_length)
-    dev_data = encode_examples(task.dev, tokenizer, label2id, config.training.max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    cpu, started = torch.device("cpu"), time.perf_counter()
-    settings = (config.training.eval_batch_size, pad_id, cpu, "fp32")
+    variant, groups = manifest.get("variant", "fp32"), manifest.get("int8_fp32_groups") or []
     with running("export"), measured_energy(config.training.energy, config.training.energy_country, "cpu") as energy:
-        test = evaluate(model, test_data, task.test, task.labels, task.spec.metric, *settings)
-        dev = evaluate(model, dev_data, task.dev, task.labels, task.spec.metric, *settings)
+        test, dev = data.score(model, "test"), data.score(model, "dev")
     eval_seconds = time.perf_counter() - started
-    latency = measure_latency(model, test_data, 32, pad_id, cpu, "fp32")
+    latency = measure_latency(model, data.test, 32, data.pad_id, _cpu(), "fp32")
     latency["latency_isolated"] = not others_running()
-    config_hash = hashlib.sha256(f"{source['config_hash']}:{variant}".encode()).hexdigest()[:16]
+    identity = f"{source['config_hash']}:{variant}" + (f":fp32={','.join(groups)}" if groups else "")
+    config_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
     columns = energy_columns(energy, energy, config.training.energy_country)
     row = source | quality_columns(test, dev, majority_baseline(task)) | latency | environment() | {
         "trial_id": make_trial_id(config_hash, started_at), "config_hash": config_hash, "status": "ok",
         "error": None, "reused_from": None, "stage": "export", "variant": variant, "source_trial_id": source_id,
-        "eval_seconds": eval_seconds,
+        "int8_fp32_groups": groups if variant == "int8" else None, "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - started, "model_mib": size_mib(model, variant),
         "peak_memory_mib": None, "peak_memory_kind": None, "device": "cpu", "model_path": None,
         "eval_kwh": columns["eval_kwh"], "eval_co2_kg": columns["eval_co2_kg"],
@@ -161,3 +147,65 @@ def evaluate_variant(store, source_id: str, folder: str | Path):
     result = TrialResult.from_row({k: row.get(k) for k in TrialResult.__dataclass_fields__})
     store.append(result)
     return result
+
+
+class _Data:
+    """A variant's task data, encoded with the export's tokenizer, and its scoring (the trials' own)."""
+
+    def __init__(self, task, tokenizer, config):
+        from frugalray.data.encoding import encode_examples
+
+        label2id = {label: i for i, label in enumerate(task.labels)}
+        self.task, self.config = task, config
+        self.test = encode_examples(task.test, tokenizer, label2id, config.training.max_length)
+        self.dev = encode_examples(task.dev, tokenizer, label2id, config.training.max_length)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def score(self, model, split: str) -> dict:
+        from frugalray.training.loop import evaluate
+
+        return evaluate(model, getattr(self, split), getattr(self.task, split), self.task.labels, self.task.spec.metric,
+                        self.config.training.eval_batch_size, self.pad_id, _cpu(), "fp32")
+
+
+def _variant_data(store, source_id: str, folder):
+    from transformers import AutoTokenizer
+
+    from frugalray.config import TrialConfig
+    from frugalray.data.tasks import load_task
+
+    source = store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[source_id]).to_pylist()[0]
+    config = TrialConfig.from_record(json.loads(source["config_json"]))
+    task = load_task(config.task, config.data_dir)
+    labels = json.loads((Path(folder) / _manifest_name()).read_text())["labels"]
+    if list(labels) != list(task.labels):
+        raise FrugalrayError(f"Export {str(folder)!r} predicts labels {labels} but task '{task.name}' now "
+                             f"has {task.labels}; its data changed since trial {source_id} ran")
+    return source, config, task, _Data(task, AutoTokenizer.from_pretrained(folder), config)
+
+
+def _choose_int8(folder, data: _Data, int8_fp32) -> None:
+    """Record in the manifest which groups stay fp32: chosen on dev, none, or the given ones."""
+    from frugalray.deploy.int8 import choose_fp32_groups, record_choice
+    from frugalray.model.loading import auto_class
+
+    if int8_fp32 == "none":
+        return record_choice(Path(folder), [], [])
+    if int8_fp32 != "auto":
+        return record_choice(Path(folder), list(int8_fp32), [])
+    head = json.loads((Path(folder) / _manifest_name()).read_text())["head"]
+    model = auto_class(head).from_pretrained(folder).eval()
+    groups, steps = choose_fp32_groups(model, lambda candidate: data.score(candidate, "dev")["f1"])
+    record_choice(Path(folder), groups, steps)
+
+
+def _manifest_name() -> str:
+    from frugalray.model.saved import MANIFEST
+
+    return MANIFEST
+
+
+def _cpu():
+    import torch
+
+    return torch.device("cpu")

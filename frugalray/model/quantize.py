@@ -16,14 +16,46 @@ from __future__ import annotations
 import warnings
 
 
-def dynamic_int8(model):
-    """A copy of ``model`` (on CPU, in eval mode) with int8 weights in every Linear layer."""
+def dynamic_int8(model, keep_fp32: tuple[str, ...] | list[str] = ()):
+    """A copy of ``model`` (on CPU, in eval mode) with int8 weights in every Linear layer but those of the
+    groups in ``keep_fp32`` (``int8_groups`` names them: ``classifier``, ``layer.2.output``...)."""
     import torch
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    spec = {name: default_dynamic_qconfig for name in linear if not in_groups(name, keep_fp32)}
     with warnings.catch_warnings():  # torch announces the move of torch.ao.quantization to torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model.cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+        return quantize_dynamic(model.cpu().eval(), spec, dtype=torch.qint8, inplace=False)
+
+
+def int8_groups(model) -> list[str]:
+    """The groups of Linear layers that can stay fp32, as dotted name fragments: per encoder layer its
+    attention, its feed-forward input (``intermediate``) and output (``output``), then the task head and
+    the pooler, where the model has them.
+
+    >>> in_groups("bert.encoder.layer.0.output.dense", ["layer.0.output"]), in_groups("bert.encoder.layer.0.attention.output.dense", ["layer.0.output"])
+    (True, False)
+    """
+    import re
+
+    import torch
+
+    found: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        match = re.search(r"(?:^|\.)(layer\.\d+\.(?:attention|intermediate|output))(?:\.|$)", name)
+        group = match.group(1) if match else next((g for g in ("classifier", "pooler") if in_groups(name, [g])), None)
+        if group and group not in found:
+            found.append(group)
+    return found
+
+
+def in_groups(name: str, groups) -> bool:
+    """Whether module ``name`` belongs to one of ``groups`` (dotted fragments of module names)."""
+    dotted = f".{name}."
+    return any(f".{group}." in dotted for group in groups)
 
 
 def quantized_mib(model) -> float:

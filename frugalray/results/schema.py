@@ -45,6 +45,8 @@ class TrialResult:
     variant: str | None = column(_STRING, "inference form: fp32 (the trained torch model; null in older rows), int8 "
                                           "(torch dynamic int8), onnx, onnx-int8 (ONNX Runtime)")
     source_trial_id: str | None = column(_STRING, "the trial whose trained model this variant converts (null: trained here)")
+    int8_fp32_groups: list[str] | None = column(pa.list_(_STRING), "int8: the groups of Linear layers kept fp32 "
+                                                                   "(chosen on dev; empty: every one int8)")
     # -- what was trained
     task: str | None = column(_STRING)
     task_fingerprint: str | None = column(_STRING, "hash of the task's data and reading options")

@@ -269,3 +269,46 @@ def test_the_export_check_compares_with_the_unmerged_trained_model_on_the_tasks_
                                              f"\\(max logit difference .*\\); nothing was written"):
         export_trial(store, row["trial_id"], tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_int8_groups_kept_fp32_are_chosen_greedily_on_dev_and_stop_once_within_tolerance():
+    """The greedy choice, on a model whose dev score is known from which of its Linear layers are int8."""
+    from frugalray.deploy.int8 import choose_fp32_groups
+    from frugalray.model.quantize import int8_groups
+    from frugalray.testing import tiny_config
+
+    model = AutoModelForTokenClassification.from_config(tiny_config("camembert", 3))
+    # int8 costs 3 points in layer 1's feed-forward output, 0.4 in the head, nothing elsewhere
+    cost = {"layer.1.output": 0.03, "classifier": 0.004}
+
+    def score(candidate):
+        quantized = {g for g in int8_groups(model) for name, m in candidate.named_modules()
+                     if type(m).__module__.startswith("torch.ao") and f".{g}." in f".{name}."}
+        return 0.8 - sum(cost.get(g, 0.0) for g in quantized)
+
+    groups, steps = choose_fp32_groups(model, score, tolerance=0.005)
+    assert groups == ["layer.1.output"]  # within half a point with the head in int8: the head stays int8
+    assert [s["dev_f1"] for s in steps] == pytest.approx([0.8 - 0.034, 0.8 - 0.004])
+    assert choose_fp32_groups(model, score, tolerance=0.001)[0] == ["layer.1.output", "classifier"]
+    assert choose_fp32_groups(model, lambda candidate: 0.5)[0] == []  # nothing lost, nothing kept
+
+
+@pytest.mark.parametrize("choice", ["auto", "none", "classifier"])
+def test_an_int8_export_keeps_the_chosen_groups_fp32_wherever_it_is_loaded(tmp_path, saved, choice):
+    from frugalray.deploy.variants import load_variant
+
+    store, trial = saved
+    assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "int8"), "--int8",
+                 "--int8-fp32", choice]) == 0
+    manifest = json.loads((tmp_path / "int8" / "frugalray_trial.json").read_text())
+    row = store.query(sql="SELECT * FROM trials WHERE source_trial_id = $1 ORDER BY finished_at DESC LIMIT 1",
+                      params=[trial]).to_pylist()[0]
+    assert row["int8_fp32_groups"] == manifest["int8_fp32_groups"]
+    if choice == "auto":  # the choice is recorded with the dev F1 of every step, fp32's beside it
+        assert manifest["int8_choice"][0]["fp32_groups"] == [] and "fp32_dev_f1" in manifest["int8_choice"][0]
+    else:
+        assert manifest["int8_fp32_groups"] == ([] if choice == "none" else ["classifier"])
+    model, _ = load_variant(tmp_path / "int8")
+    fp32 = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert all(any(f".{g}." in f".{name}." for g in manifest["int8_fp32_groups"]) for name in fp32)
+    assert bool(fp32) == bool(manifest["int8_fp32_groups"])
