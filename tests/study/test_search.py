@@ -274,3 +274,34 @@ def test_a_task_file_named_relative_to_the_caller_is_found_by_every_trial(tmp_pa
     rows = _trained(tmp_path)
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
     assert outcome["front"]
+
+
+def test_a_stopped_mask_asked_for_again_trains_to_the_end_once_if_it_now_ranks_among_the_best(tmp_path, tiny_model):
+    """Asynchronous halving decides on the masks seen so far; a mask stopped early that would now pass its
+    rung is promoted (once) when the sampler wants it again; one that would not stays stopped."""
+    from frugalray.results.schema import TrialResult
+    from frugalray.study.search import MaskSearch
+
+    config = _search(tmp_path, tiny_model, exactly=2, halving=True, grace_steps=2, reduction_factor=2,
+                     training={"epochs": 2})
+    store = ResultsStore(tmp_path / "r").check_writable()
+    search = MaskSearch(config, store)
+    step, planned = 2, search.max_steps
+
+    def row(kept, status, value):
+        hashed = search.planned(kept).config_hash
+        return TrialResult.from_row({"trial_id": f"{hashed}-x", "config_hash": hashed, "status": status,
+                                     "kept_layers": list(kept), "n_kept_layers": 2, "train_steps": step if status == "stopped" else planned,
+                                     "planned_steps": planned, "checkpoint_steps": [step], "checkpoint_dev_f1": [value],
+                                     "dev_f1": value, "task": "demo_pos", "model": tiny_model, "seed": 0})
+
+    for kept, value in (((0, 1), 0.2), ((0, 2), 0.3), ((0, 3), 0.4)):
+        store.append(row(kept, "ok", value))
+    store.append(row((1, 2), "stopped", 0.9))  # stopped when only worse-looking masks... now the best there
+    store.append(row((1, 3), "stopped", 0.1))
+    search = MaskSearch(config, store)
+    good, bad = search.planned((1, 2)).config_hash, search.planned((1, 3)).config_hash
+    assert search._earns_promotion(good) and not search._earns_promotion(bad)
+    search.promoted.add(good)
+    assert not search._earns_promotion(good)  # once
+    assert search.planned((1, 2), full_fidelity=True).config_hash == good  # the same configuration, trained on
