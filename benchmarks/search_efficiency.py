@@ -38,7 +38,8 @@ from frugalray.training.prepared import layer_count
 
 
 def record(args) -> None:
-    """Every mask once (seed --seed), then the --top best masks of each depth on dev over --noise-seeds."""
+    """Every mask once (seed --seed), then the --top best masks on dev of each depth the replays search
+    (at most --max-layers layers) over --noise-seeds."""
     store = ResultsStore(args.results)
     settings = TrainingSettings(epochs=args.epochs, eval_every_steps=args.eval_every)
     layers = layer_count(args.model)
@@ -58,7 +59,7 @@ def record(args) -> None:
         return row
 
     rows = {mask: trial(mask, args.seed) for mask in masks}
-    for n in range(1, layers + 1):
+    for n in range(1, args.max_layers + 1):  # the noise between seeds, where the replays search
         depth = sorted((m for m in masks if len(m) == n), key=lambda m: -rows[m]["dev_f1"])
         for mask in depth[: args.top]:
             for seed in args.noise_seeds:
