@@ -21,7 +21,7 @@ _PUBLIC = {
     "balanced_epochs": "frugalray.strategies",
     "kept_layers": "frugalray.strategies",
     "TASKS": "frugalray.data.tasks",
-    "TaskSpec": "frugalray.data.tasks",
+    "TaskSpec": "frugalray.data.spec",
     "load_task": "frugalray.data.tasks",
     "register_task": "frugalray.data.tasks",
     "TrainingSettings": "frugalray.config",

@@ -19,7 +19,7 @@ from frugalray._registry import FrugalrayError, Registry
 from frugalray._files import is_file, is_folder
 from frugalray.data.readers import Example, read_conll, read_hf, read_text_classification
 from frugalray.data.labels import check_labels
-from frugalray.data.spec import FORMATS, HEADS, SPLITS, TaskData, TaskSpec  # noqa: F401 (the task API)
+from frugalray.data.spec import SPLITS, TaskData, TaskSpec
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 

@@ -34,7 +34,6 @@ import pyarrow as pa
 
 from frugalray._registry import FrugalrayError
 from frugalray.results import report_figures as plots
-from frugalray.results.report_figures import FAMILIES, family, pareto_front  # noqa: F401 (the report's colours)
 from frugalray.results.report_page import Block, Figures, Section, anchor, atomic_write, page_html, table_html
 from frugalray.results.store import ResultsStore
 from frugalray.results.grid_rows import read_grid

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 from frugalray.config import SweepConfig, TrialConfig
-from frugalray.data.tasks import TaskData, load_task, resolve_task
+from frugalray.data.spec import TaskData
+from frugalray.data.tasks import load_task, resolve_task
 from frugalray.results.store import ResultsStore
 from frugalray.results.schema import TrialResult, is_trained
 from frugalray.study.planned import DONE, Planned

@@ -12,7 +12,8 @@ import functools
 from dataclasses import dataclass
 
 from frugalray.config import TrialConfig
-from frugalray.data.tasks import TaskData, load_task
+from frugalray.data.spec import TaskData
+from frugalray.data.tasks import load_task
 from frugalray.strategies import kept_layers
 from frugalray.training.identity import config_hash
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from frugalray import FrugalrayError  # noqa: E402
 from frugalray.data.readers import read_conll, read_text_classification  # noqa: E402
-from frugalray.data.tasks import TaskSpec, load_task  # noqa: E402
+from frugalray.data.spec import TaskSpec  # noqa: E402
+from frugalray.data.tasks import load_task  # noqa: E402
 
 # tmp_path is shared by a test's examples; each example rewrites the file it reads.
 FUZZ = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])

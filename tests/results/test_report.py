@@ -6,7 +6,8 @@ from frugalray import FrugalrayError, ResultsStore
 from frugalray.cli import main
 from frugalray.results import report_figures as plots
 from frugalray.results.grid_rows import latency_axis
-from frugalray.results.report import FAMILIES, family, pareto_front, write_report
+from frugalray.results.report import write_report
+from frugalray.results.report_figures import FAMILIES, family, pareto_front
 from frugalray.results.aggregate import aggregate
 from frugalray.results.rows import at_base
 from frugalray.results.views import compute_view

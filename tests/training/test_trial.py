@@ -8,7 +8,7 @@ import torch
 
 from frugalray import (FrugalrayError, LoraSettings, ResultsStore, TrainingSettings, TrialConfig,
                        execute_trial, prepare_trial)
-from frugalray.cluster.resources import ResourceRule
+from frugalray.config import ResourceRule
 from frugalray.results.store import SCHEMA
 from frugalray.training.environment import check_device
 
