@@ -13,6 +13,10 @@ model are fine-tuned once (``frugalray trial``), each exported in every variant 
 --int8/--onnx``), and every variant is evaluated on the task's test set; its loss is against its own fp32
 version (the same trained weights), so it measures the conversion alone.
 
+int8 comes in two forms: ``int8-all`` (every Linear layer int8, ``--int8-fp32 none``) and ``int8`` (the groups
+of Linear layers kept fp32 chosen greedily on dev, ``--int8-fp32 auto``: ``frugalray.deploy.int8``), whose
+latency is timed on the exported folder itself, its fp32 groups included, against the full fp32 model.
+
 Goal: half depth >= 1.8x the full model at batch 32 (ideal ~2x), >= 2.5x with int8, each within 1 point of
 test F1 of its own fp32 version.
 """
@@ -74,9 +78,22 @@ def measure_quality(task: str, variants: tuple[str, ...], epochs: int, max_lengt
         for variant in variants:
             if variant != "fp32":
                 done = export_trial(store, trained["trial_id"], folder / f"{layer_set}-{variant}",
-                                    int8="int8" in variant, onnx=variant.startswith("onnx"))
+                                    int8="int8" in variant, onnx=variant.startswith("onnx"),
+                                    int8_fp32="none" if variant == "int8-all" else "auto")
                 scores[(layer_set, variant)] = done["variant_row"]
     return scores
+
+
+def time_exports(folder: Path, repeats: int, threads: int | None, timings: dict) -> None:
+    """The dev-chosen int8 exports timed as exported (their fp32 groups included) against the full fp32 model."""
+    from frugalray.deploy.latency import bench_latency
+
+    for layer_set in ("full", f"first_{HALF}"):
+        rows = bench_latency(str(folder / f"{layer_set}-int8"), [], batch_sizes=(1, 32), seq_lens=(128,),
+                             variants=("fp32", "int8"), device="cpu", repeats=repeats, threads=threads)
+        for r in rows:
+            if r["layer_set"] == "export" and r["variant"] == "int8":
+                timings[(layer_set, "int8", r["batch_size"])] = r
 
 
 def main() -> int:
@@ -98,13 +115,16 @@ def main() -> int:
 
     logging.disable_progress_bar()  # saving and exporting models: no progress bars between the results
     onnx = not args.no_onnx and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
-    variants = ("fp32", "int8") + (("onnx", "onnx-int8") if onnx else ())
+    variants = ("fp32", "int8", "int8-all") + (("onnx", "onnx-int8") if onnx else ())
     with tempfile.TemporaryDirectory(prefix="frugalray-payoff-") as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         task = _task("demo_ner" if args.demo else args.task, limit["train_fraction"], folder)
-        timings = measure_latency(variants, limit["repeats"] or args.repeats, args.threads)
+        grid = tuple("int8" if v == "int8-all" else v for v in variants if v != "int8")
+        timings = {(s, "int8-all" if v == "int8" else v, b): r
+                   for (s, v, b), r in measure_latency(grid, limit["repeats"] or args.repeats, args.threads).items()}
         scores = measure_quality(task, variants, args.epochs, limit["max_length"], args.seed, folder)
+        time_exports(folder, limit["repeats"] or args.repeats, args.threads, timings)
     report(timings, scores, variants, args, task)
     return 0
 
@@ -125,6 +145,8 @@ def report(timings: dict, scores: dict, variants: tuple[str, ...], args, task: s
             kwh = f"{row['train_kwh']:.2e}" if row["train_kwh"] is not None else "-"
             print(f"{layer_set:9} {variant:10} {one['speedup']:6.2f} {many['speedup']:6.2f} {many['ideal_speedup']:6.2f} "
                   f"{row['f1']:8.4f} {100 * (row['f1'] - own):+7.2f}p {row['model_mib']:7.1f} {kwh:>10}")
+            if variant == "int8":
+                print(f"{'':20} kept fp32, chosen on dev: {', '.join(row['int8_fp32_groups']) or 'nothing'}")
     half = f"first_{HALF}"
     depth = timings[(half, "fp32", 32)]["speedup"]
     int8 = timings[(half, "int8", 32)]["speedup"]
