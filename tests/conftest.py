@@ -71,3 +71,22 @@ store.append({"config_hash": "lost", "status": "ok"})
 def kill_a_writer():
     """Run a writer on a store and kill it mid-append; returns its exit status."""
     return lambda store: subprocess.run([sys.executable, "-c", KILLED_WRITER, str(store)]).returncode
+
+
+@pytest.fixture()
+def s3_results(monkeypatch):
+    """A results location on a local S3 server (moto, on 127.0.0.1): an ``s3://`` URI with its endpoint."""
+    moto_server = pytest.importorskip("moto.server")
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)  # Ray workers started afterwards inherit them
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server._server.server_address
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="study")
+        yield f"s3://study/results?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()
