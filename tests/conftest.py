@@ -31,6 +31,24 @@ else:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "frugalray"))
 
 
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI`` set, as ``.ci/run`` and CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test marked ``required_in_ci`` skips where a system package it needs is missing (Chromium, sshd),
+    except in CI, which installs them: there its skip is a failure, so that a run never passes without it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and item.get_closest_marker("required_in_ci"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} must run in CI (CI={os.environ['CI']!r}), but it skipped: {reason}. "
+                           f"Install what it needs (.ci/run does), or unset CI to let it skip")
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
