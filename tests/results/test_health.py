@@ -60,7 +60,7 @@ def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_
 
 # -- many writers, and --check / --repair meanwhile -----------------------------------------------------
 WRITER = """
-import sys, time
+import shutil, sys, time
 from pathlib import Path
 from frugalray.results.store import ResultsStore
 
@@ -93,6 +93,7 @@ while time.time() - created < 7:  # made longer ago than --repair's threshold he
 two_more_rounds()
 (folder / "weights.bin").write_text(writer)  # still there: repair removed nothing live
 store.put_folder(folder, f"models/{writer}")
+shutil.rmtree(folder, ignore_errors=True)  # a local copy when the store is remote, as a trial leaves none
 """
 
 CHECKER = """
