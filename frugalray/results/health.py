@@ -33,6 +33,7 @@ from frugalray.results.schema import TRAINED_SQL
 from frugalray.results.store import STAGING, ResultsStore
 
 QUARANTINE = "quarantine"
+clock = time.time  # what ages are measured against (a test's own clock)
 STALE_AFTER_S = 3600  # another machine's entry untouched this long: its writer (heartbeat every minute) is gone
 _WRITER = re.compile(r"^(?P<host>.*)_(?P<pid>\d+)_[0-9a-f]{32}(\.tmp)?$")  # frugalray.results.files.staging_name()
 
@@ -136,10 +137,10 @@ def _leftovers(store: ResultsStore) -> list[Leftover]:
     for info in entries(store.root):
         if info.type == pafs.FileType.Directory and info.base_name not in (STAGING, QUARANTINE):
             found += [i for i in entries(info.path) if i.base_name.startswith(".staging")]
-    now = time.time()
+    now = clock()
     out = []
     for info in found:
-        age = now - info.mtime.timestamp() if info.mtime else 0.0
+        age = max(0.0, now - info.mtime.timestamp()) if info.mtime else 0.0  # another host's clock may be ahead
         out.append(Leftover(_relative(store, info.path), age, _stale(info.base_name, age),
                             info.type == pafs.FileType.Directory))
     return sorted(out, key=lambda left: left.path)

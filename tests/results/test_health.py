@@ -28,7 +28,7 @@ def _heartbeats() -> list[threading.Thread]:
 
 def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_a_dead_ones(tmp_path, monkeypatch,
                                                                                           capsys):
-    from frugalray.results import files
+    from frugalray.results import files, health
 
     store = ResultsStore(tmp_path).check_writable()
     monkeypatch.setattr(files, "HEARTBEAT_S", 0.05, raising=False)  # beats every 50 ms instead of every minute
@@ -39,9 +39,11 @@ def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_
     dead = tmp_path / ".staging" / f"gpu-node-8_4242_{'a' * 32}"  # the folder of a writer killed on gpu-node-8
     dead.mkdir()
     created = time.time() - HOURS_2
-    for folder in (live, dead):  # both made two hours ago, nothing written into either since
-        os.utime(folder, (created, created))
+    os.utime(live, (created, created))  # made two hours ago, nothing written into it since
     _wait_for(lambda: time.time() - live.stat().st_mtime < 60, "the live writer's heartbeat")
+    now = time.time()  # --check and --repair read the time here, whatever the load
+    monkeypatch.setattr(health, "clock", lambda: now)
+    os.utime(dead, (now - HOURS_2, now - HOURS_2))  # made two hours ago too, by a writer gone since
 
     assert main(["results", str(tmp_path), "--check"]) == 1
     out = capsys.readouterr().out
