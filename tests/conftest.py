@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,8 @@ def kill_a_writer():
 
 @pytest.fixture()
 def s3_results(monkeypatch):
-    """A results location on a local S3 server (moto, on 127.0.0.1): an ``s3://`` URI with its endpoint."""
+    """A results location on a local S3 server (moto, on 127.0.0.1): ``s3://<a new bucket>/results?...``, its
+    endpoint and region as Arrow's URI options."""
     moto_server = pytest.importorskip("moto.server")
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                         "AWS_EC2_METADATA_DISABLED": "true"}.items():
@@ -104,7 +106,8 @@ def s3_results(monkeypatch):
     try:
         import boto3
 
-        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket="study")
-        yield f"s3://study/results?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+        bucket = f"study-{uuid.uuid4().hex[:8]}"  # moto keeps its buckets for the whole process: one per test
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}/results?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
     finally:
         server.stop()

@@ -145,13 +145,14 @@ def test_a_sweep_on_an_s3_store_keeps_rows_and_tunes_files_under_its_prefix(tmp_
                                                                            local_ray):
     from pyarrow import fs as pafs
 
-    run_sweep(_sweep(tmp_path, tiny_model, results=s3_results), runner=RUNNER)  # s3://study/results?endpoint...
+    run_sweep(_sweep(tmp_path, tiny_model, results=s3_results), runner=RUNNER)  # s3://BUCKET/results?endpoint...
     store = ResultsStore(s3_results)
     rows = store.table().to_pylist()
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
-    tune = store.fs.get_file_info(pafs.FileSelector("study/results/_tune", recursive=True, allow_not_found=True))
+    bucket = store.root.split("/")[0]
+    tune = store.fs.get_file_info(pafs.FileSelector(f"{bucket}/results/_tune", recursive=True, allow_not_found=True))
     assert [i for i in tune if i.base_name.startswith("experiment_state")]  # Tune's own files, beside the rows
-    assert {i.path.split("/")[1] for i in store.fs.get_file_info(pafs.FileSelector("study"))} == {"results"}
+    assert {i.base_name for i in store.fs.get_file_info(pafs.FileSelector(bucket))} == {"results"}
 
 
 class _Background(threading.Thread):
