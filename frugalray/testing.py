@@ -91,6 +91,7 @@ def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=Non
     named ``*_oom``. It sleeps ``FRUGALRAY_SIMULATED_SECONDS`` (default 0.2) and reports the GPU ids
     Ray gave it in ``device``. A student of the fine-tuned full model (``teacher``) scores closer to 0.9.
     With ``training.eval_every_steps`` it reports a dev curve rising linearly to its final dev F1.
+    With ``FRUGALRAY_SIMULATED_MARKS`` (a folder) it leaves a mark there as it starts (``trial_marks``).
     """
     import os
     import time
@@ -99,14 +100,9 @@ def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=Non
     if prepared.task.name.endswith("_oom") and kept == (1,):
         raise RuntimeError("CUDA out of memory. Tried to allocate 1.00 GiB (simulated)")
     started = time.time()
+    gpus, node = _where()
+    mark_start(prepared, node, started)
     time.sleep(float(os.environ.get("FRUGALRAY_SIMULATED_SECONDS", "0.2")))
-    try:
-        import ray
-
-        gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", []) if ray.is_initialized() else []
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    except Exception:  # outside Ray
-        gpus, node = [], "local"
     if save_to:  # stands for the weights
         Path(save_to, "simulated.json").write_text(f'{{"kept_layers": {list(kept)}}}')
     score = 0.5 * len(kept) / layers + 0.4 * sum(1 - k / layers for k in kept) / len(kept)
@@ -123,6 +119,44 @@ def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=Non
         "device": f"simulated gpus={','.join(gpus)} node={node} start={started:.3f} end={time.time():.3f}",
         **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds} if teacher else {}),
     }
+
+
+def _where() -> tuple[list[str], str]:
+    """The GPU ids Ray gave this worker and its node id; none and "local" outside Ray."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            context = ray.get_runtime_context()
+            return context.get_accelerator_ids().get("GPU", []), context.get_node_id()
+    except Exception:  # outside Ray
+        pass
+    return [], "local"
+
+
+def mark_start(prepared, node: str, started: float) -> None:
+    """Leave a start mark in the folder ``FRUGALRAY_SIMULATED_MARKS`` names (if any): which trial started
+    where (node, process) and when, in a file that appears whole."""
+    import json
+    import os
+
+    folder = os.environ.get("FRUGALRAY_SIMULATED_MARKS")
+    if not folder:
+        return
+    mark = {"config_hash": prepared.config_hash, "kept_layers": list(prepared.kept_layers), "node": node,
+            "pid": os.getpid(), "start": started}
+    name = f"{prepared.config_hash}.{os.getpid()}.{int(started * 1e6)}"
+    Path(folder, f".{name}.tmp").write_text(json.dumps(mark))
+    os.replace(Path(folder, f".{name}.tmp"), Path(folder, f"{name}.json"))
+
+
+def trial_marks(folder: str | Path) -> list[dict]:
+    """The start marks simulated trials left in ``folder``, oldest first: each a dict of ``config_hash``,
+    ``kept_layers``, ``node``, ``pid`` and ``start`` (seconds since the epoch)."""
+    import json
+
+    marks = [json.loads(path.read_text()) for path in Path(folder).glob("*.json")]
+    return sorted(marks, key=lambda mark: mark["start"])
 
 
 def checkpoint_curve(prepared, dev_f1_at, report=None, seconds_per_step: float = 0.0) -> dict:

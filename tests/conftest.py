@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,24 @@ else:
                               print_blob=True)
     settings.register_profile("explore", deadline=None, max_examples=2000)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "frugalray"))
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI`` set, as ``.ci/run`` and CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test marked ``required_in_ci`` skips where a system package it needs is missing (Chromium, sshd),
+    except in CI, which installs them: there its skip is a failure, so that a run never passes without it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and item.get_closest_marker("required_in_ci"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} must run in CI (CI={os.environ['CI']!r}), but it skipped: {reason}. "
+                           f"Install what it needs (.ci/run does), or unset CI to let it skip")
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +90,24 @@ store.append({"config_hash": "lost", "status": "ok"})
 def kill_a_writer():
     """Run a writer on a store and kill it mid-append; returns its exit status."""
     return lambda store: subprocess.run([sys.executable, "-c", KILLED_WRITER, str(store)]).returncode
+
+
+@pytest.fixture()
+def s3_results(monkeypatch):
+    """A results location on a local S3 server (moto, on 127.0.0.1): ``s3://<a new bucket>/results?...``, its
+    endpoint and region as Arrow's URI options."""
+    moto_server = pytest.importorskip("moto.server")
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(name, value)  # Ray workers started afterwards inherit them
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server._server.server_address
+    try:
+        import boto3
+
+        bucket = f"study-{uuid.uuid4().hex[:8]}"  # moto keeps its buckets for the whole process: one per test
+        boto3.client("s3", endpoint_url=f"http://{host}:{port}").create_bucket(Bucket=bucket)
+        yield f"s3://{bucket}/results?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()

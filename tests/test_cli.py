@@ -128,8 +128,13 @@ def _trial_row(config_hash, **values):
             **values}
 
 
-def _age(path, hours):
-    stamp = time.time() - hours * 3600
+def _age(path, hours, monkeypatch):
+    """Make ``path`` ``hours`` old on the clock that --check and --repair read, stopped at this moment."""
+    from frugalray.results import health
+
+    now = time.time()
+    monkeypatch.setattr(health, "clock", lambda: now)
+    stamp = now - hours * 3600
     os.utime(path, (stamp, stamp))
 
 
@@ -151,7 +156,7 @@ def test_check_reports_a_healthy_store_and_exits_0(tmp_path, capsys):
     assert "may still be being written" in out and out.rstrip().endswith("Healthy.")
 
 
-def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys, kill_a_writer):
+def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys, kill_a_writer, monkeypatch):
     store = ResultsStore(tmp_path).check_writable()
     store.append(_trial_row("a"))
     store.append(_trial_row("a", n=1))  # trained twice
@@ -162,7 +167,7 @@ def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys
     kill_a_writer(tmp_path)  # leaves half a row and a model folder in .staging/
     old = tmp_path / "trials" / ".staging-0123.tmp"  # an older version staged beside the data
     old.write_bytes(b"PAR1")
-    _age(old, 2)
+    _age(old, 2, monkeypatch)
 
     assert main(["results", str(tmp_path), "--check"]) == 1
     out = capsys.readouterr().out
@@ -181,11 +186,11 @@ def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys
     assert store.table().num_rows == 4
 
 
-def test_repair_leaves_a_live_writer_alone_and_a_missing_store_is_an_error(tmp_path, capsys):
+def test_repair_leaves_a_live_writer_alone_and_a_missing_store_is_an_error(tmp_path, capsys, monkeypatch):
     store = ResultsStore(tmp_path).check_writable()
     store.append(_trial_row("a"))
     live = store.staging_folder()  # this process is writing it
-    _age(live, 5)
+    _age(live, 5, monkeypatch)
     assert main(["results", str(tmp_path), "--repair"]) == 0
     assert "nothing to repair" in capsys.readouterr().out and os.path.isdir(live)
     assert main(["results", str(tmp_path / "nope"), "--check"]) == 2

@@ -18,6 +18,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from ray.tune.search import Searcher
 
@@ -165,11 +166,7 @@ class PlannerSearcher(Searcher):
             self.planner.finish(planned, stopped)
         elif error or not result or "row_json" not in result:
             # the worker or node died more often than max_failures allows: record it, keep going
-            now = datetime.now(timezone.utc)
-            lost = TrialResult.from_row(base_row(planned.config, None) | failed_columns(
-                "trial process died (worker or node lost) more often than max_failures allows", "lost") | {
-                "config_hash": planned.config_hash, "trial_id": make_trial_id(planned.config_hash, now, "lost"),
-                "finished_at": now})
+            lost = lost_row(planned)
             ResultsStore(self.extra["results"]).append(lost)
             self.planner.finish(planned, lost)
         else:
@@ -180,6 +177,17 @@ class PlannerSearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+def lost_row(planned: Planned) -> TrialResult:
+    """The row of a trial whose process died more often than ``max_failures`` allows: failed, error_kind
+    ``lost``, with what the driver planned (configuration, kept layers, data), nothing measured."""
+    now = datetime.now(timezone.utc)
+    return TrialResult.from_row(base_row(planned.config, None) | failed_columns(
+        "trial process died (worker or node lost) more often than max_failures allows", "lost") | {
+        "config_hash": planned.config_hash, "trial_id": make_trial_id(planned.config_hash, now, "lost"),
+        "kept_layers": list(planned.kept_layers), "n_kept_layers": len(planned.kept_layers),
+        "task_fingerprint": planned.task_fingerprint, "finished_at": now})
 
 
 def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned], dict], runner: str = DEFAULT_RUNNER,
@@ -230,8 +238,9 @@ def _tune_output(verbose: int):
 
 def _tune_storage(results: str) -> str:
     """Tune's own bookkeeping lives beside the results when they are shared storage, else in a temp dir."""
-    if "://" in results:
-        return results.rstrip("/") + "/_tune"
+    if "://" in results:  # into the path: Arrow's options (?endpoint_override=...) stay after it
+        parts = urlsplit(results)
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/_tune"))
     return os.path.join(tempfile.gettempdir(), "frugalray-tune")
 
 
@@ -247,23 +256,26 @@ def cluster_has_gpus() -> bool:
     return any(node.get("GPU", 0) > 0 for node in alive_nodes())
 
 
-def check_fit(demands: list[dict[str, float]], wait_s: float = 0) -> None:
-    """Fail before scheduling when no node can hold a trial (after asking the autoscaler, if allowed)."""
-    nodes = alive_nodes()
-    missing = [d for d in {tuple(sorted(d.items())): d for d in demands}.values() if not fits(d, nodes)]
+def check_fit(demands: list[dict[str, float]], wait_s: float = 0, *, nodes=alive_nodes, clock=time.monotonic,
+              sleep=time.sleep, poll_s: float = 5) -> None:
+    """Fail before scheduling when no node can hold a trial (after asking the autoscaler, if allowed).
+
+    ``nodes()`` gives the live nodes' resources; ``clock`` and ``sleep`` time the wait (a test's own)."""
+    found = nodes()
+    missing = [d for d in {tuple(sorted(d.items())): d for d in demands}.values() if not fits(d, found)]
     if not missing:
         return
     if wait_s > 0:
         from ray.autoscaler.sdk import request_resources
 
         request_resources(bundles=missing)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            time.sleep(5)
-            nodes = alive_nodes()
-            if all(fits(d, nodes) for d in missing):
+        deadline = clock() + wait_s
+        while clock() < deadline:
+            sleep(poll_s)
+            found = nodes()
+            if all(fits(d, found) for d in missing):
                 return
-    shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU")} for n in nodes]
+    shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU")} for n in found]
     raise FrugalrayError(
         f"No node of the cluster fits a trial: trials need {missing}, nodes have {shown}. Lower "
         f"resources.cpus_per_trial or the GPU share, add nodes, or set autoscale_wait_s for an autoscaling cluster"

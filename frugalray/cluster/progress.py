@@ -34,18 +34,20 @@ def _minutes(seconds: float | None) -> str:
 class Progress(Callback):
     """Per-task progress (a live bar on a terminal, plain lines elsewhere) and the table at the end.
 
-    ``live``: None chooses from the stream (a terminal gets the bar); ``every_s``: the plain lines' pace."""
+    ``live``: None chooses from the stream (a terminal gets the bar); ``every_s``: the plain lines' pace;
+    ``clock``: the seconds that trial times, the ETA and the pace are measured in (a test's own)."""
 
-    def __init__(self, counts: Counts, every_s: float = 5.0, stream=None, live: bool | None = None):
-        self.counts, self.every_s, self.stream = counts, every_s, stream or sys.stdout
+    def __init__(self, counts: Counts, every_s: float = 5.0, stream=None, live: bool | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.counts, self.every_s, self.stream, self.clock = counts, every_s, stream or sys.stdout, clock
         self.live = live if live is not None else bool(getattr(self.stream, "isatty", lambda: False)())
-        self.start = time.monotonic()
+        self.start = clock()
         self.running: dict[tuple[str, str], int] = {}
         self.started_at: dict[str, float] = {}
         self.durations: list[float] = []
         self.slots = 1  # the most trials seen running at once: how many run side by side
         self.best: dict[str, tuple[float, str]] = {}  # task -> (dev F1, strategy label)
-        self.last = 0.0
+        self.last: float | None = None  # when the last plain line was printed
         self._bars = None  # rich.progress.Progress while live
         self._bar_ids: dict[str, int] = {}
 
@@ -64,7 +66,7 @@ class Progress(Callback):
         key = self._key(trial)
         self.running[key] = self.running.get(key, 0) + 1
         self.slots = max(self.slots, sum(self.running.values()))
-        self.started_at[trial.trial_id] = time.monotonic()
+        self.started_at[trial.trial_id] = self.clock()
         self.show()
 
     def on_step_end(self, iteration, trials, **info) -> None:
@@ -92,7 +94,7 @@ class Progress(Callback):
         key = self._key(trial)
         self.running[key] = max(0, self.running.get(key, 0) - 1)
         if trial.trial_id in self.started_at:
-            self.durations.append(time.monotonic() - self.started_at.pop(trial.trial_id))
+            self.durations.append(self.clock() - self.started_at.pop(trial.trial_id))
         self.show()
 
     def record(self, task: str, result: dict) -> None:
@@ -159,8 +161,8 @@ class Progress(Callback):
             if force:
                 self._close()
         else:
-            now = time.monotonic()
-            if not force and now - self.last < self.every_s:
+            now = self.clock()
+            if not force and self.last is not None and now - self.last < self.every_s:
                 return
             self.last = now
             tasks = self.tasks()

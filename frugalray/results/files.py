@@ -1,6 +1,6 @@
 """A trial file's footer, checked against the schema: readable, typed like ``SCHEMA`` (another width or
 time unit is cast on read) or a problem the store skips with a warning; and the names and permissions
-of what the store writes.
+of what the store writes, and the heartbeat of a folder being written.
 
 >>> check_file(pafs.LocalFileSystem(), "results/trials/x.parquet").problem  # doctest: +SKIP
 "unreadable (ArrowInvalid: Parquet magic bytes not found in footer)"
@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from pyarrow import fs as pafs
 
 from frugalray.results.schema import COLUMNS, SCHEMA
 
+HEARTBEAT_S = 60.0  # how often a writer touches a staging folder it uses (``keep_alive``)
 REQUIRED = ("trial_id", "config_hash", "status")  # a file without them cannot be resumed, aliased or exported
 _DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE",
                  pa.bool_(): "BOOLEAN", pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
@@ -40,6 +43,24 @@ def staging_name() -> str:
     """A unique name for a file or folder being written: ``<host>_<pid>_<hex>``, so that a leftover of a
     killed writer can be told from one being written (``frugalray.results.health``)."""
     return f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex}"
+
+
+def keep_alive(path: str | os.PathLike) -> threading.Thread:
+    """The heartbeat of a staging folder in use: a daemon thread touches ``path`` every ``HEARTBEAT_S`` seconds
+    while it exists (it ends once the folder has moved into place or was removed). Its modification time tells
+    ``--repair`` on any machine that the writer lives (``frugalray.results.health``)."""
+
+    def beat() -> None:
+        while True:
+            time.sleep(HEARTBEAT_S)
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return
+
+    thread = threading.Thread(target=beat, name=f"frugalray heartbeat {path}", daemon=True)
+    thread.start()
+    return thread
 
 
 def normal_permissions(folder: str | os.PathLike) -> None:

@@ -9,7 +9,9 @@ a configuration was trained more than once (successful rows of one config hash t
 views use the latest, the others cost compute). Two runs are expected and not counted: a configuration
 first trained without keeping its weights and trained again because a later stage needed them (a teacher),
 and an exported variant measured again (an evaluation, not a training). Repair never deletes data: bad files keep their names
-under ``quarantine/``; only staging files whose writer is gone (or that are older than an hour) are removed.
+under ``quarantine/``; only staging files whose writer is gone are removed. A writer of this machine is judged
+by its process; one of another machine by its heartbeat: a writer touches a staging folder it uses every
+minute (``frugalray.results.files.keep_alive``), so an entry untouched for an hour has lost its writer.
 
 >>> health = check_store(ResultsStore("results/"))    # doctest: +SKIP
 >>> health.healthy, health.files, health.rows          # doctest: +SKIP
@@ -31,7 +33,8 @@ from frugalray.results.schema import TRAINED_SQL
 from frugalray.results.store import STAGING, ResultsStore
 
 QUARANTINE = "quarantine"
-STALE_AFTER_S = 3600
+clock = time.time  # what ages are measured against (a test's own clock)
+STALE_AFTER_S = 3600  # another machine's entry untouched this long: its writer (heartbeat every minute) is gone
 _WRITER = re.compile(r"^(?P<host>.*)_(?P<pid>\d+)_[0-9a-f]{32}(\.tmp)?$")  # frugalray.results.files.staging_name()
 
 DUPLICATES_SQL = f"""
@@ -134,18 +137,19 @@ def _leftovers(store: ResultsStore) -> list[Leftover]:
     for info in entries(store.root):
         if info.type == pafs.FileType.Directory and info.base_name not in (STAGING, QUARANTINE):
             found += [i for i in entries(info.path) if i.base_name.startswith(".staging")]
-    now = time.time()
+    now = clock()
     out = []
     for info in found:
-        age = now - info.mtime.timestamp() if info.mtime else 0.0
+        age = max(0.0, now - info.mtime.timestamp()) if info.mtime else 0.0  # another host's clock may be ahead
         out.append(Leftover(_relative(store, info.path), age, _stale(info.base_name, age),
                             info.type == pafs.FileType.Directory))
     return sorted(out, key=lambda left: left.path)
 
 
 def _stale(name: str, age_s: float) -> bool:
-    """A staging file of a dead process of this machine, or of another machine (or an older version) and
-    older than ``STALE_AFTER_S``. A live writer of this machine is never stale: a trial may train for hours."""
+    """A staging entry of a dead process of this machine, or of another machine (or an older version) whose
+    last heartbeat (its modification time) is older than ``STALE_AFTER_S``. A live writer's entry is never
+    stale, however long its trial trains."""
     writer = _WRITER.match(name)
     if writer is None or writer["host"] != socket.gethostname():
         return age_s > STALE_AFTER_S

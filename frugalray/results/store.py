@@ -30,7 +30,8 @@ from pyarrow import fs as pafs
 
 from frugalray._registry import FrugalrayError
 from frugalray.results.filters import where_clauses
-from frugalray.results.files import FileCheck, check_file, duckdb_type, normal_permissions, staging_name
+from frugalray.results.files import (FileCheck, check_file, duckdb_type, keep_alive, normal_permissions,
+                                     staging_name)
 from frugalray.results.schema import COLUMNS, SCHEMA, TrialResult, is_trained, table
 
 STAGING = ".staging"  # files being written, in the store but outside every folder a reader lists
@@ -275,9 +276,10 @@ class ResultsStore:
         """A fresh folder to write into before ``put_folder`` (inside the store when it is local)."""
         import tempfile
 
-        if self.local:
+        if self.local:  # a machine's --repair tells it from a dead writer's by its heartbeat
             folder = Path(self.root) / STAGING / staging_name()
             folder.mkdir(parents=True)
+            keep_alive(folder)
             return str(folder)
         return tempfile.mkdtemp(prefix="frugalray-model-")
 

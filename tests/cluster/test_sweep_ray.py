@@ -65,12 +65,23 @@ def local_ray(monkeypatch):
     ray.shutdown()
 
 
+def _test_runners(monkeypatch, marks: Path, **settings) -> None:
+    """Workers import ``tests.runners`` and find its settings (and the folder for marks) in the environment."""
+    marks.mkdir()
+    for name, value in {"FRUGALRAY_TEST_MARKS": str(marks), **settings}.items():
+        monkeypatch.setenv(name, str(value))  # workers inherit the environment at start
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
 def test_four_quarter_gpu_trials_share_one_gpu(tmp_path, tiny_model, monkeypatch):
-    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "15")  # long enough that four run at once
+    # The first four trials wait for one another (tests/runners.py), whatever the load: if a quarter of the
+    # GPU each lets four run at once, they do.
+    _test_runners(monkeypatch, tmp_path / "marks", FRUGALRAY_TEST_TOGETHER=4, FRUGALRAY_TEST_PATIENCE_S=120,
+                  FRUGALRAY_SIMULATED_SECONDS=0.2)
     start_local_ray(num_cpus=2, num_gpus=1)
     rule = ResourceRule(cpus_per_trial=0.25, fixed_fraction=0.25)
     sweep = _sweep(tmp_path, tiny_model, resources=rule)
-    run_sweep(sweep, runner=RUNNER)
+    run_sweep(sweep, runner="tests.runners:side_by_side")
     rows = ResultsStore(tmp_path / "r").table().to_pylist()
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
     by_gpu = {}
@@ -130,10 +141,61 @@ def test_unreachable_results_location_fails_first(tmp_path, tiny_model):
         run_sweep(_sweep(tmp_path, tiny_model, results=str(tmp_path / "file" / "r")), runner=RUNNER)
 
 
+def test_a_sweep_on_an_s3_store_keeps_rows_and_tunes_files_under_its_prefix(tmp_path, tiny_model, s3_results,
+                                                                           local_ray):
+    from pyarrow import fs as pafs
+
+    run_sweep(_sweep(tmp_path, tiny_model, results=s3_results), runner=RUNNER)  # s3://BUCKET/results?endpoint...
+    store = ResultsStore(s3_results)
+    rows = store.table().to_pylist()
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    bucket = store.root.split("/")[0]
+    tune = store.fs.get_file_info(pafs.FileSelector(f"{bucket}/results/_tune", recursive=True, allow_not_found=True))
+    assert [i for i in tune if i.base_name.startswith("experiment_state")]  # Tune's own files, beside the rows
+    assert {i.base_name for i in store.fs.get_file_info(pafs.FileSelector(bucket))} == {"results"}
+
+
+class _Background(threading.Thread):
+    """A function run beside the test; ``outcome()`` returns its result or raises its error in the test."""
+
+    def __init__(self, function):
+        super().__init__(daemon=True)
+        self.function, self.result, self.error = function, None, None
+
+    def run(self):
+        try:
+            self.result = self.function()
+        except BaseException as error:  # handed to the test by outcome()
+            self.error = error
+
+    def outcome(self, timeout: float):
+        self.join(timeout)
+        assert not self.is_alive(), f"{self.function.__name__} did not end within {timeout} s"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _wait_for(condition, what: str, timeout: float = 240):
+    """Poll ``condition()`` until it returns something true (returned); fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"waited {timeout} s for {what}")
+
+
 def test_trials_spread_over_nodes_and_survive_a_lost_node(tmp_path, tiny_model, monkeypatch):
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "1.5")
+    from frugalray.testing import trial_marks
+
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    _test_runners(monkeypatch, tmp_path / "marks", FRUGALRAY_SIMULATED_SECONDS=0.3, FRUGALRAY_SIMULATED_MARKS=starts,
+                  FRUGALRAY_TEST_PATIENCE_S=240)
     temp = _temp_dir()
     # Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster (else /tmp/ray, shared by every
     # Ray of the machine, and absent on a fresh one): keep it in this test's own folder.
@@ -142,31 +204,47 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(tmp_path, tiny_model, 
     cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, node_ip_address="127.0.0.1",
                                                                  include_dashboard=False, temp_dir=temp))
     try:
-        workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+        survivor, victim = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
         cluster.wait_for_nodes()
         assert os.path.isfile(os.path.join(temp, "ray", "ray_current_cluster"))
         # ray.init rewrites 127.0.0.1 to the machine's interface address; this cluster listens on loopback only.
         monkeypatch.setattr("ray._private.services.resolve_ip_for_localhost", lambda host: host)
         ray.init(address=cluster.address, _node_ip_address="127.0.0.1")
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
-        sweep = _sweep(tmp_path, tiny_model, seeds=(0, 1, 2), max_failures=3)
+        # The first trial on the victim runs until its node is removed under it (tests/runners.py).
+        (tmp_path / "marks" / "hold_node").write_text(victim.node_id)
         store = ResultsStore(tmp_path / "r")
 
-        def remove_a_worker():
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and len(store.files()) < 3:
-                time.sleep(0.2)
-            time.sleep(0.5)  # both workers are busy with their next trial
-            cluster.remove_node(workers[1], allow_graceful=False)
+        def remove_the_victim_under_its_trial() -> dict:
+            [held] = _wait_for(lambda: [m for m in trial_marks(starts) if m["node"] == victim.node_id],
+                               "a trial to start on the victim node")
+            assert store.trained_row(held["config_hash"]) is None  # it runs: no row yet
+            assert psutil.pid_exists(held["pid"])
+            cluster.remove_node(victim, allow_graceful=False)
+            return held
 
-        killer = threading.Thread(target=remove_a_worker)
-        killer.start()
-        run_sweep(sweep, runner=RUNNER)
-        killer.join()
+        remover = _Background(remove_the_victim_under_its_trial)
+        remover.start()
+        run_sweep(_sweep(tmp_path, tiny_model, seeds=(0, 1, 2), max_failures=3), runner="tests.runners:held_on_a_node")
+        held = remover.outcome(timeout=60)
+
+        # The node is dead for Ray, and the trial's worker process died with it.
+        _wait_for(lambda: [n for n in ray.nodes() if n["NodeID"] == victim.node_id and not n["Alive"]],
+                  "Ray to see the removed node dead", timeout=120)
+        assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == {cluster.head_node.node_id, survivor.node_id}
+        assert not psutil.pid_exists(held["pid"])
         rows = store.table().to_pylist()
         assert len(rows) == 15 and all(r["status"] == "ok" for r in rows)
         assert len({r["config_hash"] for r in rows}) == 15
-        assert len({_device_fields(r)[1] for r in rows}) == 2  # both worker nodes ran trials
+        # Every trial started once, but the one on the removed node: twice, the second time on the survivor,
+        # whose row is the trial's only row.
+        started = Counter(m["config_hash"] for m in trial_marks(starts))
+        assert {h: n for h, n in started.items() if n != 1} == {held["config_hash"]: 2} and len(started) == 15
+        [again] = [m for m in trial_marks(starts) if m["config_hash"] == held["config_hash"] and m["start"] > held["start"]]
+        assert again["node"] == survivor.node_id
+        [row] = [r for r in rows if r["config_hash"] == held["config_hash"]]
+        assert _device_fields(row)[1] == survivor.node_id
+        assert {m["node"] for m in trial_marks(starts)} == {survivor.node_id, victim.node_id}  # spread over both
     finally:
         ray.shutdown()
         cluster.shutdown()  # the nodes this test started, nothing else
@@ -243,6 +321,30 @@ def test_a_worker_lost_after_appending_its_row_is_retried_without_a_second_row(t
     rows = ResultsStore(tmp_path / "r").table().to_pylist()
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
     assert len({r["config_hash"] for r in rows}) == 5  # the retry found the row; nothing was trained twice
+
+
+def test_a_trial_whose_worker_dies_every_time_is_recorded_lost_and_the_sweep_finishes(tmp_path, tiny_model,
+                                                                                     monkeypatch):
+    marks = tmp_path / "marks"
+    _test_runners(monkeypatch, marks, FRUGALRAY_SIMULATED_SECONDS=0)
+    start_local_ray(num_cpus=2, num_gpus=0)
+    try:
+        sweep = _sweep(tmp_path, tiny_model, max_failures=1, retries=1, resources=ResourceRule(cpus_per_trial=1))
+        finishing = _Background(lambda: run_sweep(sweep, runner="tests.runners:dies_keeping_layer_1"))
+        finishing.start()
+        finishing.outcome(timeout=300)  # the sweep ends: it does not wait for the lost trial
+    finally:
+        ray.shutdown()
+    died = sorted(marks.glob("died-*"))
+    assert len(died) == 2  # its first run and max_failures=1 reschedule, each killing its worker process
+    rows = ResultsStore(tmp_path / "r").table().to_pylist()
+    assert len(rows) == 5 and len({r["config_hash"] for r in rows}) == 5
+    [lost] = [r for r in rows if r["status"] != "ok"]
+    assert (lost["status"], lost["error_kind"], lost["kept_layers"]) == ("failed", "lost", [1])
+    assert (lost["n_kept_layers"], lost["task_fingerprint"]) == (1, load_task("demo_pos").fingerprint)  # as planned
+    assert lost["error"] == "trial process died (worker or node lost) more often than max_failures allows"
+    assert lost["f1"] is None and lost["trial_id"].startswith(f"{lost['config_hash']}-lost-")
+    assert sorted(tuple(r["kept_layers"]) for r in rows if r["status"] == "ok") == [(0,), (0, 1, 2, 3), (2,), (3,)]
 
 
 # -- which Ray a sweep runs on -------------------------------------------------------------------------
@@ -439,8 +541,19 @@ class _Terminal(__import__("io").StringIO):
         return True
 
 
-def _finish_trials(progress, results):
-    """Feed a Progress callback trials as Tune would: start them all, then complete them in order."""
+class _Clock:
+    """A monotonic clock that moves only when told: a machine booted a moment ago starts it near 0."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _finish_trials(progress, results, clock=None, trial_s: float = 90.0):
+    """Feed a Progress callback trials as Tune would: start them all, then, ``trial_s`` later on ``clock``,
+    complete them in order."""
     from types import SimpleNamespace
 
     from frugalray.results.schema import TrialResult
@@ -450,6 +563,8 @@ def _finish_trials(progress, results):
               for i, (task, row) in enumerate(results)]
     for trial in trials:
         progress.on_trial_start(0, trials, trial)
+    if clock is not None:
+        clock.now += trial_s
     for trial in trials:
         progress.on_trial_complete(0, trials, trial)
     progress.on_experiment_end(trials)
@@ -470,20 +585,21 @@ def test_progress_off_a_terminal_prints_plain_lines_with_eta_and_the_best_per_ta
 
     from frugalray.cluster.progress import Progress
 
-    stream = StringIO()
-    progress = Progress(_counts, every_s=0, stream=stream)
-    _finish_trials(progress, RESULTS)
+    stream, clock = StringIO(), _Clock()
+    progress = Progress(_counts, every_s=0, stream=stream, clock=clock)
+    _finish_trials(progress, RESULTS, clock, trial_s=90)  # three trials side by side, 90 s each: 30 s a trial
     out = stream.getvalue()
     assert "\x1b[" not in out and "━" not in out  # no terminal codes in a log
     last = [line for line in out.splitlines() if line.startswith("[frugalray")][-1]
-    assert "3/6 done, 0 running, 0 failed" in last
-    assert "demo_pos 2/4: 0 running, 0 failed, ETA 0.0 min, best dev F1 0.8300 (best_3)" in last
-    assert "demo_ner 1/2: 0 running, 0 failed, ETA 0.0 min, best dev F1 0.4200 (last_1 + LoRA)" in last
+    assert last.startswith("[frugalray    90s] 3/6 done, 0 running, 0 failed, ETA 1.5 min | ")
+    assert "demo_pos 2/4: 0 running, 0 failed, ETA 1.0 min, best dev F1 0.8300 (best_3)" in last
+    assert "demo_ner 1/2: 0 running, 0 failed, ETA 0.5 min, best dev F1 0.4200 (last_1 + LoRA)" in last
     assert "  demo_pos         strategies     2/4    done" in out  # the table at the end
 
-    quiet = StringIO()
-    _finish_trials(Progress(_counts, every_s=3600, stream=quiet), RESULTS)  # at most one line per every_s
-    assert sum(line.startswith("[frugalray") for line in quiet.getvalue().splitlines()) == 2  # first and last
+    for every_s, lines in ((3600, 2), (60, 3)):  # at most one line per every_s, the first and the last always
+        quiet, clock = StringIO(), _Clock()
+        _finish_trials(Progress(_counts, every_s=every_s, stream=quiet, clock=clock), RESULTS, clock, trial_s=90)
+        assert sum(line.startswith("[frugalray") for line in quiet.getvalue().splitlines()) == lines, every_s
 
 
 def test_progress_counts_the_trials_tune_holds_running():

@@ -21,9 +21,9 @@ from frugalray.testing import synthetic_catalog, synthetic_table
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.required_in_ci, pytest.mark.skipif(  # required_in_ci: with CI set, a skip fails
     not (CHROMIUM and CHROMEDRIVER),
-    reason="no Chromium here: `apt-get install chromium chromium-driver` (as .ci/run does) runs this test")
+    reason="no Chromium here: `apt-get install chromium chromium-driver` (as .ci/run does) runs this test")]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -1,0 +1,164 @@
+"""A store's health and repair while writers are alive: another machine's live folder is kept by its heartbeat."""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from frugalray import ResultsStore
+from frugalray.cli import main
+
+HOURS_2 = 2 * 3600
+
+
+def _wait_for(condition, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"waited {timeout} s for {what}")
+
+
+def _heartbeats() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("frugalray heartbeat")]
+
+
+def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_a_dead_ones(tmp_path, monkeypatch,
+                                                                                          capsys):
+    from frugalray.results import files, health
+
+    store = ResultsStore(tmp_path).check_writable()
+    monkeypatch.setattr(files, "HEARTBEAT_S", 0.05, raising=False)  # beats every 50 ms instead of every minute
+    with monkeypatch.context() as elsewhere:  # a trial on gpu-node-7 saving weights, its folder made before training
+        elsewhere.setattr(files.socket, "gethostname", lambda: "gpu-node-7")
+        live = Path(store.staging_folder())
+    assert live.name.startswith("gpu-node-7_")
+    dead = tmp_path / ".staging" / f"gpu-node-8_4242_{'a' * 32}"  # the folder of a writer killed on gpu-node-8
+    dead.mkdir()
+    created = time.time() - HOURS_2
+    os.utime(live, (created, created))  # made two hours ago, nothing written into it since
+    _wait_for(lambda: time.time() - live.stat().st_mtime < 60, "the live writer's heartbeat")
+    now = time.time()  # --check and --repair read the time here, whatever the load
+    monkeypatch.setattr(health, "clock", lambda: now)
+    os.utime(dead, (now - HOURS_2, now - HOURS_2))  # made two hours ago too, by a writer gone since
+
+    assert main(["results", str(tmp_path), "--check"]) == 1
+    out = capsys.readouterr().out
+    assert f".staging/{live.name} (0 min old, may still be being written)" in out
+    assert f".staging/{dead.name} (120 min old, stale)" in out
+    assert main(["results", str(tmp_path), "--repair"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"removed stale staging folder .staging/{dead.name}"
+    assert live.is_dir() and not dead.exists()
+
+    (live / "weights.bin").write_bytes(b"trained")  # the trial ends: its weights go in, the folder moves in place
+    store.put_folder(live, "models/t-1")
+    assert (tmp_path / "models" / "t-1" / "weights.bin").read_bytes() == b"trained"
+    _wait_for(lambda: not _heartbeats(), "the heartbeat to stop once its folder is gone")
+    assert not live.exists()  # the heartbeat made nothing again where the folder was
+
+
+# -- many writers, and --check / --repair meanwhile -----------------------------------------------------
+WRITER = """
+import shutil, sys, time
+from pathlib import Path
+from frugalray.results.store import ResultsStore
+
+location, writer, rows, work, elsewhere = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5]
+if elsewhere == "yes":  # a node writing over NFS: --repair judges its live folder by its heartbeat, not its PID
+    import socket
+    from frugalray.results import files
+    socket.gethostname = lambda: "node-" + writer
+    files.HEARTBEAT_S = 0.1
+
+def rounds():  # --check/--repair rounds the checker has finished
+    return int((work / "rounds").read_text()) if (work / "rounds").exists() else 0
+
+def two_more_rounds():  # then a whole round ran while this writer waited
+    n, deadline = rounds() + 2, time.monotonic() + 240
+    while rounds() < n:
+        assert time.monotonic() < deadline, f"no --check/--repair round {n}"
+        time.sleep(0.02)
+
+store = ResultsStore(location)
+created = time.time()
+folder = Path(store.staging_folder())  # weights of a trial being trained: live from start to end
+for i in range(rows):
+    if i == rows // 2:
+        two_more_rounds()  # half the rows written: --check and --repair run meanwhile
+    store.append({"trial_id": f"{writer}-{i}", "config_hash": f"{writer}-{i}", "status": "ok", "task": "demo_pos",
+                  "strategy": "first", "strategy_n": 1, "kept_layers": [0], "n_kept_layers": 1})
+while time.time() - created < 7:  # made longer ago than --repair's threshold here (5 s)
+    time.sleep(0.05)
+two_more_rounds()
+(folder / "weights.bin").write_text(writer)  # still there: repair removed nothing live
+store.put_folder(folder, f"models/{writer}")
+shutil.rmtree(folder, ignore_errors=True)  # a local copy when the store is remote, as a trial leaves none
+"""
+
+CHECKER = """
+import contextlib, io, json, os, sys
+from pathlib import Path
+from frugalray.cli import main
+from frugalray.results import health
+
+health.STALE_AFTER_S = 5  # another machine's entry untouched for 5 s is stale (an hour outside this test)
+location, work = sys.argv[1], Path(sys.argv[2])
+with open(work / "checks.jsonl", "w") as log:
+    done = 0
+    while True:
+        last = (work / "writers_done").exists()
+        for command in ("--check", "--repair"):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = main(["results", location, command])
+            log.write(json.dumps({"command": command, "code": code, "out": out.getvalue()}) + "\\n")
+            log.flush()
+        done += 1
+        (work / "rounds.tmp").write_text(str(done))
+        os.replace(work / "rounds.tmp", work / "rounds")
+        if last:
+            break
+"""
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_writers_in_several_processes_with_check_and_repair_meanwhile_lose_nothing(where, tmp_path, request):
+    import json
+    import subprocess
+    import sys
+    from collections import Counter
+
+    location = str(tmp_path / "store") if where == "folder" else request.getfixturevalue("s3_results")
+    store = ResultsStore(location).check_writable()
+    work = tmp_path / "work"
+    work.mkdir()
+    writers, rows = 4, 20
+    run = lambda *argv: subprocess.Popen([sys.executable, "-c", *argv], stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True)
+    checker = run(CHECKER, location, str(work))
+    # On a folder, two writers are of this machine (judged by PID), two of others (by their heartbeat).
+    started = [run(WRITER, location, f"w{n}", str(rows), str(work), "yes" if where == "folder" and n % 2 else "no")
+               for n in range(writers)]
+    outputs = [process.communicate(timeout=300)[0] for process in started]
+    assert [process.returncode for process in started] == [0] * writers, outputs
+    (work / "writers_done").touch()
+    assert checker.wait(timeout=300) == 0, checker.communicate()[0]
+
+    # Nothing lost, nothing twice: every appended row, readable, once.
+    found = Counter(row["config_hash"] for row in store.table().to_pylist())
+    assert found == Counter(f"w{n}-{i}" for n in range(writers) for i in range(rows))
+    for n in range(writers):  # each writer's live folder reached its place whole
+        assert store.read_bytes(f"models/w{n}/weights.bin") == f"w{n}".encode()
+    # --check saw a healthy store every time, writers mid-write included, and --repair never had work
+    checks = [json.loads(line) for line in (work / "checks.jsonl").read_text().splitlines()]
+    assert len(checks) >= 2 * 3  # rounds ran while writers wrote (they waited for them), then the last
+    assert [c for c in checks if c["command"] == "--check" and (c["code"], c["out"].splitlines()[-1]) != (0, "Healthy.")] == []
+    repairs = [c for c in checks if c["command"] == "--repair"]
+    assert [c for c in repairs if c["code"] != 0 or not c["out"].startswith("nothing to repair\n")] == []
+    assert any(0 < int(c["out"].split(" trial file(s)")[0].rsplit(" ", 1)[1]) < writers * rows
+               for c in checks if c["command"] == "--check")  # a check saw the store half written
+    if where == "folder":
+        assert not list((tmp_path / "store" / ".staging").iterdir())

@@ -1,0 +1,58 @@
+"""Sweep runners for tests, imported by name inside Ray workers (``runner="tests.runners:side_by_side"``):
+the simulated trial of ``frugalray.testing``, with what a test needs to make a moment certain instead of
+likely (whatever the machine's load). Their settings come from the environment, which workers inherit.
+
+- ``side_by_side``: the first FRUGALRAY_TEST_TOGETHER trials of a sweep run at the same time.
+- ``held_on_a_node``: a trial on the node named in FRUGALRAY_TEST_MARKS/hold_node never ends; the test removes
+  that node under it (a file: the node's id is known only once it runs, after its workers' environment).
+- ``dies_keeping_layer_1``: the worker of the trial that keeps layer 1 alone dies every time it runs it.
+
+Marks go to FRUGALRAY_TEST_MARKS (a folder), start marks of the simulated trial to FRUGALRAY_SIMULATED_MARKS.
+"""
+
+import os
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from frugalray.testing import _where, mark_start, simulated_trial
+
+# A trial that waits longer than this for the moment it waits for gives up (and its test fails).
+PATIENCE_S = float(os.environ.get("FRUGALRAY_TEST_PATIENCE_S", "300"))
+
+
+def side_by_side(prepared, *args, **kwargs) -> dict:
+    """Arrive (a mark), wait until FRUGALRAY_TEST_TOGETHER trials have arrived, then run the simulated trial.
+    The row's ``device`` interval starts at the arrival: the first N intervals all hold the N-th arrival."""
+    marks, together = Path(os.environ["FRUGALRAY_TEST_MARKS"]), int(os.environ["FRUGALRAY_TEST_TOGETHER"])
+    arrived = time.time()
+    (marks / f"arrived-{uuid.uuid4().hex}").touch()
+    deadline = time.monotonic() + PATIENCE_S
+    while len(list(marks.glob("arrived-*"))) < together and time.monotonic() < deadline:
+        time.sleep(0.05)
+    row = simulated_trial(prepared, *args, **kwargs)
+    return row | {"device": re.sub(r"start=\S+", f"start={arrived:.3f}", row["device"])}
+
+
+def held_on_a_node(prepared, *args, **kwargs) -> dict:
+    """On the node named in FRUGALRAY_TEST_MARKS/hold_node: leave a start mark, then wait to be killed with
+    the node; elsewhere the simulated trial."""
+    _, node = _where()
+    hold = Path(os.environ["FRUGALRAY_TEST_MARKS"], "hold_node")
+    if not hold.exists() or node != hold.read_text().strip():
+        return simulated_trial(prepared, *args, **kwargs)
+    mark_start(prepared, node, time.time())
+    time.sleep(PATIENCE_S)
+    raise RuntimeError(f"node {node} was to be removed while this trial ran on it; it was not")
+
+
+def dies_keeping_layer_1(prepared, *args, **kwargs) -> dict:
+    """The trial that keeps layer 1 alone: a mark per attempt (``died-<pid>``), then its worker process dies
+    (SIGKILL, as the OOM killer does it). Every other trial: the simulated trial."""
+    if prepared.kept_layers != (1,):
+        return simulated_trial(prepared, *args, **kwargs)
+    Path(os.environ["FRUGALRAY_TEST_MARKS"], f"died-{os.getpid()}").touch()
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
