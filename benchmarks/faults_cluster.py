@@ -290,7 +290,8 @@ def main() -> int:
         drivers = [Driver(settings, work / f"{settings['name']}.log", env) for settings in sweeps]  # both at once
         removals, events = run_faults(args, cluster, drivers, Marks(work / "marks"), rng)
         last_fault = time.monotonic()
-        statuses = [d.finish(HANG_S - (time.monotonic() - last_fault)) for d in drivers]
+        for driver in drivers:  # each keeps its exit status (None: hung)
+            driver.finish(HANG_S - (time.monotonic() - last_fault))
         reruns = [rerun(settings, work / f"{settings['name']}.log", env) for settings in sweeps]
     finally:
         cluster.shutdown()  # this run's nodes, nothing else
@@ -334,7 +335,7 @@ def table(args, sweeps, counts, removals, hits, drivers, started_twice, hung, fa
         f"| lost | {counts['lost']} |",
         f"| unexpected | {counts['unexpected']} |",
         f"| drivers hung / failed | {hung} / {failed} |",
-        f"| rerun after the faults | " + ", ".join(
+        "| rerun after the faults | " + ", ".join(
             f"{s['name']}: {'nothing to run' if done else 'had work'}" for s, (_, done) in zip(sweeps, reruns)) + " |",
         f"| wall time | {wall:.0f} s |",
     ]

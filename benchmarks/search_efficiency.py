@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import statistics
 import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -38,8 +37,8 @@ from frugalray.training.prepared import layer_count
 
 
 def record(args) -> None:
-    """Every mask once (seed --seed), then the --top best masks on dev of each depth the replays search
-    (at most --max-layers layers) over --noise-seeds."""
+    """Every mask the replays search (at most --max-layers layers) once (seed --seed), then the --top best
+    masks on dev of each of those depths over --noise-seeds, then the deeper masks once."""
     store = ResultsStore(args.results)
     settings = TrainingSettings(epochs=args.epochs, eval_every_steps=args.eval_every)
     layers = layer_count(args.model)
@@ -58,12 +57,15 @@ def record(args) -> None:
               f"({row['train_seconds']:.0f} s)", flush=True)
         return row
 
-    rows = {mask: trial(mask, args.seed) for mask in masks}
+    searched = [m for m in masks if len(m) <= args.max_layers]
+    rows = {mask: trial(mask, args.seed) for mask in searched}
     for n in range(1, args.max_layers + 1):  # the noise between seeds, where the replays search
-        depth = sorted((m for m in masks if len(m) == n), key=lambda m: -rows[m]["dev_f1"])
+        depth = sorted((m for m in searched if len(m) == n), key=lambda m: -rows[m]["dev_f1"])
         for mask in depth[: args.top]:
             for seed in args.noise_seeds:
                 trial(mask, seed)
+    for mask in masks[len(searched):]:  # the deeper masks, for the table's sake (the replays never reach them)
+        trial(mask, args.seed)
 
 
 METHODS = {  # name -> SearchConfig settings

@@ -5,14 +5,13 @@ trainable parameters, plus activations for the kept layers, plus the CUDA contex
 not a promise: the trial also caps its own allocator at the granted fraction, so a bad guess fails that
 trial (and is retried) instead of its neighbours.
 
+>>> from frugalray.config import ResourceRule
 >>> rule = ResourceRule(gpu_memory_gib=80)
 >>> rule.gpu_fraction(estimate_memory_gib(BERT_BASE, kept_layers=6, batch_size=16, seq_len=256, lora=False))
 0.1
 """
 
 from __future__ import annotations
-
-from frugalray.config import ResourceRule  # noqa: F401 (the rule lives with the settings; the docstring uses it)
 
 # camembert-base / bert-base sizes, for examples and defaults
 BERT_BASE = {"vocab_size": 32005, "hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 514,

@@ -24,7 +24,7 @@ import pytest
 from frugalray import FrugalrayError, ResultsStore, load_task
 from frugalray.study.plan import StudyPlan, SweepConfig
 from frugalray.cluster.session import start_local_ray
-from frugalray.cluster.resources import ResourceRule
+from frugalray.config import ResourceRule
 from frugalray.cluster.runs import run_sweep
 
 ray = pytest.importorskip("ray")
@@ -255,7 +255,7 @@ DRIVER = textwrap.dedent("""
     import sys
     from pathlib import Path
     from frugalray.study.plan import SweepConfig
-    from frugalray.cluster.resources import ResourceRule
+    from frugalray.config import ResourceRule
     from frugalray.cluster.session import start_local_ray
     from frugalray.cluster.runs import run_sweep
     model, results, ray_dir_file = sys.argv[1:4]
