@@ -1,9 +1,13 @@
-"""The README's main job: the study's staged pipeline on the shipped French demo corpus with MiniLM.
+"""The README's main job: the study's story on the shipped French demo corpus with MiniLM, in minutes.
 
     python sweeps/quick.py                 # starts a local Ray, or joins a running cluster
     python sweeps/quick.py --seeds 0,1,2   # more seeds: mean +- std per strategy
 
-Offline, CPU, about 9 minutes on 2 cores. Each number below is chosen for that budget, not for quality.
+Offline, CPU, about 3 minutes on 2 cores. It runs what tells the story: the full model and every single
+layer (the layer profile), first/last/best-N at half depth and below, and LoRA against full fine-tuning.
+sweeps/all.py runs the study's whole pipeline (every strategy, balanced training, recovery); each stage here
+takes the same options (--stages single,strategies,lora,balanced,recover). Each number below is chosen for
+that budget, not for quality.
 """
 
 from frugalray.cli import sweep_main
@@ -15,23 +19,22 @@ SWEEP = dict(
     seeds=[0],
     training=dict(
         epochs=3,
-        learning_rate=2e-4,  # the demo sets are tiny (160 sentences): a high rate learns in 3 epochs
+        learning_rate=2e-4,  # small sets (162 to 700 training examples): a high rate learns in 3 epochs
         lora_learning_rate=2e-3,  # LoRA needs ~10x the full fine-tuning rate
         batch_size=8,
-        max_length=64,  # demo sentences are short
+        max_length=64,  # demo sentences and reviews are short
     ),
     lora=dict(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"], train_head=True),
-    stages=["single", "strategies", "lora", "balanced", "recover"],
-    drop_middle=[2, 4],  # 6 layers: the study's N=6..10 do not apply
-    drop_ends=[2, 4],
-    drop_block=[2, 4],  # the contiguous block the angular-distance proxy ranks lowest
-    # Recovery on the first half of the layers only (the study's sets would triple it): pruned after
-    # fine-tuning, and distilled from the fine-tuned full model, each from both starts.
-    recover_layers="half",
-    recover_methods=["finetune", "distill"],
-    recovery=dict(temperature=2.0, alpha=0.5),
-    best=[2, 3, 4, 5],
-    drop_worst=[1, 2, 3, 4, 5],
+    stages=["single", "strategies", "lora"],
+    first_last=[3],  # half the layers kept, from the bottom and from the top
+    best=[2, 3],  # the best 2 and 3 layers by their single-layer dev F1
+    drop_worst=[],
+    alternate=False,
+    drop_middle=[],
+    drop_ends=[],
+    drop_block=[],
+    lora_max_layers=3,  # LoRA on the best set of at most 3 layers, and on the full model
+    lora_sizes=[],
     results="results/quick",
     save_models=["lora"],  # LoRA trials keep adapter + head (about 1 MB): frugalray export merges them
     report="results/quick/report",  # index.html + figures/, written when the sweep ends
