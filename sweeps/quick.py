@@ -3,7 +3,7 @@
     python sweeps/quick.py                 # starts a local Ray, or joins a running cluster
     python sweeps/quick.py --seeds 0,1,2   # more seeds: mean +- std per strategy
 
-Offline, CPU, about 3 minutes on 2 cores. It runs what tells the story: the full model and every single
+Offline, CPU, about 6 minutes on 2 cores (39 trials). It runs what tells the story: the full model and every single
 layer (the layer profile), first/last/best-N at half depth and below, and LoRA against full fine-tuning.
 sweeps/all.py runs the study's whole pipeline (every strategy, balanced training, recovery); each stage here
 takes the same options (--stages single,strategies,lora,balanced,recover). Each number below is chosen for
@@ -35,6 +35,8 @@ SWEEP = dict(
     drop_block=[],
     lora_max_layers=3,  # LoRA on the best set of at most 3 layers, and on the full model
     lora_sizes=[],
+    recover_layers="half",  # with --stages ...,recover: pruned after fine-tuning and distilled, first half only
+    recover_methods=["finetune", "distill"],
     results="results/quick",
     save_models=["lora"],  # LoRA trials keep adapter + head (about 1 MB): frugalray export merges them
     report="results/quick/report",  # index.html + figures/, written when the sweep ends
