@@ -103,8 +103,8 @@ class MaskSearch:
         if self.handed_out >= self.config.budget:
             return DONE if not self.running else None
         for asked in range(max_known_in_a_row):
-            if len(self.known_masks) + len(self.running) + len(self.failed) >= self.space_size:
-                break  # every mask of the space is trained, training or failed in this run
+            if len(self._settled()) >= self.space_size:
+                break  # asking again could only bring back a mask already settled
             if asked and asked % resample_after == 0:
                 untried = self._untried()
                 if untried is not None:
@@ -142,13 +142,19 @@ class MaskSearch:
             return planned
         return None
 
+    def _settled(self) -> set[tuple[int, ...]]:
+        """The masks with nothing left to do in this run: trained, training, failed, or stopped early with no
+        claim to be trained to the end (see ``_earns_promotion``)."""
+        return (self.known_masks | {kept for _, kept in self.running.values()} | set(self.failed.values())
+                | {tuple(r["kept_layers"]) for h, r in self.stopped.items() if not self._earns_promotion(h)})
+
     def _untried(self) -> tuple[int, ...] | None:
-        """A random mask of the space that was never trained, stopped, failed or handed out (None: no such)."""
+        """A random mask of the space not yet settled (``_settled``): never tried, or stopped and now among
+        the best at its rung (None: no such)."""
         import itertools
         import random
 
-        tried = (self.known_masks | {kept for _, kept in self.running.values()} | set(self.failed.values())
-                 | {tuple(r["kept_layers"]) for r in self.stopped.values()})
+        tried = self._settled()
         rng = random.Random(self.config.sampler_seed * 100_003 + self.handed_out)
         if self.space_size <= 50_000:
             every = [m for n in range(self.low, self.high + 1) for m in itertools.combinations(range(self.num_layers), n)]

@@ -305,3 +305,44 @@ def test_a_stopped_mask_asked_for_again_trains_to_the_end_once_if_it_now_ranks_a
     search.promoted.add(good)
     assert not search._earns_promotion(good)  # once
     assert search.planned((1, 2), full_fidelity=True).config_hash == good  # the same configuration, trained on
+
+
+def test_a_search_whose_every_mask_is_settled_ends_without_asking_the_sampler_again(tmp_path, tiny_model):
+    """Once every mask is trained or stopped with no claim to go on, the search is over: it neither spins
+    on the sampler (each ask of a known mask costs a sampler step and a storage write) nor waits. A stopped mask
+    that now ranks among the best at its rung is not settled: it is handed out, to train to the end."""
+    from frugalray.results.schema import TrialResult
+    from frugalray.study.planned import DONE
+    from frugalray.study.search import MaskSearch
+
+    config = _search(tmp_path, tiny_model, exactly=2, halving=True, grace_steps=2, reduction_factor=2,
+                     training={"epochs": 2}, budget=100)
+    store = ResultsStore(tmp_path / "r").check_writable()
+    search = MaskSearch(config, store)
+    planned = search.max_steps
+
+    def row(kept, status, value):
+        hashed = search.planned(kept).config_hash
+        return TrialResult.from_row({"trial_id": f"{hashed}-x", "config_hash": hashed, "status": status,
+                                     "kept_layers": list(kept), "n_kept_layers": 2,
+                                     "train_steps": 2 if status == "stopped" else planned, "planned_steps": planned,
+                                     "checkpoint_steps": [2], "checkpoint_dev_f1": [value], "dev_f1": value,
+                                     "task": "demo_pos", "model": tiny_model, "seed": 0})
+
+    def searched(last: float):
+        store = ResultsStore(tmp_path / f"r{last}").check_writable()
+        for kept, value in (((0, 1), 0.2), ((0, 2), 0.3), ((0, 3), 0.4), ((1, 2), 0.5)):
+            store.append(row(kept, "ok", value))
+        store.append(row((1, 3), "stopped", 0.1))
+        store.append(row((2, 3), "stopped", last))
+        return MaskSearch(config, store)
+
+    search = searched(0.05)
+    asked = len(search.study.trials)
+    assert search.next() == DONE
+    assert len(search.study.trials) == asked  # not one more ask
+
+    search = searched(0.9)  # (2, 3) stopped, but now the best at its rung
+    handed = search.next()
+    assert handed != DONE and handed is not None
+    assert handed.kept_layers == (2, 3) and handed.full_fidelity
