@@ -79,7 +79,7 @@ def _interval(draw, resamples: int) -> tuple[float, float]:
 def _wilson(hits: int, n: int) -> tuple[float, float]:
     z, p = 1.96, hits / n
     centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def report(args) -> None:

@@ -28,7 +28,8 @@ def test_a_sweep_files_settings_parse_into_its_config(name, variable, kind):
         assert dict(config.data_dirs) == {"ftb_ner": "/data/ftb/ner", "ftb_pos": "/data/ftb/pos"}
     elif name == "search.py":
         assert (config.task, config.model, config.budget, config.max_layers) == ("demo_pos", "minilm", 12, 3)
-        assert (config.objective, config.prior, config.results) == ("f1_vs_layers", "proxy", "results/quick")
+        assert (config.objective, config.prior, config.halving, config.results) == ("f1_vs_layers", "none", True,
+                                                                                  "results/quick")
 
 
 @pytest.mark.parametrize("name,variable,kind", FILES)
