@@ -194,6 +194,15 @@ def reference_rows(settings: dict) -> list[dict]:
     return plan.store.table().to_pylist()
 
 
+def fault_model(work: Path) -> str:
+    """The tiny random 4-layer encoder the fault sweeps train, its vocabulary from the demo and test corpora."""
+    from frugalray.data.tasks import DEMO_DIR
+    from frugalray.testing import conll_words, tiny_model_dir
+
+    words = conll_words(*DEMO_DIR.glob("*.conll"), *(ROOT / "tests/fixtures").glob("ner_*.conll"))
+    return str(tiny_model_dir(work / "model", words, num_layers=4))
+
+
 def report_key(row: dict) -> tuple:
     return row["config_hash"], row["strategy"], row["strategy_n"], row["stage"]
 
@@ -207,16 +216,13 @@ def main() -> int:
     parser.add_argument("--out", help="work folder (default: a new temp folder)")
     args = parser.parse_args()
 
-    from frugalray.data.tasks import DEMO_DIR
     from frugalray.results.store import ResultsStore
-    from frugalray.testing import conll_words, tiny_model_dir
 
     started = time.monotonic()
     rng = random.Random(args.seed)
     work = Path(args.out or tempfile.mkdtemp(prefix="frugalray-faults-"))
     work.mkdir(parents=True, exist_ok=True)
-    words = conll_words(*DEMO_DIR.glob("*.conll"), *(ROOT / "tests/fixtures").glob("ner_*.conll"))
-    model = str(tiny_model_dir(work / "model", words, num_layers=4))
+    model = fault_model(work)
     settings = sweep_settings(model, args.seeds, work / "store")
     store, log = ResultsStore(settings["results"]), work / "drivers.log"
 

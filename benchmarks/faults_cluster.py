@@ -42,7 +42,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from faults import DRIVER, reference_rows, report_key  # noqa: E402  (the single-machine benchmark's pieces)
+from faults import DRIVER, fault_model, reference_rows, report_key  # noqa: E402  (the single-machine benchmark's pieces)
 
 HANG_S = 600  # a driver that has not finished this long after the last fault is hung
 BUCKET = "bench"
@@ -264,16 +264,13 @@ def main() -> int:
     parser.add_argument("--out", help="work folder (default: a new temp folder)")
     args = parser.parse_args()
 
-    from frugalray.data.tasks import DEMO_DIR
     from frugalray.results.store import ResultsStore
-    from frugalray.testing import conll_words, tiny_model_dir
 
     started = time.monotonic()
     rng = random.Random(args.seed)
     work = Path(args.out or tempfile.mkdtemp(prefix="frugalray-faults-cluster-"))
     (work / "marks").mkdir(parents=True, exist_ok=True)
-    words = conll_words(*DEMO_DIR.glob("*.conll"), *(ROOT / "tests/fixtures").glob("ner_*.conll"))
-    model = str(tiny_model_dir(work / "model", words, num_layers=4))
+    model = fault_model(work)
     # What the S3 server's clients, Ray's nodes (and so the trials) and the drivers inherit.
     os.environ.update({"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "AWS_ACCESS_KEY_ID": "bench",
                        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
