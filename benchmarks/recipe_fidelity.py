@@ -57,6 +57,8 @@ ABLATIONS = {
     "torch.compile": dict(compile=True),
     "bf16 autocast": dict(dtype="bf16"),
     "length groups of 16 + bf16": dict(length_grouping=16, dtype="bf16"),
+    "trimmed vocabulary": dict(trim_vocabulary=True),
+    "trimmed vocabulary + length groups of 16 + bf16": dict(trim_vocabulary=True, length_grouping=16, dtype="bf16"),
 }
 
 # The rule a speed choice must pass to become the default, fixed before the runs (README, Training recipe):

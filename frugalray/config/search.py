@@ -54,6 +54,9 @@ class SearchConfig(Settings):
         "help": "How many masks per kept-layer count the proxy puts first (best by summed layer importance)."})
     sampler: str = field(default="tpe", metadata={"help": "Optuna sampler once the prior's masks are tried: tpe "
                                                           "(NSGA-II for two objectives) or random."})
+    startup_trials: int = field(default=10, metadata={
+        "help": "tpe: masks drawn at random before TPE models the results (Optuna's n_startup_trials; trials told "
+                "from the store and stopped masks count)."})
     halving: bool = field(default=False, metadata={
         "help": "Stop unpromising masks early (asynchronous successive halving, Ray Tune's ASHAScheduler, on dev "
                 "F1 at rungs counted in training steps); only trials trained to the end are results. With a front "
@@ -76,6 +79,8 @@ class SearchConfig(Settings):
             raise FrugalrayError(did_you_mean("prior", self.prior, list(PRIORS)))
         if self.sampler not in SAMPLERS:
             raise FrugalrayError(did_you_mean("sampler", self.sampler, list(SAMPLERS)))
+        if self.startup_trials < 0:
+            raise FrugalrayError(f"startup_trials must be >= 0 (got {self.startup_trials})")
         if self.prior_masks < 0 or self.reduction_factor < 2 or (self.grace_steps is not None and self.grace_steps < 1):
             raise FrugalrayError(f"prior_masks must be >= 0 (got {self.prior_masks}), reduction_factor >= 2 (got "
                                  f"{self.reduction_factor}) and grace_steps >= 1 (got {self.grace_steps})")

@@ -54,6 +54,9 @@ class TrainingSettings(Settings):
     )
     fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (a speed choice)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (a speed choice)."})
+    trim_vocabulary: bool = field(default=False, metadata={
+        "help": "Train only the embedding rows of the task's tokens, then put them back (the same weights up to "
+                "float rounding, faster steps: frugalray.training.vocab)."})
     eval_every_steps: int = field(
         default=0, metadata={"help": "Evaluate dev F1 every this many optimizer steps during training (0: only at the "
                                      "end); the row keeps the curve, and an early-stopping search stops on it "
@@ -72,6 +75,8 @@ class TrainingSettings(Settings):
     # configuration hash. Speed choices of training (padding, fused AdamW, compile, dtype) change the arithmetic
     # and stay in it.
     RECORD_ONLY = ("eval_batch_size", "eval_every_steps", "energy", "energy_country")
+    # Fields added after rows were stored: hashed only when not at these values, so earlier hashes still hold.
+    HASHED_IF_NOT = {"trim_vocabulary": False}
 
     def check(self) -> None:
         checks = {
@@ -113,6 +118,9 @@ class TrainingSettings(Settings):
         values = asdict(self)
         for name in self.RECORD_ONLY + ("learning_rate", "lora_learning_rate"):  # the rate used is hashed apart
             values.pop(name)
+        for name, value in self.HASHED_IF_NOT.items():
+            if values[name] == value:
+                values.pop(name)
         return values
 
 

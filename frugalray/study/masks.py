@@ -54,7 +54,7 @@ def study_attributes(config: SearchConfig) -> dict:
         "constraint": {"min_layers": config.min_layers, "max_layers": config.max_layers, "exactly": config.exactly},
         "training": config.training.to_dict(), "lora": config.lora.to_dict() if config.lora else None,
         "seed": config.seed, "data_dir": config.data_dir, "frugalray_version": __version__,
-        "sampler": config.sampler, "halving": {"on": config.halving, "grace_steps": config.grace_steps,
+        "sampler": config.sampler, "startup_trials": config.startup_trials, "halving": {"on": config.halving, "grace_steps": config.grace_steps,
                                                "reduction_factor": config.reduction_factor},
     }
 
@@ -81,7 +81,8 @@ def open_study(config: SearchConfig, store: ResultsStore):
         raise FrugalrayError(f"Optuna storage {url!r} cannot be opened or written: {error}") from None
     columns, directions = OBJECTIVES[config.objective]
     sampler = (optuna.samplers.RandomSampler(seed=config.sampler_seed) if config.sampler == "random"
-               else optuna.samplers.TPESampler(seed=config.sampler_seed) if len(columns) == 1
+               else optuna.samplers.TPESampler(seed=config.sampler_seed, n_startup_trials=config.startup_trials)
+               if len(columns) == 1
                else NSGAIISampler(seed=config.sampler_seed))
     study = optuna.create_study(study_name=config.name, storage=storage, directions=list(directions),
                                 sampler=sampler, load_if_exists=True)

@@ -56,6 +56,7 @@ def base_row(config: TrialConfig, prepared=None) -> dict:
         "pad_to_multiple_of": training.pad_to_multiple_of,
         "fused_optimizer": training.fused_optimizer,
         "compile": training.compile,
+        "trim_vocabulary": training.trim_vocabulary,
         "dtype": training.dtype,
         "seed": config.seed,
         **recovery_columns(config.recovery),

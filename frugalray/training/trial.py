@@ -76,7 +76,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     from transformers import set_seed
 
     from frugalray.data.labels import majority_baseline
-    from frugalray.training.loop import measure_latency, train
+    from frugalray.training.loop import measure_latency
 
     config, task, training = prepared.config, prepared.task, prepared.config.training
     started = time.perf_counter()
@@ -84,20 +84,9 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     set_seed(config.seed)
     data = encoded_task(task, config.model, training.max_length)
     model = _model(prepared, teacher, target)
+    stats, curve, train_energy, rows_trained = _fit(prepared, model, data, teacher, target, report)
     score = functools.partial(_score, model, task, data, target, training)
-    curve = DevCurve(training.planned_steps(len(data.train)))
-
-    def checkpoint(step: int, train_seconds: float) -> None:
-        curve.add(step, score("dev"), train_seconds)
-        model.train()
-        if report:
-            report(curve.progress())
-
     meter = functools.partial(measured_energy, training.energy, training.energy_country, str(target))
-    with meter() as train_energy:
-        stats = train(model, data.train, training, config.learning_rate, data.pad_id, target, config.seed,
-                      objective=_objective(prepared, teacher, data, target), checkpoint=checkpoint,
-                      checkpoint_every=training.eval_every_steps)
     eval_start = time.perf_counter()
     with meter() as eval_energy:
         test, dev = score("test"), score("dev")
@@ -113,12 +102,41 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         "seconds_per_epoch": stats.train_seconds / len(stats.epoch_seconds), "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - started, "train_tokens": stats.train_tokens,
         "train_padded_tokens": stats.padded_tokens, "train_tokens_per_second": stats.train_tokens / stats.train_seconds,
+        "embedding_rows_trained": rows_trained,
         **_size_columns(model, target), **latency,
         **energy_columns(train_energy, eval_energy, training.energy_country),
         "variant": "fp32", "device": device_name(target),
         **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds,
             "teacher_logits_seconds": teacher.logits_seconds} if teacher else {}),
     }
+
+
+def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report):
+    """Train ``model`` in place, on the task's own embedding rows where asked (``frugalray.training.vocab``),
+    scoring dev at the checkpoints; returns (training stats, dev curve, training energy, embedding rows trained)."""
+    from frugalray.training import vocab
+    from frugalray.training.loop import train
+
+    config, training = prepared.config, prepared.config.training
+    trimmed = vocab.TrimmedVocabulary(model, data) if vocab.applies(config, model, data) else None
+    during = trimmed.data if trimmed else data  # the token ids the model takes while it trains
+    curve = DevCurve(training.planned_steps(len(data.train)))
+    embedding = model.get_input_embeddings().weight
+    rows_trained = embedding.shape[0] if embedding.requires_grad else 0
+
+    def checkpoint(step: int, train_seconds: float) -> None:
+        curve.add(step, _score(model, prepared.task, during, target, training, "dev"), train_seconds)
+        model.train()
+        if report:
+            report(curve.progress())
+
+    with measured_energy(training.energy, training.energy_country, str(target)) as energy:
+        objective = _objective(prepared, teacher, data, target)  # the teacher's logits, on the task's own ids
+        stats = train(model, during.train, training, config.learning_rate, during.pad_id, target, config.seed,
+                      objective=objective, checkpoint=checkpoint, checkpoint_every=training.eval_every_steps)
+    if trimmed:
+        trimmed.restore(vocab.untouched_decay(training, config.learning_rate, stats.steps, curve.planned_steps))
+    return stats, curve, energy, rows_trained
 
 
 def _device(device: str | None, gpu_memory_fraction: float | None):

@@ -346,3 +346,18 @@ def test_a_search_whose_every_mask_is_settled_ends_without_asking_the_sampler_ag
     handed = search.next()
     assert handed != DONE and handed is not None
     assert handed.kept_layers == (2, 3) and handed.full_fidelity
+
+
+def test_tpe_models_the_results_after_startup_trials_random_masks(tmp_path, tiny_model):
+    """``startup_trials`` is Optuna's n_startup_trials: until that many masks have results, TPE samples at random
+    (its independent sampler); after, it models them."""
+    from frugalray.study.search import MaskSearch
+
+    for startup in (2, 10):
+        config = _search(tmp_path / str(startup), tiny_model, max_layers=3, startup_trials=startup)
+        store = ResultsStore(tmp_path / str(startup) / "r").check_writable()
+        search = MaskSearch(config, store)
+        assert search.study.sampler._n_startup_trials == startup
+        assert search.study.user_attrs["startup_trials"] == startup
+    with pytest.raises(FrugalrayError, match="startup_trials must be >= 0"):
+        _search(tmp_path, tiny_model, startup_trials=-1)
