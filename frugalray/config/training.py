@@ -57,6 +57,10 @@ class TrainingSettings(Settings):
     trim_vocabulary: bool = field(default=False, metadata={
         "help": "Train only the embedding rows of the task's tokens, then put them back (the same weights up to "
                 "float rounding, faster steps: frugalray.training.vocab)."})
+    early_stopping_patience: int = field(default=0, metadata={
+        "help": "0: train every epoch. k: score dev after each epoch, stop after k epochs in a row without a better "
+                "dev F1 (ties: lower dev loss) and keep the best epoch's weights; epochs is then the most a trial "
+                "trains (frugalray.training.early_stopping)."})
     eval_every_steps: int = field(
         default=0, metadata={"help": "Evaluate dev F1 every this many optimizer steps during training (0: only at the "
                                      "end); the row keeps the curve, and an early-stopping search stops on it "
@@ -76,7 +80,7 @@ class TrainingSettings(Settings):
     # and stay in it.
     RECORD_ONLY = ("eval_batch_size", "eval_every_steps", "energy", "energy_country")
     # Fields added after rows were stored: hashed only when not at these values, so earlier hashes still hold.
-    HASHED_IF_NOT = {"trim_vocabulary": False}
+    HASHED_IF_NOT = {"trim_vocabulary": False, "early_stopping_patience": 0}
 
     def check(self) -> None:
         checks = {
@@ -87,6 +91,7 @@ class TrainingSettings(Settings):
             "max_grad_norm": self.max_grad_norm >= 0, "adam_beta1": 0 <= self.adam_beta1 < 1,
             "adam_beta2": 0 <= self.adam_beta2 < 1, "adam_epsilon": self.adam_epsilon > 0,
             "length_grouping": self.length_grouping >= 0, "eval_every_steps": self.eval_every_steps >= 0,
+            "early_stopping_patience": self.early_stopping_patience >= 0,
             "pad_to_multiple_of": self.pad_to_multiple_of is None or self.pad_to_multiple_of >= 1,
         }
         for name, ok in checks.items():

@@ -77,6 +77,7 @@ class TrialResult:
     fused_optimizer: bool | None = column(_BOOL)
     compile: bool | None = column(_BOOL)
     trim_vocabulary: bool | None = column(_BOOL, "asked for; see embedding_rows_trained")
+    early_stopping_patience: int | None = column(_INT32, "0: every epoch trained")
     seed: int | None = column(_INT64)
     # -- recovery (null for rows written before it existed: the study's pretrained + finetune)
     init: str | None = column(_STRING, "pretrained or finetuned (kept layers of the fine-tuned full model)")
@@ -117,6 +118,8 @@ class TrialResult:
     train_tokens: int | None = column(_INT64, "non-padding tokens seen, all epochs")
     train_padded_tokens: int | None = column(_INT64, "tokens computed on, padding included")
     train_tokens_per_second: float | None = column(_FLOAT)
+    epochs_trained: int | None = column(_INT32, "with early stopping: the epochs it trained (all in train_seconds)")
+    best_epoch: int | None = column(_INT32, "with early stopping: the epoch whose weights it kept")
     embedding_rows_trained: int | None = column(_INT64, "input embedding rows in the optimizer (all of them "
                                                         "unless the vocabulary was trimmed; 0: frozen)")
     model_mib: float | None = column(_FLOAT, "parameter bytes")

@@ -57,6 +57,7 @@ def base_row(config: TrialConfig, prepared=None) -> dict:
         "fused_optimizer": training.fused_optimizer,
         "compile": training.compile,
         "trim_vocabulary": training.trim_vocabulary,
+        "early_stopping_patience": training.early_stopping_patience,
         "dtype": training.dtype,
         "seed": config.seed,
         **recovery_columns(config.recovery),

@@ -113,14 +113,16 @@ def epoch_batches(lengths: list[int], settings: TrainingSettings, seed: int, epo
 def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate: float, pad_id: int,
           device: torch.device, seed: int, *, objective: Objective = model_loss,
           batches: Callable[[int], list[list[int]]] | None = None,
-          checkpoint: Callable[[int, float], None] | None = None, checkpoint_every: int = 0) -> TrainStats:
+          checkpoint: Callable[[int, float], None] | None = None, checkpoint_every: int = 0,
+          after_epoch: Callable[[int], bool] | None = None) -> TrainStats:
     """Fine-tune ``model`` on ``data`` in place; training seconds exclude everything but the steps.
 
     ``objective(model, batch, indices)`` gives the loss (the model's own by default; distillation passes
     its own). ``batches(epoch)`` replaces the shuffling, e.g. to replay another trainer's batch order.
     With ``checkpoint_every``, ``checkpoint(step)`` is called after every that many optimizer steps but the last, with the
     training seconds so far (e.g. to evaluate dev); its time is not training time, and it must leave the model as it found it (train mode
-    included). A loss that turns NaN or infinite stops training with a FrugalrayError naming the step.
+    included). ``after_epoch(epoch)`` is called after every epoch, outside the training time (e.g. to score dev); training
+    stops when it returns True. A loss that turns NaN or infinite stops training with a FrugalrayError naming the step.
     """
     optimizer = make_optimizer(model, settings, learning_rate)
     lengths = [len(item) for item in data]
@@ -160,6 +162,8 @@ def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate:
         _check_finite(losses, 0)
         _sync(device)
         epoch_seconds.append(time.perf_counter() - start)
+        if after_epoch is not None and after_epoch(epoch):
+            break
     return TrainStats(sum(epoch_seconds), epoch_seconds, tokens, padded, torch.stack(losses).float().tolist())
 
 

@@ -84,7 +84,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     set_seed(config.seed)
     data = encoded_task(task, config.model, training.max_length)
     model = _model(prepared, teacher, target)
-    stats, curve, train_energy, rows_trained = _fit(prepared, model, data, teacher, target, report)
+    stats, curve, train_energy, fitted = _fit(prepared, model, data, teacher, target, report)
     score = functools.partial(_score, model, task, data, target, training)
     meter = functools.partial(measured_energy, training.energy, training.energy_country, str(target))
     eval_start = time.perf_counter()
@@ -102,7 +102,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         "seconds_per_epoch": stats.train_seconds / len(stats.epoch_seconds), "eval_seconds": eval_seconds,
         "total_seconds": time.perf_counter() - started, "train_tokens": stats.train_tokens,
         "train_padded_tokens": stats.padded_tokens, "train_tokens_per_second": stats.train_tokens / stats.train_seconds,
-        "embedding_rows_trained": rows_trained,
+        **fitted,
         **_size_columns(model, target), **latency,
         **energy_columns(train_energy, eval_energy, training.energy_country),
         "variant": "fp32", "device": device_name(target),
@@ -113,8 +113,10 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
 
 def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report):
     """Train ``model`` in place, on the task's own embedding rows where asked (``frugalray.training.vocab``),
-    scoring dev at the checkpoints; returns (training stats, dev curve, training energy, embedding rows trained)."""
+    scoring dev at the checkpoints and stopping early on it where asked; returns (training stats, dev curve, training
+    energy, the columns this adds to the row)."""
     from frugalray.training import vocab
+    from frugalray.training.early_stopping import EarlyStopping
     from frugalray.training.loop import train
 
     config, training = prepared.config, prepared.config.training
@@ -130,13 +132,18 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
         if report:
             report(curve.progress())
 
+    stopper = EarlyStopping(model, training.early_stopping_patience, lambda: _score(
+        model, prepared.task, during, target, training, "dev")) if training.early_stopping_patience else None
     with measured_energy(training.energy, training.energy_country, str(target)) as energy:
         objective = _objective(prepared, teacher, data, target)  # the teacher's logits, on the task's own ids
         stats = train(model, during.train, training, config.learning_rate, during.pad_id, target, config.seed,
-                      objective=objective, checkpoint=checkpoint, checkpoint_every=training.eval_every_steps)
+                      objective=objective, checkpoint=checkpoint, checkpoint_every=training.eval_every_steps,
+                      after_epoch=stopper)
+    if stopper:
+        stopper.restore()
     if trimmed:
         trimmed.restore(vocab.untouched_decay(training, config.learning_rate, stats.steps, curve.planned_steps))
-    return stats, curve, energy, rows_trained
+    return stats, curve, energy, {"embedding_rows_trained": rows_trained, **(stopper.columns() if stopper else {})}
 
 
 def _device(device: str | None, gpu_memory_fraction: float | None):
