@@ -141,8 +141,9 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
                       after_epoch=stopper)
     if stopper:
         stopper.restore()
-    if trimmed:
-        trimmed.restore(vocab.untouched_decay(training, config.learning_rate, stats.steps, curve.planned_steps))
+    if trimmed:  # the rows it left out decayed for as many steps as the weights it keeps trained
+        kept_steps = stopper.best_epoch * (curve.planned_steps // training.epochs) if stopper else stats.steps
+        trimmed.restore(vocab.untouched_decay(training, config.learning_rate, kept_steps, curve.planned_steps))
     return stats, curve, energy, {"embedding_rows_trained": rows_trained, **(stopper.columns() if stopper else {})}
 
 

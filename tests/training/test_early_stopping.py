@@ -71,3 +71,34 @@ def test_early_stopping_is_in_the_hash_only_when_on():
     assert TrainingSettings(early_stopping_patience=2).identity()["early_stopping_patience"] == 2
     with pytest.raises(Exception, match="early_stopping_patience"):
         TrainingSettings(early_stopping_patience=-1)
+
+
+def test_early_stopping_with_a_trimmed_vocabulary_keeps_the_same_best_weights(tmp_path, tiny_model, ner_task_file,
+                                                                               monkeypatch):
+    """The rows a trimmed vocabulary leaves out decay for as many steps as the kept epoch trained, not all."""
+    from frugalray.model.saved import load_trained
+
+    original = EarlyStopping.__call__
+
+    def run(trim: bool):
+        scripted = iter([0.5, 0.4, 0.3])
+
+        def scripted_dev(self, epoch):
+            real = self.score_dev
+            self.score_dev = lambda: {**real(), "f1": next(scripted)}
+            try:
+                return original(self, epoch)
+            finally:
+                self.score_dev = real
+
+        monkeypatch.setattr(early_stopping.EarlyStopping, "__call__", scripted_dev)
+        training = TrainingSettings(epochs=4, batch_size=4, learning_rate=1e-3, max_length=32, weight_decay=0.3,
+                                    early_stopping_patience=2, trim_vocabulary=trim, energy=False)
+        config = TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, training=training)
+        row = run_trial(prepare_trial(config), device="cpu", save_to=str(tmp_path / str(trim)))
+        assert (row["epochs_trained"], row["best_epoch"]) == (3, 1)
+        return load_trained(str(tmp_path / str(trim)))[0].state_dict()
+
+    whole, trimmed = run(False), run(True)
+    for name, value in whole.items():
+        torch.testing.assert_close(trimmed[name], value, rtol=1e-5, atol=1e-6, msg=name)
