@@ -39,19 +39,23 @@ def _noise_floor(by_seed, max_layers: int) -> tuple[float, int]:
 
 
 def _ranks(space: dict) -> None:
-    from scipy.stats import kendalltau, spearmanr
+    import warnings
+
+    from scipy.stats import ConstantInputWarning, kendalltau, spearmanr
+
+    warnings.simplefilter("ignore", ConstantInputWarning)  # all-tied early steps: nan, as printed
 
     masks = sorted(space)
     final = [space[m]["f1"] for m in masks]
     steps = sorted(set.intersection(*(set(space[m]["checkpoint_steps"]) for m in masks)))
     planned = space[masks[0]]["planned_steps"]
     print(f"\nRank agreement with the final test F1, over the {len(masks)} masks of the space (dev F1 at each step)")
-    print("| step | share of training | Spearman | Kendall |\n|---|---|---|---|")
+    print("| step | share of training | Spearman | Kendall | masks at dev F1 0 |\n|---|---|---|---|---|")
     for step in steps + [planned]:
         score = [space[m]["dev_f1"] if step == planned else dict(zip(space[m]["checkpoint_steps"],
                                                                        space[m]["checkpoint_dev_f1"]))[step] for m in masks]
         print(f"| {step} | {step / planned:.0%} | {spearmanr(score, final).statistic:+.3f} | "
-              f"{kendalltau(score, final).statistic:+.3f} |")
+              f"{kendalltau(score, final).statistic:+.3f} | {sum(value == 0 for value in score)} |")
 
 
 def _to_target(events: list[dict], space: dict, target: float) -> float:
@@ -97,6 +101,7 @@ def report(args) -> None:
           f"{answer['f1']:.4f}; best test F1 of the space {max(r['f1'] for r in space.values()):.4f}")
     print(f"noise floor: test F1 std between seeds {floor:.4f} (pooled over {masks} masks on 3 seeds); target: within "
           f"{margin:.4f} of the answer's test F1 ({'the floor, wider than 0.005' if margin > 0.005 else '0.5 point'})")
+    print(f"masks within the target: {sum(r['f1'] >= target for r in space.values())} of {len(space)}")
     _ranks(space)
     runs = [json.loads(line) for line in Path(args.log).read_text().splitlines()] if Path(args.log).exists() else []
     costs: dict[str, list[float]] = {}
