@@ -95,10 +95,10 @@ def replay(args) -> None:
     os.environ["FRUGALRAY_REPLAY_SECONDS"] = str(args.seconds_per_layer_step)
     log = Path(args.log)
     done = {(r["method"], r["repeat"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
-    start_local_ray(num_cpus=2, num_gpus=0)
     unknown = set(args.method or ()) - set(METHODS)
     if unknown:
         sys.exit(f"--method {sorted(unknown)}: not a method; choose from {sorted(METHODS)}")
+    start_local_ray(num_cpus=2, num_gpus=0)
     for repeat in range(args.repeats):
         for method, settings in METHODS.items():
             if args.method and method not in args.method:

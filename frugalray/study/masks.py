@@ -54,8 +54,8 @@ def study_attributes(config: SearchConfig) -> dict:
         "constraint": {"min_layers": config.min_layers, "max_layers": config.max_layers, "exactly": config.exactly},
         "training": config.training.to_dict(), "lora": config.lora.to_dict() if config.lora else None,
         "seed": config.seed, "data_dir": config.data_dir, "frugalray_version": __version__,
-        "sampler": config.sampler, "startup_trials": config.startup_trials, "halving": {"on": config.halving, "grace_steps": config.grace_steps,
-                                               "reduction_factor": config.reduction_factor},
+        "sampler": config.sampler, "startup_trials": config.startup_trials,
+        "halving": {"on": config.halving, "grace_steps": config.grace_steps, "reduction_factor": config.reduction_factor},
     }
 
 

@@ -120,20 +120,21 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
     from frugalray.training.loop import train
 
     config, training = prepared.config, prepared.config.training
-    trimmed = vocab.TrimmedVocabulary(model, data) if vocab.applies(config, model, data) else None
+    trimmed = vocab.trimmed_vocabulary(config, model, data)
     during = trimmed.data if trimmed else data  # the token ids the model takes while it trains
+    score_dev = functools.partial(_score, model, prepared.task, during, target, training, "dev")
     curve = DevCurve(training.planned_steps(len(data.train)))
     embedding = model.get_input_embeddings().weight
     rows_trained = embedding.shape[0] if embedding.requires_grad else 0
 
     def checkpoint(step: int, train_seconds: float) -> None:
-        curve.add(step, _score(model, prepared.task, during, target, training, "dev"), train_seconds)
+        curve.add(step, score_dev(), train_seconds)
         model.train()
         if report:
             report(curve.progress())
 
-    stopper = EarlyStopping(model, training.early_stopping_patience, lambda: _score(
-        model, prepared.task, during, target, training, "dev")) if training.early_stopping_patience else None
+    patience = training.early_stopping_patience
+    stopper = EarlyStopping(model, patience, score_dev) if patience else None
     with measured_energy(training.energy, training.energy_country, str(target)) as energy:
         objective = _objective(prepared, teacher, data, target)  # the teacher's logits, on the task's own ids
         stats = train(model, during.train, training, config.learning_rate, during.pad_id, target, config.seed,

@@ -36,24 +36,31 @@ def test_the_best_epochs_weights_are_put_back():
     assert torch.equal(model.weight, best)
 
 
-def test_a_trial_stops_when_dev_stops_improving_and_keeps_the_best_epoch(tmp_path, tiny_model, ner_task_file,
-                                                                          monkeypatch):
-    from frugalray.model.saved import load_trained
-
-    scripted = iter([0.5, 0.4, 0.45, 0.3, 0.9])  # epochs 1..5: the best is the first; patience 2 stops after 3
-    snapshots = {}
-    original = EarlyStopping.__call__
+def _script_dev(monkeypatch, f1s: list[float], snapshots: dict | None = None) -> None:
+    """Early stopping sees these dev F1s, epoch after epoch (the rest of dev is scored for real); with
+    ``snapshots``, the model's weights after each epoch, by epoch number."""
+    scripted, original = iter(f1s), EarlyStopping.__call__
 
     def scripted_dev(self, epoch):
         real = self.score_dev
         self.score_dev = lambda: {**real(), "f1": next(scripted)}
-        snapshots[epoch + 1] = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        if snapshots is not None:
+            snapshots[epoch + 1] = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
         try:
             return original(self, epoch)
         finally:
             self.score_dev = real
 
     monkeypatch.setattr(early_stopping.EarlyStopping, "__call__", scripted_dev)
+
+
+def test_a_trial_stops_when_dev_stops_improving_and_keeps_the_best_epoch(tmp_path, tiny_model, ner_task_file,
+                                                                          monkeypatch):
+    from frugalray.model.saved import load_trained
+
+    snapshots = {}
+    _script_dev(monkeypatch, [0.5, 0.4, 0.45, 0.3, 0.9], snapshots)  # epochs 1..5: the best is the first; patience
+    # 2 stops after 3
     training = TrainingSettings(epochs=5, batch_size=4, learning_rate=1e-3, max_length=32, early_stopping_patience=2,
                                 energy=False)
     config = TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, training=training)
@@ -78,20 +85,9 @@ def test_early_stopping_with_a_trimmed_vocabulary_keeps_the_same_best_weights(tm
     """The rows a trimmed vocabulary leaves out decay for as many steps as the kept epoch trained, not all."""
     from frugalray.model.saved import load_trained
 
-    original = EarlyStopping.__call__
-
     def run(trim: bool):
-        scripted = iter([0.5, 0.4, 0.3])
-
-        def scripted_dev(self, epoch):
-            real = self.score_dev
-            self.score_dev = lambda: {**real(), "f1": next(scripted)}
-            try:
-                return original(self, epoch)
-            finally:
-                self.score_dev = real
-
-        monkeypatch.setattr(early_stopping.EarlyStopping, "__call__", scripted_dev)
+        monkeypatch.undo()  # each run wraps the original hook, not the previous run's wrapper
+        _script_dev(monkeypatch, [0.5, 0.4, 0.3])
         training = TrainingSettings(epochs=4, batch_size=4, learning_rate=1e-3, max_length=32, weight_decay=0.3,
                                     early_stopping_patience=2, trim_vocabulary=trim, energy=False)
         config = TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, training=training)
