@@ -3,7 +3,7 @@
     python sweeps/quick.py                 # starts a local Ray, or joins a running cluster
     python sweeps/quick.py --seeds 0,1,2   # more seeds: mean +- std per strategy
 
-Offline, CPU, about 5.5 minutes on 2 cores (39 trials). It runs what tells the story: the full model and every single
+Offline, CPU, about 5 minutes on 2 cores (39 trials). It runs what tells the story: the full model and every single
 layer (the layer profile), first/last/best-N at half depth and below, and LoRA against full fine-tuning.
 sweeps/all.py runs the study's whole pipeline (every strategy, balanced training, recovery); each stage here
 takes the same options (--stages single,strategies,lora,balanced,recover). Each number below is chosen for
