@@ -136,6 +136,8 @@ class SweepConfig(Settings):
     drop_worst: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata={"help": "N for drop_worst."})
     lora_max_layers: int = field(default=6, metadata={"help": "Selection: best strategy with at most this many."})
     lora_sizes: tuple[int, ...] = field(default=(2, 3), metadata={"help": "Selection: best with exactly N layers."})
+    lora_full: bool = field(default=True, metadata={"help": "lora stage: LoRA on the full model too (beside the "
+                                                            "selection's layer sets)."})
     recovery: RecoverySettings = field(default_factory=RecoverySettings,
                                        metadata={"help": "Settings of the recover stage's distillation and partial runs."})
     recover_inits: tuple[str, ...] = field(default=("pretrained", "finetuned"),

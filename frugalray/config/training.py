@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from frugalray.config._fields import Settings
 from frugalray._registry import FrugalrayError
 
-DTYPES = ("auto", "fp32", "bf16")
+DTYPES = ("auto", "fp32", "bf16", "native-bf16")
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
 
 
@@ -47,7 +47,10 @@ class TrainingSettings(Settings):
                           "length, then shuffle the batches (less padding, less random batches)."},
     )
     dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16 autocast on GPUs that have it, else fp32), fp32 or bf16."}
+        default="auto", metadata={"help": "auto (bf16 autocast on GPUs that have it, else fp32), fp32, bf16, or "
+                                          "native-bf16 (bf16 autocast where the hardware computes bf16 natively: GPUs "
+                                          "that have it and CPUs with AVX512-BF16 or AMX; elsewhere fp32, as CPUs "
+                                          "emulate bf16 slower than fp32). The row's autocast column says which ran."}
     )
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "Pad batches to a multiple of this (a speed choice; None: to the longest member)."}

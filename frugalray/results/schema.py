@@ -67,7 +67,9 @@ class TrialResult:
     batch_size: int | None = column(_INT32)
     max_length: int | None = column(_INT32)
     length_grouping: bool | None = column(_BOOL, "any length grouping")
-    dtype: str | None = column(_STRING)
+    dtype: str | None = column(_STRING, "asked for; see autocast")
+    autocast: str | None = column(_STRING, "the precision it trained and was scored in: bf16 (autocast) or fp32, "
+                                           "dtype resolved on its hardware")
     weight_decay: float | None = column(_FLOAT)
     warmup_ratio: float | None = column(_FLOAT)
     lr_schedule: str | None = column(_STRING)

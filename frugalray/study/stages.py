@@ -90,9 +90,11 @@ def strategies(inputs: StageInputs) -> list[Spec]:
 
 @stage("lora", needs=("strategies",))
 def lora(inputs: StageInputs) -> list[Spec]:
-    """LoRA on the full model and on the selection (best with <= lora_max_layers, best with each lora_sizes)."""
+    """LoRA on the full model (unless lora_full is off) and on the selection (best with <= lora_max_layers, best
+    with each lora_sizes)."""
     settings = inputs.sweep.lora
-    return [("full", {"lora": settings})] + [("mask", {"layers": kept, "lora": settings}) for kept in selection(inputs)]
+    full = [("full", {"lora": settings})] if inputs.sweep.lora_full else []
+    return full + [("mask", {"layers": kept, "lora": settings}) for kept in selection(inputs)]
 
 
 @stage("balanced", needs=("strategies",))

@@ -33,12 +33,22 @@ DIVERGENCE_CHECK_EVERY = 16
 
 
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where asked (any device) or where 'auto' finds a GPU that has it; None: plain fp32."""
+    """bf16 where asked (any device), where 'auto' finds a GPU that has it, or where 'native-bf16' finds a GPU or
+    a CPU that computes it natively; None: plain fp32."""
     if setting == "fp32":
         return None
     if setting == "bf16":
         return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if setting == "native-bf16" and device.type == "cpu" and cpu_has_native_bf16() else None
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16, or AMX tiles); without them, bf16 autocast on the CPU
+    is emulated and slower than fp32."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private, so guarded)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

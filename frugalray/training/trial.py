@@ -117,7 +117,7 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
     energy, the columns this adds to the row)."""
     from frugalray.training import vocab
     from frugalray.training.early_stopping import EarlyStopping
-    from frugalray.training.loop import train
+    from frugalray.training.loop import autocast_dtype, train
 
     config, training = prepared.config, prepared.config.training
     trimmed = vocab.trimmed_vocabulary(config, model, data)
@@ -145,7 +145,9 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
     if trimmed:  # the rows it left out decayed for as many steps as the weights it keeps trained
         kept_steps = stopper.best_epoch * (curve.planned_steps // training.epochs) if stopper else stats.steps
         trimmed.restore(vocab.untouched_decay(training, config.learning_rate, kept_steps, curve.planned_steps))
-    return stats, curve, energy, {"embedding_rows_trained": rows_trained, **(stopper.columns() if stopper else {})}
+    precision = "bf16" if autocast_dtype(training.dtype, target) is not None else "fp32"
+    return stats, curve, energy, {"embedding_rows_trained": rows_trained, "autocast": precision,
+                                  **(stopper.columns() if stopper else {})}
 
 
 def _device(device: str | None, gpu_memory_fraction: float | None):

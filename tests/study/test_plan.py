@@ -103,6 +103,15 @@ def test_lora_and_balanced_stages_follow_the_selection_rule(tmp_path, tiny_model
     assert plan.finished()
 
 
+def test_lora_on_the_full_model_can_be_left_out(tmp_path, tiny_model):
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies", "lora"), lora_max_layers=3,
+                            lora_sizes=(), lora_full=False), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    lora = [r for r in _rows(plan.store) if r["stage"] == "lora"]
+    assert len(lora) == 1 and lora[0]["lora"] and lora[0]["n_kept_layers"] <= 3
+    assert not any(r["lora"] and r["strategy"] == "full" for r in _rows(plan.store))
+
+
 def test_only_the_chosen_stages_keep_their_weights(tmp_path, tiny_model):
     plan = StudyPlan(_sweep(tmp_path, tiny_model, save_models=("lora",)), ResultsStore(tmp_path / "r"))
     _run(plan)

@@ -77,7 +77,8 @@ def test_same_layers_same_hash_and_seed_changes_it(tiny_model, ner_task_file):
 
 @pytest.mark.parametrize("change", [dict(pad_to_multiple_of=8), dict(fused_optimizer=False), dict(compile=True),
                                     dict(dtype="bf16"), dict(length_grouping=4), dict(max_grad_norm=0.0),
-                                    dict(trim_vocabulary=True), dict(early_stopping_patience=2)])
+                                    dict(trim_vocabulary=True), dict(early_stopping_patience=2),
+                                    dict(dtype="native-bf16")])
 def test_every_training_knob_is_in_the_configuration_hash(tiny_model, ner_task_file, change):
     config = _config(ner_task_file, tiny_model, strategy="first", n=2)
     changed = dataclasses.replace(config, training=dataclasses.replace(config.training, **change))
@@ -283,3 +284,40 @@ def test_dev_checkpoints_record_a_curve_and_leave_training_unchanged(tmp_path, t
     assert last["dev_f1"] == row["checkpoint_dev_f1"][-1] and last["checkpoint_steps"] == expected
     assert 0 < last["train_seconds"] <= row["train_seconds"] and last["trial_id"] == row["trial_id"]
     assert [r["status"] for r in ResultsStore(tmp_path).table().to_pylist()] == ["ok"]  # stops are the caller's
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_native_bf16_trains_in_bf16_only_where_the_cpu_has_bf16_instructions(tiny_model, ner_task_file, monkeypatch,
+                                                                              native):
+    import frugalray.training.loop as loop
+
+    entered = []
+    plain = loop._autocast
+    monkeypatch.setattr(loop, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(loop, "_autocast", lambda device, dtype: entered.append(dtype) or plain(device, dtype))
+    training = dataclasses.replace(FAST, dtype="native-bf16")
+    row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, training=training, strategy="first", n=2))
+    assert row["status"] == "ok", row["error"]
+    assert row["dtype"] == "native-bf16" and row["autocast"] == ("bf16" if native else "fp32")
+    assert entered and set(entered) == {torch.bfloat16 if native else None}  # training and scoring alike
+
+
+def test_autocast_resolves_each_dtype_on_each_device(monkeypatch):
+    from frugalray.training.loop import autocast_dtype, cpu_has_native_bf16
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert not cpu_has_native_bf16()
+    assert [autocast_dtype(d, cpu) for d in ("auto", "fp32", "bf16", "native-bf16")] == [None, None, torch.bfloat16, None]
+    assert [autocast_dtype(d, cuda) for d in ("auto", "fp32", "bf16", "native-bf16")] == [
+        torch.bfloat16, None, torch.bfloat16, torch.bfloat16]
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)  # AMX alone is enough
+    assert cpu_has_native_bf16() and autocast_dtype("native-bf16", cpu) == torch.bfloat16
+    assert autocast_dtype("auto", cpu) is None  # the default stays fp32 on CPUs
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype("native-bf16", cuda) is None and autocast_dtype("auto", cuda) is None
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert not cpu_has_native_bf16()  # a torch without the probes: fp32
