@@ -159,25 +159,29 @@ def trial_marks(folder: str | Path) -> list[dict]:
     return sorted(marks, key=lambda mark: mark["start"])
 
 
-def checkpoint_curve(prepared, dev_f1_at, report=None, seconds_per_step: float = 0.0) -> dict:
+def checkpoint_curve(prepared, dev_f1_at, report=None, seconds_per_step: float = 0.0, dev_loss_at=None) -> dict:
     """Simulate a trial's dev checkpoints (every ``training.eval_every_steps``, the last step excluded), as
-    ``run_trial`` reports them; ``dev_f1_at(step)`` gives the curve. Returns the row's step columns."""
+    ``run_trial`` reports them; ``dev_f1_at(step)`` gives the curve, ``dev_loss_at(step)`` its dev loss (default:
+    1 - dev F1). Returns the row's step columns."""
     import time
 
     training = prepared.config.training
     planned = training.planned_steps(len(prepared.task.train))
     steps = list(range(training.eval_every_steps, planned, training.eval_every_steps)) if training.eval_every_steps else []
-    values = []
+    dev_loss_at = dev_loss_at or (lambda step: 1 - dev_f1_at(step))
+    values, losses = [], []
     for step in steps:
         time.sleep(seconds_per_step * training.eval_every_steps)
         values.append(dev_f1_at(step))
+        losses.append(dev_loss_at(step))
         if report:
             report({"train_steps": step, "planned_steps": planned, "checkpoint_steps": steps[:len(values)],
-                    "checkpoint_dev_f1": list(values), "dev_f1": values[-1], "dev_accuracy": values[-1],
-                    "dev_eval_loss": 1 - values[-1], "train_seconds": step * max(seconds_per_step, 1e-3)})
+                    "checkpoint_dev_f1": list(values), "checkpoint_dev_loss": list(losses), "dev_f1": values[-1],
+                    "dev_accuracy": values[-1], "dev_eval_loss": losses[-1],
+                    "train_seconds": step * max(seconds_per_step, 1e-3)})
     time.sleep(seconds_per_step * (planned - (steps[-1] if steps else 0)))
-    return {"train_steps": planned, "planned_steps": planned,
-            **({"checkpoint_steps": steps, "checkpoint_dev_f1": values} if steps else {})}
+    curve = {"checkpoint_steps": steps, "checkpoint_dev_f1": values, "checkpoint_dev_loss": losses} if steps else {}
+    return {"train_steps": planned, "planned_steps": planned, **curve}
 
 
 def replayed_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None, teacher=None, report=None,
@@ -200,8 +204,9 @@ def replayed_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None
     if row is None:
         raise FileNotFoundError(f"{table} has no recorded row for layers {prepared.kept_layers} seed {prepared.config.seed}")
     recorded = dict(zip(row["checkpoint_steps"], row["checkpoint_dev_f1"]))
+    losses = dict(zip(row["checkpoint_steps"], row["checkpoint_dev_loss"])) if row.get("checkpoint_dev_loss") else None
     per_step = float(os.environ.get("FRUGALRAY_REPLAY_SECONDS", "1e-5")) * len(prepared.kept_layers)
-    curve = checkpoint_curve(prepared, recorded.__getitem__, report, per_step)
+    curve = checkpoint_curve(prepared, recorded.__getitem__, report, per_step, losses.__getitem__ if losses else None)
     keep = ("accuracy", "precision", "recall", "f1", "eval_loss", "dev_accuracy", "dev_f1", "dev_eval_loss",
             "train_seconds", "seconds_per_epoch", "train_tokens", "latency_ms", "model_mib")
     return {k: row[k] for k in keep} | curve

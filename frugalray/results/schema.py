@@ -114,6 +114,8 @@ class TrialResult:
     checkpoint_steps: list[int] | None = column(pa.list_(_INT32), "steps at which dev was scored during training "
                                                                  "(training.eval_every_steps)")
     checkpoint_dev_f1: list[float] | None = column(pa.list_(_FLOAT), "dev F1 at those steps (the final one is dev_f1)")
+    checkpoint_dev_loss: list[float] | None = column(pa.list_(_FLOAT), "dev loss at those steps: it moves while "
+                                                                       "dev F1 is still 0 everywhere")
     seconds_per_epoch: float | None = column(_FLOAT)
     eval_seconds: float | None = column(_FLOAT)
     total_seconds: float | None = column(_FLOAT)

@@ -114,22 +114,26 @@ def recovery_columns(recovery) -> dict:
 
 
 class DevCurve:
-    """Dev F1 at a trial's checkpoints, and its progress columns at the latest one (the columns of the row
-    it leaves if an early-stopping search stops it there)."""
+    """Dev F1 and dev loss at a trial's checkpoints, and its progress columns at the latest one (the columns of
+    the row it leaves if an early-stopping search stops it there)."""
 
     def __init__(self, planned_steps: int):
-        self.planned_steps, self.steps, self.dev_f1 = planned_steps, [], []
+        self.planned_steps, self.steps, self.dev_f1, self.dev_loss = planned_steps, [], [], []
         self.latest: dict = {}
         self.train_seconds = 0.0
 
     def add(self, step: int, metrics: dict, train_seconds: float) -> None:
         self.steps.append(step)
         self.dev_f1.append(metrics["f1"])
+        self.dev_loss.append(metrics["eval_loss"])
         self.latest, self.train_seconds = metrics, train_seconds
 
     def columns(self) -> dict:
         """The curve as the finished row records it (empty when no checkpoint was asked for)."""
-        return {"checkpoint_steps": list(self.steps), "checkpoint_dev_f1": list(self.dev_f1)} if self.steps else {}
+        if not self.steps:
+            return {}
+        return {"checkpoint_steps": list(self.steps), "checkpoint_dev_f1": list(self.dev_f1),
+                "checkpoint_dev_loss": list(self.dev_loss)}
 
     def progress(self) -> dict:
         return {"train_steps": self.steps[-1], "planned_steps": self.planned_steps, **self.columns(),

@@ -277,11 +277,15 @@ def test_dev_checkpoints_record_a_curve_and_leave_training_unchanged(tmp_path, t
     assert row["train_steps"] == row["planned_steps"] == plain["train_steps"] >= 4
     expected = list(range(1, row["planned_steps"]))
     assert row["checkpoint_steps"] == expected and len(row["checkpoint_dev_f1"]) == len(expected)
-    assert plain["checkpoint_steps"] is None
+    losses = row["checkpoint_dev_loss"]
+    assert len(losses) == len(expected) and all(loss > 0 for loss in losses)
+    assert len(set(losses)) > 1  # the loss of each checkpoint, not one value repeated
+    assert plain["checkpoint_steps"] is None and plain["checkpoint_dev_loss"] is None
     assert [s["train_steps"] for s in stops] == expected
     last = stops[-1]
     assert last["status"] == "stopped" and last["f1"] is None and last["config_hash"] == row["config_hash"]
     assert last["dev_f1"] == row["checkpoint_dev_f1"][-1] and last["checkpoint_steps"] == expected
+    assert last["dev_eval_loss"] == losses[-1] == last["checkpoint_dev_loss"][-1]
     assert 0 < last["train_seconds"] <= row["train_seconds"] and last["trial_id"] == row["trial_id"]
     assert [r["status"] for r in ResultsStore(tmp_path).table().to_pylist()] == ["ok"]  # stops are the caller's
 
