@@ -49,13 +49,24 @@ def _ranks(space: dict) -> None:
     final = [space[m]["f1"] for m in masks]
     steps = sorted(set.intersection(*(set(space[m]["checkpoint_steps"]) for m in masks)))
     planned = space[masks[0]]["planned_steps"]
-    print(f"\nRank agreement with the final test F1, over the {len(masks)} masks of the space (dev F1 at each step)")
-    print("| step | share of training | Spearman | Kendall | masks at dev F1 0 |\n|---|---|---|---|---|")
+    losses = all(space[m].get("checkpoint_dev_loss") for m in masks)  # tables recorded since the column exists
+    print(f"\nRank agreement with the final test F1, over the {len(masks)} masks of the space (dev F1 at each step"
+          + (", and minus dev loss: it ranks masks while their dev F1 is still 0)" if losses else ")"))
+    print("| step | share of training | Spearman | Kendall | masks at dev F1 0 |" + (" Spearman, -dev loss |" if losses else "")
+          + "\n|---|---|---|---|---|" + ("---|" if losses else ""))
     for step in steps + [planned]:
-        score = [space[m]["dev_f1"] if step == planned else dict(zip(space[m]["checkpoint_steps"],
-                                                                       space[m]["checkpoint_dev_f1"]))[step] for m in masks]
-        print(f"| {step} | {step / planned:.0%} | {spearmanr(score, final).statistic:+.3f} | "
-              f"{kendalltau(score, final).statistic:+.3f} | {sum(value == 0 for value in score)} |")
+        score = [_at(space[m], step, planned, "checkpoint_dev_f1", "dev_f1") for m in masks]
+        line = (f"| {step} | {step / planned:.0%} | {spearmanr(score, final).statistic:+.3f} | "
+                f"{kendalltau(score, final).statistic:+.3f} | {sum(value == 0 for value in score)} |")
+        if losses:
+            loss = [-_at(space[m], step, planned, "checkpoint_dev_loss", "dev_eval_loss") for m in masks]
+            line += f" {spearmanr(loss, final).statistic:+.3f} |"
+        print(line)
+
+
+def _at(row: dict, step: int, planned: int, curve: str, final: str) -> float:
+    """A mask's ``curve`` value at ``step`` (its ``final`` column at the end of training)."""
+    return row[final] if step == planned else dict(zip(row["checkpoint_steps"], row[curve]))[step]
 
 
 def _to_target(events: list[dict], space: dict, target: float) -> float:
