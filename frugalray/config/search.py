@@ -23,6 +23,9 @@ OBJECTIVES = {
     "f1_vs_latency": (("dev_f1", "latency_ms"), ("maximize", "minimize")),
 }
 PRIORS = ("none", "proxy")
+# What halving compares at a rung (frugalray.study.masks.rung_score): dev F1 is 0 for every mask early in an NER
+# training, while dev loss already orders them
+RUNG_SCORES = ("dev_f1", "dev_loss", "dev_f1_then_loss")
 SAMPLERS = ("tpe", "random")
 
 
@@ -58,15 +61,19 @@ class SearchConfig(Settings):
         "help": "tpe: masks drawn at random before TPE models the results (Optuna's n_startup_trials; trials told "
                 "from the store and stopped masks count)."})
     halving: bool = field(default=False, metadata={
-        "help": "Stop unpromising masks early (asynchronous successive halving, Ray Tune's ASHAScheduler, on dev "
-                "F1 at rungs counted in training steps); only trials trained to the end are results. With a front "
-                "objective, one search per kept-layer count."})
+        "help": "Stop unpromising masks early (asynchronous successive halving, Ray Tune's ASHAScheduler, on "
+                "rung_score at rungs counted in training steps); only trials trained to the end are results. With a "
+                "front objective, one search per kept-layer count."})
     grace_steps: int | None = field(default=None, metadata={
         "help": "Training steps before the first rung (default: the whole training / reduction_factor**2, and "
-                "never before warm-up ends); dev F1 is scored every this many steps."})
+                "never before warm-up ends); dev is scored every this many steps."})
     reduction_factor: int = field(default=3, metadata={
         "help": "Each rung keeps the best 1/reduction_factor of the masks that reach it; rungs at grace_steps "
                 "x reduction_factor**k steps, up to the whole training (--training.epochs)."})
+    rung_score: str = field(default="dev_loss", metadata={
+        "help": "What a rung compares: dev_loss (lower goes on; on wnut16 it ranks masks while every dev F1 is "
+                "still 0), dev_f1, or dev_f1_then_loss (dev F1, ties broken by the lower dev loss). Only masks "
+                "trained to the end are ever results, whatever the rungs compared."})
     resources: ResourceRule = field(
         default_factory=ResourceRule, metadata={"help": "What each trial asks of the cluster."}
     )
@@ -79,6 +86,8 @@ class SearchConfig(Settings):
             raise FrugalrayError(did_you_mean("prior", self.prior, list(PRIORS)))
         if self.sampler not in SAMPLERS:
             raise FrugalrayError(did_you_mean("sampler", self.sampler, list(SAMPLERS)))
+        if self.rung_score not in RUNG_SCORES:
+            raise FrugalrayError(did_you_mean("rung_score", self.rung_score, list(RUNG_SCORES)))
         if self.startup_trials < 0:
             raise FrugalrayError(f"startup_trials must be >= 0 (got {self.startup_trials})")
         if self.prior_masks < 0 or self.reduction_factor < 2 or (self.grace_steps is not None and self.grace_steps < 1):

@@ -126,18 +126,35 @@ def _load_files(spec: TaskSpec) -> tuple[dict[str, list[Example]], str]:
             f"Task '{spec.name}': data_dir {spec.data_dir!r} does not exist"
             + (" (this data is licensed and cannot ship: point data_dir at your copy)" if spec.licensed else "")
         )
-    fmt = "conll" if spec.format == "hf" else spec.format  # an hf task given local files reads CoNLL
-    digest = hashlib.sha256(json.dumps(_reading_options(spec), sort_keys=True).encode())
-    splits: dict[str, list[Example]] = {}
+    paths = {}
     for split in SPLITS:
         # A hub task given local files reads train/dev/test.conll; dev and test are optional there.
         name = f"{split}.conll" if spec.format == "hf" else getattr(spec, split)
         if name is None or (spec.format == "hf" and split != "train" and not is_file(base / name)):
             continue
-        path = base / name
-        if not is_file(path):
+        paths[split] = base / name
+        if not is_file(paths[split]):
             hint = " This data is licensed and cannot ship: point data_dir at your copy." if spec.licensed else ""
-            raise FrugalrayError(f"Task '{spec.name}': {split} file {str(path)!r} does not exist.{hint}")
+            raise FrugalrayError(f"Task '{spec.name}': {split} file {str(paths[split])!r} does not exist.{hint}")
+    # A worker runs trial after trial of the same task: the files are parsed once while they stay unchanged.
+    key = json.dumps([dataclasses.asdict(spec), [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths.values()]],
+                     sort_keys=True, default=str)
+    if key not in _READ:
+        if len(_READ) >= 8:
+            _READ.clear()
+        _READ[key] = _read_files(spec, paths)
+    splits, fingerprint = _READ[key]
+    return {split: list(examples) for split, examples in splits.items()}, fingerprint  # copies: callers may shuffle
+
+
+_READ: dict[str, tuple[dict[str, list[Example]], str]] = {}  # a task's reading and its file stamps -> what was read
+
+
+def _read_files(spec: TaskSpec, paths: dict[str, Path]) -> tuple[dict[str, list[Example]], str]:
+    fmt = "conll" if spec.format == "hf" else spec.format  # an hf task given local files reads CoNLL
+    digest = hashlib.sha256(json.dumps(_reading_options(spec), sort_keys=True).encode())
+    splits: dict[str, list[Example]] = {}
+    for split, path in paths.items():
         if fmt == "conll":
             splits[split] = read_conll(path, spec.token_column, spec.tag_column, spec.separator, spec.comment_prefix)
         else:

@@ -16,8 +16,8 @@ from frugalray._registry import FrugalrayError
 from frugalray.config import OBJECTIVES, SearchConfig
 from frugalray.results.store import ResultsStore
 
-__all__ = ["grace_steps", "mask_params", "mask_space", "non_dominated", "open_study", "pareto_front", "rungs",
-           "study_attributes"]
+__all__ = ["grace_steps", "mask_params", "mask_space", "non_dominated", "open_study", "pareto_front", "rung_curve",
+           "rung_score", "rungs", "study_attributes"]
 
 
 def mask_space(num_layers: int, low: int, high: int):
@@ -55,7 +55,8 @@ def study_attributes(config: SearchConfig) -> dict:
         "training": config.training.to_dict(), "lora": config.lora.to_dict() if config.lora else None,
         "seed": config.seed, "data_dir": config.data_dir, "frugalray_version": __version__,
         "sampler": config.sampler, "startup_trials": config.startup_trials,
-        "halving": {"on": config.halving, "grace_steps": config.grace_steps, "reduction_factor": config.reduction_factor},
+        "halving": {"on": config.halving, "grace_steps": config.grace_steps, "reduction_factor": config.reduction_factor,
+                    "rung_score": config.rung_score},
     }
 
 
@@ -167,3 +168,30 @@ def rungs(grace_steps: int, reduction_factor: int, max_steps: int) -> list[int]:
         out.append(step)
         step *= reduction_factor
     return out
+
+
+TIE_BREAK = 1e-9  # dev_f1_then_loss: a dev loss (<< 1e3) shifts the score by less than any dev F1 difference
+
+
+def rung_score(name: str, dev_f1: float, dev_loss: float | None) -> float:
+    """What halving compares at a rung (higher goes on): dev F1, minus dev loss, or dev F1 with ties broken by
+    the lower dev loss. A missing or non-finite loss ranks last.
+
+    >>> rung_score("dev_loss", 0.0, 1.5), rung_score("dev_f1_then_loss", 0.5, 2.0) < rung_score("dev_f1_then_loss", 0.5, 1.0)
+    (-1.5, True)
+    """
+    loss = dev_loss if dev_loss is not None and math.isfinite(dev_loss) else 1e3
+    if name == "dev_f1":
+        return dev_f1
+    if name == "dev_loss":
+        return -loss
+    if name == "dev_f1_then_loss":
+        return dev_f1 - TIE_BREAK * min(loss, 1e3)
+    raise FrugalrayError(f"rung score {name!r}: choose one of dev_f1, dev_loss, dev_f1_then_loss")
+
+
+def rung_curve(row: dict, name: str) -> dict[int, float]:
+    """A row's rung score at each of its dev checkpoints (``checkpoint_steps``), by step."""
+    losses = row.get("checkpoint_dev_loss") or [None] * len(row.get("checkpoint_steps") or [])
+    return {step: rung_score(name, f1, loss)
+            for step, f1, loss in zip(row.get("checkpoint_steps") or [], row.get("checkpoint_dev_f1") or [], losses)}

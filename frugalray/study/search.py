@@ -9,7 +9,7 @@ never retrained. The Optuna study lives in a storage (SQLite by default) that su
 opens in ``optuna-dashboard`` as it is.
 
 With halving, the scheduler stops unpromising masks at rungs (``frugalray.cluster.halving``). A stopped
-mask is told to Optuna as PRUNED with the dev F1 it reached at each checkpoint, so neither Optuna's best
+mask is told to Optuna as PRUNED with the rung score it reached at each checkpoint, so neither Optuna's best
 trials nor the fronts ever hold a partial result; its row is ``stopped``. Should the sampler ask for a
 stopped mask again while its score at the rung where it stopped is now among the best 1/reduction_factor
 there (asynchronous halving decides on the masks it has seen so far), it trains once more, to the end.
@@ -28,7 +28,7 @@ from frugalray.config import OBJECTIVES, SearchConfig, TrialConfig
 from frugalray.data.tasks import load_task
 from frugalray.results.schema import TrialResult, is_trained
 from frugalray.results.store import ResultsStore
-from frugalray.study.masks import grace_steps, mask_params, mask_space, open_study, pareto_front
+from frugalray.study.masks import grace_steps, mask_params, mask_space, open_study, pareto_front, rung_curve, rung_score
 from frugalray.study.planned import DONE, Planned
 from frugalray.training.identity import recorded_hash
 from frugalray.training.prepared import layer_count, prepare_trial
@@ -166,11 +166,12 @@ class MaskSearch:
                 return mask
         return None
 
-    def progress(self, planned: Planned, step: int, dev_f1: float) -> None:
-        """A running mask's dev F1 at a checkpoint, reported to its Optuna trial (the dashboard draws it)."""
+    def progress(self, planned: Planned, step: int, dev_f1: float, dev_loss: float | None = None) -> None:
+        """A running mask's rung score at a checkpoint (dev F1 by default), reported to its Optuna trial as an
+        intermediate value (TPE ranks stopped masks by it; the dashboard draws it)."""
         entry = self.running.get(planned.config_hash)
         if entry is not None:
-            entry[0].report(dev_f1, step)
+            entry[0].report(rung_score(self.config.rung_score, dev_f1, dev_loss), step)
             self.reported.setdefault(entry[0].number, set()).add(step)
 
     def finish(self, planned: Planned, result: TrialResult) -> None:
@@ -197,24 +198,24 @@ class MaskSearch:
                 self.study.tell(each, state=TrialState.FAIL)
 
     def _tell_stopped(self, trial, row: dict) -> None:
-        """Tell Optuna a stopped mask: PRUNED, with the dev F1 of each checkpoint it reached."""
+        """Tell Optuna a stopped mask: PRUNED, with the rung score of each checkpoint it reached."""
         from optuna.trial import TrialState
 
         reported = self.reported.pop(trial.number, set())
-        for step, value in zip(row["checkpoint_steps"] or [], row["checkpoint_dev_f1"] or []):
+        for step, value in rung_curve(row, self.config.rung_score).items():
             if step not in reported:
                 trial.report(value, step)
         self.study.tell(trial, state=TrialState.PRUNED)
 
     def _earns_promotion(self, config_hash: str) -> bool:
-        """Whether a stopped mask, asked for again, scores among the best 1/reduction_factor of every mask of
-        this search that reached the step where it stopped (once only)."""
+        """Whether a stopped mask, asked for again, scores (its rung score) among the best 1/reduction_factor of
+        every mask of this search that reached the step where it stopped (once only)."""
         if config_hash in self.promoted:
             return False
-        row = self.stopped[config_hash]
-        step, value = row["train_steps"], row["dev_f1"]
-        peers = [dict(zip(r["checkpoint_steps"] or [], r["checkpoint_dev_f1"] or [])).get(step)
-                 for r in [*self.known.values(), *self.stopped.values()]]
+        row, score = self.stopped[config_hash], self.config.rung_score
+        step = row["train_steps"]
+        value = rung_curve(row, score).get(step, rung_score(score, row["dev_f1"], row.get("dev_eval_loss")))
+        peers = [rung_curve(r, score).get(step) for r in [*self.known.values(), *self.stopped.values()]]
         peers = [v for v in peers if v is not None]
         if len(peers) < self.config.reduction_factor:
             return False

@@ -66,6 +66,27 @@ def test_task_file_reads_relative_paths(ner_task_file):
     assert task.labels == ["B-LOC", "B-MISC", "B-ORG", "B-PER", "I-MISC", "I-PER", "O"]
 
 
+def test_a_task_is_parsed_once_while_its_files_are_unchanged(tmp_path, monkeypatch):
+    """Trial after trial in one worker reads the same task: its files are parsed once, a changed file is read
+    again, and what one caller does to the lists it got never reaches the next."""
+    import frugalray.data.tasks as tasks
+
+    path = tmp_path / "train.conll"
+    path.write_text("Marie\tB-PER\nvit\tO\n\n" * 5, encoding="utf-8")
+    spec = TaskSpec(name="t", head="token", metric="ner", format="conll", data_dir=str(tmp_path),
+                    train="train.conll", dev_fraction=0.2, test_fraction=0.2)
+    parsed = []
+    monkeypatch.setattr(tasks, "read_conll", lambda *args: parsed.append(args[0]) or read_conll(*args))
+    first = load_task(spec)
+    first.train.clear()  # a caller that shuffles or filters its copy
+    again = load_task(spec)
+    assert len(parsed) == 1 and len(again.train) == 3
+    assert again.fingerprint == first.fingerprint
+    path.write_text("Paul\tB-PER\nvit\tO\n\n" * 3, encoding="utf-8")
+    changed = load_task(spec)
+    assert len(parsed) == 2 and len(changed.train) == 1 and changed.fingerprint != first.fingerprint
+
+
 def test_task_file_with_unknown_key_fails(tmp_path):
     path = tmp_path / "task.json"
     path.write_text(json.dumps({"name": "x", "head": "token", "metric": "ner", "format": "conll",

@@ -18,10 +18,15 @@ RUNNER = "frugalray.testing:simulated_trial"
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(tmp_path_factory):
+    import os
+
+    # replayed trials read their table from here: Ray's workers inherit the driver's environment at start
+    os.environ["FRUGALRAY_REPLAY_TABLE"] = str(tmp_path_factory.mktemp("replay") / "table")
     start_local_ray(num_cpus=2, num_gpus=0)  # as a search started without RAY_ADDRESS: private, on loopback
     yield
     ray.shutdown()
+    del os.environ["FRUGALRAY_REPLAY_TABLE"]
 
 
 @pytest.fixture(autouse=True)
@@ -293,7 +298,8 @@ def test_a_stopped_mask_asked_for_again_trains_to_the_end_once_if_it_now_ranks_a
         return TrialResult.from_row({"trial_id": f"{hashed}-x", "config_hash": hashed, "status": status,
                                      "kept_layers": list(kept), "n_kept_layers": 2, "train_steps": step if status == "stopped" else planned,
                                      "planned_steps": planned, "checkpoint_steps": [step], "checkpoint_dev_f1": [value],
-                                     "dev_f1": value, "task": "demo_pos", "model": tiny_model, "seed": 0})
+                                     "checkpoint_dev_loss": [1 - value], "dev_f1": value, "task": "demo_pos",
+                                     "model": tiny_model, "seed": 0})
 
     for kept, value in (((0, 1), 0.2), ((0, 2), 0.3), ((0, 3), 0.4)):
         store.append(row(kept, "ok", value))
@@ -327,7 +333,8 @@ def test_a_search_whose_every_mask_is_settled_ends_without_asking_the_sampler_ag
                                      "kept_layers": list(kept), "n_kept_layers": 2,
                                      "train_steps": 2 if status == "stopped" else planned, "planned_steps": planned,
                                      "checkpoint_steps": [2], "checkpoint_dev_f1": [value], "dev_f1": value,
-                                     "task": "demo_pos", "model": tiny_model, "seed": 0})
+                                     "checkpoint_dev_loss": [1 - value], "task": "demo_pos", "model": tiny_model,
+                                     "seed": 0})
 
     def searched(last: float):
         store = ResultsStore(tmp_path / f"r{last}").check_writable()
@@ -361,3 +368,50 @@ def test_tpe_models_the_results_after_startup_trials_random_masks(tmp_path, tiny
         assert search.study.user_attrs["startup_trials"] == startup
     with pytest.raises(FrugalrayError, match="startup_trials must be >= 0"):
         _search(tmp_path, tiny_model, startup_trials=-1)
+
+
+@pytest.mark.parametrize("score", ["dev_f1", "dev_loss", "dev_f1_then_loss"])
+def test_rungs_compare_the_chosen_score_where_dev_f1_ties(tmp_path, tiny_model, local_ray, score):
+    """Early in an NER training every mask's dev F1 is 0: rungs on dev F1 compare ties and stop nothing, while
+    rungs on dev loss (or dev F1 with ties broken by dev loss) stop the masks whose loss is higher. Replayed
+    from a recorded table whose masks' dev loss is known, so what was stopped can be checked."""
+    from frugalray.results.schema import TrialResult
+    from frugalray.study.masks import rung_score
+    from frugalray.study.search import MaskSearch
+
+    config = _search(tmp_path, tiny_model, exactly=2, halving=True, grace_steps=2, reduction_factor=2, budget=6,
+                     training={"epochs": 2}, max_concurrent=1, rung_score=score, sampler="random")
+    import os
+
+    table = ResultsStore(os.environ["FRUGALRAY_REPLAY_TABLE"]).check_writable()  # the same for every case
+    search = MaskSearch(config, ResultsStore(tmp_path / "scratch").check_writable())
+    planned = search.max_steps
+    masks = [(a, b) for a in range(4) for b in range(a + 1, 4)]
+    loss = {kept: 1.0 + 0.1 * i for i, kept in enumerate(masks)}  # (0, 1) lowest ... (2, 3) highest
+    for kept in masks if not table.table().num_rows else []:
+        hashed = search.planned(kept).config_hash
+        steps = list(range(1, planned))
+        table.append(TrialResult.from_row({
+            "trial_id": f"{hashed}-t", "config_hash": hashed, "status": "ok", "kept_layers": list(kept),
+            "n_kept_layers": 2, "train_steps": planned, "planned_steps": planned, "checkpoint_steps": steps,
+            "checkpoint_dev_f1": [0.0] * len(steps), "checkpoint_dev_loss": [loss[kept]] * len(steps),
+            "dev_f1": 0.5 - loss[kept] / 10, "f1": 0.5, "dev_eval_loss": loss[kept], "task": "demo_pos",
+            "model": tiny_model, "seed": 0}))
+    outcome = run_search(config, runner="frugalray.testing:replayed_trial")
+    rows = sorted(ResultsStore(tmp_path / "r").table().to_pylist(), key=lambda r: r["finished_at"])
+    assert sorted(tuple(r["kept_layers"]) for r in rows) == masks  # each mask once
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    if score == "dev_f1":
+        assert not stopped  # ties at 0 are never below the cutoff
+        return
+    assert stopped
+    for row in stopped:  # a stopped mask had a higher loss at its rung than a mask that went on before it
+        earlier = [r for r in rows if r["finished_at"] < row["finished_at"]]
+        assert any(loss[tuple(r["kept_layers"])] < loss[tuple(row["kept_layers"])] for r in earlier)
+        assert row["checkpoint_dev_loss"][-1] == pytest.approx(loss[tuple(row["kept_layers"])])
+    pruned = [t for t in outcome["study"].trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert pruned  # Optuna has the rung scores as the stopped masks' intermediate values
+    for trial in pruned:
+        expected = rung_score(score, 0.0, loss[tuple(trial.user_attrs["kept_layers"])])
+        assert trial.intermediate_values and all(value == pytest.approx(expected, abs=1e-12)
+                                                 for value in trial.intermediate_values.values())
