@@ -160,7 +160,7 @@ class PlannerSearcher(Searcher):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         planned = self.running.get(trial_id)
         if planned is not None and "stopped_row_json" in result and hasattr(self.planner, "progress"):
-            self.planner.progress(planned, int(result["train_steps"]), result["dev_f1"], result.get("dev_eval_loss"))
+            self.planner.progress(planned, int(result["train_steps"]), result["rung_score"])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         planned = self.running.pop(trial_id, None)

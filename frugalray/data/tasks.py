@@ -137,8 +137,8 @@ def _load_files(spec: TaskSpec) -> tuple[dict[str, list[Example]], str]:
             hint = " This data is licensed and cannot ship: point data_dir at your copy." if spec.licensed else ""
             raise FrugalrayError(f"Task '{spec.name}': {split} file {str(paths[split])!r} does not exist.{hint}")
     # A worker runs trial after trial of the same task: the files are parsed once while they stay unchanged.
-    key = json.dumps([dataclasses.asdict(spec), [(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths.values()]],
-                     sort_keys=True, default=str)
+    stamps = [(str(path), stat.st_mtime_ns, stat.st_size) for path, stat in ((p, p.stat()) for p in paths.values())]
+    key = json.dumps([dataclasses.asdict(spec), stamps], sort_keys=True, default=str)
     if key not in _READ:
         if len(_READ) >= 8:
             _READ.clear()

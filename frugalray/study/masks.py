@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 
-from frugalray._registry import FrugalrayError
-from frugalray.config import OBJECTIVES, SearchConfig
+from frugalray._registry import FrugalrayError, did_you_mean
+from frugalray.config import OBJECTIVES, RUNG_SCORES, SearchConfig
 from frugalray.results.store import ResultsStore
 
 __all__ = ["grace_steps", "mask_params", "mask_space", "non_dominated", "open_study", "pareto_front", "rung_curve",
@@ -187,7 +187,7 @@ def rung_score(name: str, dev_f1: float, dev_loss: float | None) -> float:
         return -loss
     if name == "dev_f1_then_loss":
         return dev_f1 - TIE_BREAK * min(loss, 1e3)
-    raise FrugalrayError(f"rung score {name!r}: choose one of dev_f1, dev_loss, dev_f1_then_loss")
+    raise FrugalrayError(did_you_mean("rung_score", name, list(RUNG_SCORES)))
 
 
 def rung_curve(row: dict, name: str) -> dict[int, float]:

@@ -166,12 +166,12 @@ class MaskSearch:
                 return mask
         return None
 
-    def progress(self, planned: Planned, step: int, dev_f1: float, dev_loss: float | None = None) -> None:
-        """A running mask's rung score at a checkpoint (dev F1 by default), reported to its Optuna trial as an
-        intermediate value (TPE ranks stopped masks by it; the dashboard draws it)."""
+    def progress(self, planned: Planned, step: int, score: float) -> None:
+        """A running mask's rung score at a checkpoint (as its worker reported it), told to its Optuna trial as
+        an intermediate value (TPE ranks stopped masks by it; the dashboard draws it)."""
         entry = self.running.get(planned.config_hash)
         if entry is not None:
-            entry[0].report(rung_score(self.config.rung_score, dev_f1, dev_loss), step)
+            entry[0].report(score, step)
             self.reported.setdefault(entry[0].number, set()).add(step)
 
     def finish(self, planned: Planned, result: TrialResult) -> None:

@@ -1,5 +1,7 @@
 """Layer-mask search through Ray Tune's OptunaSearch, with simulated trials (scheduling is under test)."""
 
+import os
+
 import optuna
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,8 +21,6 @@ RUNNER = "frugalray.testing:simulated_trial"
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    import os
-
     # replayed trials read their table from here: Ray's workers inherit the driver's environment at start
     os.environ["FRUGALRAY_REPLAY_TABLE"] = str(tmp_path_factory.mktemp("replay") / "table")
     start_local_ray(num_cpus=2, num_gpus=0)  # as a search started without RAY_ADDRESS: private, on loopback
@@ -381,22 +381,21 @@ def test_rungs_compare_the_chosen_score_where_dev_f1_ties(tmp_path, tiny_model, 
 
     config = _search(tmp_path, tiny_model, exactly=2, halving=True, grace_steps=2, reduction_factor=2, budget=6,
                      training={"epochs": 2}, max_concurrent=1, rung_score=score, sampler="random")
-    import os
-
     table = ResultsStore(os.environ["FRUGALRAY_REPLAY_TABLE"]).check_writable()  # the same for every case
     search = MaskSearch(config, ResultsStore(tmp_path / "scratch").check_writable())
     planned = search.max_steps
     masks = [(a, b) for a in range(4) for b in range(a + 1, 4)]
     loss = {kept: 1.0 + 0.1 * i for i, kept in enumerate(masks)}  # (0, 1) lowest ... (2, 3) highest
-    for kept in masks if not table.table().num_rows else []:
-        hashed = search.planned(kept).config_hash
-        steps = list(range(1, planned))
-        table.append(TrialResult.from_row({
-            "trial_id": f"{hashed}-t", "config_hash": hashed, "status": "ok", "kept_layers": list(kept),
-            "n_kept_layers": 2, "train_steps": planned, "planned_steps": planned, "checkpoint_steps": steps,
-            "checkpoint_dev_f1": [0.0] * len(steps), "checkpoint_dev_loss": [loss[kept]] * len(steps),
-            "dev_f1": 0.5 - loss[kept] / 10, "f1": 0.5, "dev_eval_loss": loss[kept], "task": "demo_pos",
-            "model": tiny_model, "seed": 0}))
+    steps = list(range(1, planned))
+    if not table.table().num_rows:  # written by the first case
+        for kept in masks:
+            hashed = search.planned(kept).config_hash
+            table.append(TrialResult.from_row({
+                "trial_id": f"{hashed}-t", "config_hash": hashed, "status": "ok", "kept_layers": list(kept),
+                "n_kept_layers": 2, "train_steps": planned, "planned_steps": planned, "checkpoint_steps": steps,
+                "checkpoint_dev_f1": [0.0] * len(steps), "checkpoint_dev_loss": [loss[kept]] * len(steps),
+                "dev_f1": 0.5 - loss[kept] / 10, "f1": 0.5, "dev_eval_loss": loss[kept], "task": "demo_pos",
+                "model": tiny_model, "seed": 0}))
     outcome = run_search(config, runner="frugalray.testing:replayed_trial")
     rows = sorted(ResultsStore(tmp_path / "r").table().to_pylist(), key=lambda r: r["finished_at"])
     assert sorted(tuple(r["kept_layers"]) for r in rows) == masks  # each mask once
