@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import statistics
 import sys
@@ -42,8 +41,9 @@ from frugalray.config import TrainingSettings
 from frugalray.data.encoding import encode_examples
 from frugalray.model.loading import load_model, load_tokenizer
 from frugalray.model.surgery import num_layers, prune_layers
+from frugalray.results.aggregate import mean_ci
 from frugalray.data.labels import majority_baseline
-from frugalray.training.loop import evaluate, train
+from frugalray.training.loop import evaluate
 from frugalray.training.columns import is_degenerate
 
 # name -> changes to frugalray's default recipe. "trainer" and "frugalray" are the two compared recipes.
@@ -59,6 +59,7 @@ ABLATIONS = {
     "length groups of 16 + bf16": dict(length_grouping=16, dtype="bf16"),
     "trimmed vocabulary": dict(trim_vocabulary=True),
     "trimmed vocabulary + length groups of 16 + bf16": dict(trim_vocabulary=True, length_grouping=16, dtype="bf16"),
+    "trimmed vocabulary + native bf16": dict(trim_vocabulary=True, dtype="native-bf16"),
 }
 
 # The rule a speed choice must pass to become the default, fixed before the runs (README, Training recipe):
@@ -92,15 +93,16 @@ def trainer_run(task, model_name: str, kept: tuple[int, ...], settings: Training
 
 
 def frugalray_run(task, model_name: str, kept: tuple[int, ...], settings: TrainingSettings, seed: int, data) -> dict:
-    """frugalray's loop, as a trial runs it (same seeding, model loading and pruning)."""
-    from transformers import set_seed
+    """frugalray's trial, as a sweep runs it (``run_trial``: the same seeding, model loading and pruning as
+    ``_seeded_model``, and what a trial does around the loop, such as the trimmed vocabulary)."""
+    from frugalray import TrialConfig, prepare_trial
+    from frugalray.training.trial import run_trial
 
-    tokenizer, train_data, test_data = data
-    model = _seeded_model(task, model_name, kept, seed, set_seed)
-    pad = tokenizer.pad_token_id or 0
-    stats = train(model, train_data, settings, settings.learning_rate, pad, torch.device("cpu"), seed)
-    return _scored(model, task, test_data, tokenizer, settings) | {
-        "train_seconds": stats.train_seconds, "tokens_per_s": stats.train_tokens / stats.train_seconds}
+    config = TrialConfig(task=task.name, model=model_name, strategy="mask", layers=kept, seed=seed,
+                         training=dataclasses.replace(settings, energy=False))
+    row = run_trial(prepare_trial(config, task), device="cpu")
+    return {"f1": row["f1"], "degenerate": row["degenerate"], "autocast": row["autocast"],
+            "train_seconds": row["train_seconds"], "tokens_per_s": row["train_tokens_per_second"]}
 
 
 def _seeded_model(task, model_name: str, kept: tuple[int, ...], seed: int, set_seed):
@@ -116,15 +118,6 @@ def _scored(model, task, test_data, tokenizer, settings) -> dict:
     metrics = evaluate(model, test_data, task.test, task.labels, task.spec.metric, settings.eval_batch_size,
                        tokenizer.pad_token_id or 0, torch.device("cpu"), "fp32")
     return {"f1": metrics["f1"], "degenerate": is_degenerate(metrics, majority_baseline(task)["test"])}
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% Student-t interval."""
-    from scipy.stats import t
-
-    if len(values) < 2:
-        return values[0], float("nan")
-    return statistics.mean(values), float(t.ppf(0.975, len(values) - 1)) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,11 +140,13 @@ def main(argv: list[str] | None = None) -> None:
                                                                 "none (default: every --keep set)")
     parser.add_argument("--timing-seeds", help="seeds whose runs the speed columns use (default: every seed); "
                                                "name the seeds run on a quiet machine")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads (default: every CPU; a sweep trial on one CPU: 1)")
     parser.add_argument("--log", default="results/recipe_fidelity.jsonl", help="JSONL of every run (resumes)")
     parser.add_argument("--report", action="store_true", help="print the table from --log, training nothing")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     task = load_task(args.task)
     total = num_layers(load_model(args.model, task.spec.head, task.labels).config)
     layer_sets = [_layers(k, total) for k in (args.keep or ["all", ",".join(map(str, range(total // 2))), "0"])]
@@ -212,8 +207,8 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
     if timing_seeds is not None:
         print(f"\ntrain tokens/s from the runs of seeds {sorted(timed)} only")
     print("\n| recipe | kept layers | runs | test F1 mean ± 95% CI | degenerate | train tokens/s | vs Trainer | "
-          "vs default | F1 minus the default's, paired | within ±" f"{MARGIN:g} |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "vs default | F1 minus the default's, paired | within ±" f"{MARGIN:g} | tokens/s over the default's, paired |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def of(recipe: str, kept: tuple[int, ...]) -> list[dict]:
         return [r for r in runs if r["recipe"] == recipe and tuple(r["kept"]) == kept and r["seed"] in seeds]
@@ -222,14 +217,24 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
         values = [r["tokens_per_s"] for r in rows if r["seed"] in timed]
         return statistics.mean(values) if values else float("nan")
 
+    def paired_speed(rows: list[dict], kept: tuple[int, ...]) -> str:
+        """Mean ± 95% CI of the per-seed ratio of tokens/s to the default's (same seed: machine noise shared)."""
+        default = {r["seed"]: r["tokens_per_s"] for r in of("frugalray", kept) if r["seed"] in timed}
+        ratios = [r["tokens_per_s"] / default[r["seed"]] for r in rows if r["seed"] in default]
+        if not ratios:
+            return ""
+        ratio, spread = mean_ci(ratios)
+        return f"{ratio:.2f}x ± {spread:.2f} ({len(ratios)})"
+
     verdicts: dict[str, list[bool | None]] = {}
     for recipe, kept, _ in plan:
         mine = of(recipe, kept)
         if not mine:
             continue
         f1, half = mean_ci([r["f1"] for r in mine])
-        paired, passes = "", ""
+        paired, passes, faster = "", "", ""
         if recipe not in ("trainer", "frugalray"):
+            faster = paired_speed(mine, kept)
             default = {r["seed"]: r["f1"] for r in of("frugalray", kept)}
             differences = [r["f1"] - default[r["seed"]] for r in mine if r["seed"] in default]
             if differences:
@@ -244,7 +249,7 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
         mine_speed = speed(mine)
         print(f"| {recipe} | {layers} | {len(mine)} | {f1:.3f} ± {half:.3f} | {degenerate} | {mine_speed:.0f} | "
               f"{mine_speed / speed(of('trainer', kept)):.2f}x | {mine_speed / speed(of('frugalray', kept)):.2f}x | "
-              f"{paired} | {passes} |")
+              f"{paired} | {passes} | {faster} |")
     if verdicts:
         print(f"\nRule: over >= {MIN_SEEDS} seeds, the paired 95% interval within ±{MARGIN:g} at every layer set")
         for recipe, results in verdicts.items():

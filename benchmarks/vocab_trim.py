@@ -34,14 +34,6 @@ def _train(config, folder: str):
     return row, model.state_dict()
 
 
-def _interval(values: list[float]) -> tuple[float, float]:
-    from scipy.stats import t
-
-    if len(values) < 2:
-        return values[0], float("nan")
-    return statistics.mean(values), t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="wnut16", help="registered task or task .json")
@@ -58,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from frugalray import TrainingSettings, TrialConfig
+    from frugalray.results.aggregate import mean_ci
 
     torch.set_num_threads(args.threads)
     settings = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
@@ -85,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             weight_gap = max(weight_gap, max(float((whole_weights[n] - trimmed_weights[n]).abs().max())
                                              for n in whole_weights))
             f1_gap = max(f1_gap, abs(whole["f1"] - trimmed["f1"]))
-        speedup, half = _interval([w / t for w, t in zip(per_step[False], per_step[True])])
+        speedup, half = mean_ci([w / t for w, t in zip(per_step[False], per_step[True])])
         print(f"| {depth} | {1000 * statistics.mean(per_step[False]):.1f} | {1000 * statistics.mean(per_step[True]):.1f} "
               f"| {speedup:.2f}x [{speedup - half:.2f}, {speedup + half:.2f}] | {rows[False]} -> {rows[True]} | "
               f"{weight_gap:.1e} | {f1_gap:.4f} |", flush=True)

@@ -173,8 +173,9 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
             the task's test and dev sets and stored as a row of its own (variant, source_trial_id).
         onnx: Also write an ONNX graph run by ONNX Runtime (pip install 'frugalray[onnx]'); evaluated likewise.
         int8_fp32: Torch int8: the groups of Linear layers that stay fp32: auto (chosen greedily on the dev set,
-            until dev F1 is within half a point of fp32), none (every Linear int8), or groups such as
-            classifier,layer.2.output.
+            until dev F1 is within half a point of fp32), agreement (chosen greedily on how well the int8
+            model reproduces the fp32 model's predictions on dev and up to 2,000 training sentences, no label
+            used: a group stays fp32 only if it brings back more than 1 point of that agreement F1), none (every Linear int8), or groups such as classifier,layer.2.output.
     """
     from frugalray.deploy.export import export_trial
     from frugalray.results.store import ResultsStore
@@ -189,7 +190,8 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
           f"{', LoRA merged' if done['lora_merged'] else ''}) to {done['out']}{check}")
     row = done["variant_row"]
     if row is not None and row["int8_fp32_groups"]:
-        print(f"kept in fp32 (chosen on dev): {', '.join(row['int8_fp32_groups'])}")
+        how = {"auto": " (chosen on dev F1)", "agreement": " (chosen on agreement with fp32)"}.get(int8_fp32, "")
+        print(f"kept in fp32{how}: {', '.join(row['int8_fp32_groups'])}")
     if row is not None:
         print(f"{row['variant']}: test F1 {done['source_f1']:.4f} -> {row['f1']:.4f} ({row['f1'] - done['source_f1']:+.4f}), "
               f"dev F1 {row['dev_f1']:.4f}, {row['model_mib']:.3g} MiB; stored as trial {row['trial_id']}. Time it: "

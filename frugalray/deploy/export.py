@@ -56,8 +56,8 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
 
     With ``int8`` and/or ``onnx`` the export is that variant (``frugalray.deploy.variants``): it is evaluated
     on the task's test and dev sets and stored as a row of ``store`` (``variant_row``), beside the source's F1.
-    For torch int8, ``int8_fp32`` names the groups of Linear layers that stay fp32, or ``auto`` (chosen on dev,
-    ``frugalray.deploy.int8``) or ``none``.
+    For torch int8, ``int8_fp32`` names the groups of Linear layers that stay fp32, or ``auto`` (chosen on dev F1),
+    ``agreement`` (chosen on agreement with the fp32 model; ``frugalray.deploy.int8``) or ``none``.
 
     ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
     needs ``force`` (its files are kept). Returns what was written: trial row, output folder, parameters

@@ -28,6 +28,7 @@ from pathlib import Path
 from frugalray._registry import FrugalrayError
 
 VARIANT_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+AGREEMENT_SENTENCES = 2000  # training sentences the ``agreement`` choice of int8 groups reads at most
 
 
 def variant_name(int8: bool, onnx: bool) -> str:
@@ -109,8 +110,8 @@ def size_mib(model, variant: str) -> float:
 def evaluate_variant(store, source_id: str, folder: str | Path, int8_fp32: str | list[str] = "auto"):
     """Evaluate the export in ``folder`` (of trial ``source_id``) on its task's test and dev sets, on CPU, and
     append its row to ``store``; returns the row (a TrialResult). For torch int8, ``int8_fp32`` says which
-    groups of Linear layers stay fp32: chosen on dev (``auto``, ``frugalray.deploy.int8``), none, or those
-    listed; the choice is written into the export's manifest first."""
+    groups of Linear layers stay fp32: chosen on dev F1 (``auto``) or on agreement with the fp32 model
+    (``agreement``; ``frugalray.deploy.int8``), none, or those listed; the choice is written into the export's manifest first."""
     from frugalray.data.labels import majority_baseline
     from frugalray.results.schema import TrialResult
     from frugalray.training.columns import energy_columns, quality_columns
@@ -156,7 +157,7 @@ class _Data:
         from frugalray.data.encoding import encode_examples
 
         label2id = {label: i for i, label in enumerate(task.labels)}
-        self.task, self.config = task, config
+        self.task, self.config, self.tokenizer, self.label2id = task, config, tokenizer, label2id
         self.test = encode_examples(task.test, tokenizer, label2id, config.training.max_length)
         self.dev = encode_examples(task.dev, tokenizer, label2id, config.training.max_length)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -166,6 +167,31 @@ class _Data:
 
         return evaluate(model, getattr(self, split), getattr(self.task, split), self.task.labels, self.task.spec.metric,
                         self.config.training.eval_batch_size, self.pad_id, _cpu(), "fp32")
+
+
+    def agreement(self, reference, limit: int = AGREEMENT_SENTENCES):
+        """A score for the int8 forms of ``reference``: the task's metric (F1) of their predictions against
+        ``reference``'s own, on the dev sentences and up to ``limit`` training sentences (a seeded sample).
+        No gold label is used; ``reference`` itself scores 1."""
+        import dataclasses
+        import random
+
+        from frugalray.data.encoding import encode_examples
+        from frugalray.training.loop import evaluate, predict
+
+        train = list(self.task.train)
+        if len(train) > limit:
+            train = random.Random(0).sample(train, limit)
+        examples = list(self.task.dev) + train
+        encoded = self.dev + encode_examples(train, self.tokenizer, self.label2id, self.config.training.max_length)
+        batch, labels = self.config.training.eval_batch_size, self.task.labels
+        predicted, _ = predict(reference, encoded, batch, self.pad_id, _cpu(), "fp32")
+        fallback = "O" if "O" in labels else labels[0]  # a word cut by truncation, as ``evaluate`` counts it
+        as_labels = [tuple(labels[i] if i is not None else fallback for i in row) if isinstance(row, list)
+                     else labels[row] for row in predicted]
+        pseudo = [dataclasses.replace(e, labels=answer) for e, answer in zip(examples, as_labels)]
+        return lambda candidate: evaluate(candidate, encoded, pseudo, labels, self.task.spec.metric, batch,
+                                          self.pad_id, _cpu(), "fp32")["f1"]
 
 
 def _variant_data(store, source_id: str, folder):
@@ -185,18 +211,23 @@ def _variant_data(store, source_id: str, folder):
 
 
 def _choose_int8(folder, data: _Data, int8_fp32) -> None:
-    """Record in the manifest which groups stay fp32: chosen on dev, none, or the given ones."""
-    from frugalray.deploy.int8 import choose_fp32_groups, record_choice
+    """Record in the manifest which groups stay fp32: chosen on dev F1 (``auto``) or on agreement with the
+    fp32 model (``agreement``), none, or the given ones."""
+    from frugalray.deploy.int8 import MIN_GAIN, TOLERANCE, choose_fp32_groups, record_choice
     from frugalray.model.loading import auto_class
 
     if int8_fp32 == "none":
         return record_choice(Path(folder), [], [])
-    if int8_fp32 != "auto":
+    if not isinstance(int8_fp32, str) or int8_fp32 not in TOLERANCE:
         return record_choice(Path(folder), list(int8_fp32), [])
     head = json.loads((Path(folder) / _manifest_name()).read_text())["head"]
     model = auto_class(head).from_pretrained(folder).eval()
-    groups, steps = choose_fp32_groups(model, lambda candidate: data.score(candidate, "dev")["f1"])
-    record_choice(Path(folder), groups, steps)
+    if int8_fp32 == "agreement":
+        score, name = data.agreement(model), "agreement_f1"
+    else:
+        score, name = (lambda candidate: data.score(candidate, "dev")["f1"]), "dev_f1"
+    groups, steps = choose_fp32_groups(model, score, TOLERANCE[int8_fp32], name=name, min_gain=MIN_GAIN[int8_fp32])
+    record_choice(Path(folder), groups, [step | {"criterion": int8_fp32} for step in steps])
 
 
 def _manifest_name() -> str:

@@ -73,6 +73,21 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     return with_ci(table)
 
 
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    """The mean of ``values`` and the half-width of its 95% Student-t interval (nan for one value).
+
+    >>> [round(x, 3) for x in mean_ci([0.30, 0.32, 0.34])]
+    [0.32, 0.05]
+    """
+    from scipy.special import stdtrit
+
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, float("nan")
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return mean, float(stdtrit(len(values) - 1, 0.975)) * std / math.sqrt(len(values))
+
+
 def with_ci(table: pa.Table) -> pa.Table:
     """Add the 95% Student-t interval of the mean F1 (null with one seed)."""
     from scipy.special import stdtrit  # Student-t quantile, without importing all of scipy.stats

@@ -290,10 +290,54 @@ def test_int8_groups_kept_fp32_are_chosen_greedily_on_dev_and_stop_once_within_t
     assert groups == ["layer.1.output"]  # within half a point with the head in int8: the head stays int8
     assert [s["dev_f1"] for s in steps] == pytest.approx([0.8 - 0.034, 0.8 - 0.004])
     assert choose_fp32_groups(model, score, tolerance=0.001)[0] == ["layer.1.output", "classifier"]
+    # a group that brings back less than min_gain stays int8, however far from the tolerance
+    assert choose_fp32_groups(model, score, tolerance=0.001, min_gain=0.005)[0] == ["layer.1.output"]
+    assert choose_fp32_groups(model, score, tolerance=0.001, min_gain=0.0035)[0] == ["layer.1.output", "classifier"]
     assert choose_fp32_groups(model, lambda candidate: 0.5)[0] == []  # nothing lost, nothing kept
 
 
-@pytest.mark.parametrize("choice", ["auto", "none", "classifier"])
+def test_the_agreement_score_compares_with_the_fp32_models_own_predictions_on_dev_and_training_sentences(
+        tmp_path, saved, monkeypatch):
+    """No gold label counts: a candidate is scored against the reference's predictions, on dev + train."""
+    import dataclasses
+
+    from frugalray.data.encoding import encode_examples
+    from frugalray.data.metrics import ner_metrics
+    from frugalray.deploy import variants
+    from frugalray.training import loop
+
+    store, trial = saved
+    source = _stored(store, trial)
+    folder = store.fetch_folder(source["model_path"], tmp_path / "m")
+    _, config, task, data = variants._variant_data(store, trial, folder)
+    reference, _ = load_trained(folder, merge=False)
+    candidate, _ = load_trained(folder, merge=False)
+    with torch.no_grad():  # a different model: its head leans towards its second label
+        candidate.classifier.bias[1] += 1.0 + float(candidate.classifier.bias.abs().max())
+    read = []
+    real_predict = loop.predict
+    monkeypatch.setattr(loop, "predict", lambda model, rows, *a: read.append(len(rows)) or real_predict(model, rows, *a))
+    score = data.agreement(reference)
+    assert read == [len(task.dev) + len(task.train)]  # the reference's answers, on dev and every training sentence
+    assert score(reference) == 1.0
+
+    rows = data.dev + encode_examples(task.train, data.tokenizer, data.label2id, config.training.max_length)
+
+    def words(model):
+        predicted, _ = real_predict(model, rows, 8, data.pad_id, torch.device("cpu"), "fp32")
+        return [[task.labels[i] if i is not None else "O" for i in row] for row in predicted]
+
+    expected = ner_metrics(words(reference), words(candidate))["f1"]
+    assert expected < 1.0 and score(candidate) == pytest.approx(expected)
+    # gold labels play no part: the same score with every gold label replaced by "O"
+    data.task = dataclasses.replace(task, dev=[dataclasses.replace(e, labels=("O",) * len(e.words)) for e in task.dev],
+                                    train=[dataclasses.replace(e, labels=("O",) * len(e.words)) for e in task.train])
+    assert data.agreement(reference)(candidate) == pytest.approx(expected)
+    data.agreement(reference, limit=1)
+    assert len(task.train) > 1 and read[-1] == len(task.dev) + 1  # at most ``limit`` training sentences
+
+
+@pytest.mark.parametrize("choice", ["auto", "agreement", "none", "classifier"])
 def test_an_int8_export_keeps_the_chosen_groups_fp32_wherever_it_is_loaded(tmp_path, saved, choice):
     from frugalray.deploy.variants import load_variant
 
@@ -304,8 +348,12 @@ def test_an_int8_export_keeps_the_chosen_groups_fp32_wherever_it_is_loaded(tmp_p
     row = store.query(sql="SELECT * FROM trials WHERE source_trial_id = $1 ORDER BY finished_at DESC LIMIT 1",
                       params=[trial]).to_pylist()[0]
     assert row["int8_fp32_groups"] == manifest["int8_fp32_groups"]
-    if choice == "auto":  # the choice is recorded with the dev F1 of every step, fp32's beside it
-        assert manifest["int8_choice"][0]["fp32_groups"] == [] and "fp32_dev_f1" in manifest["int8_choice"][0]
+    if choice in ("auto", "agreement"):  # the choice is recorded with the score of every step, fp32's beside it
+        name = {"auto": "dev_f1", "agreement": "agreement_f1"}[choice]
+        first = manifest["int8_choice"][0]
+        assert first["fp32_groups"] == [] and first["criterion"] == choice and f"fp32_{name}" in first
+        if choice == "agreement":
+            assert first[f"fp32_{name}"] == 1.0 and all(step[name] <= 1.0 for step in manifest["int8_choice"])
     else:
         assert manifest["int8_fp32_groups"] == ([] if choice == "none" else ["classifier"])
     model, _ = load_variant(tmp_path / "int8")
