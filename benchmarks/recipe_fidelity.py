@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import statistics
 import sys
@@ -247,8 +248,10 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
         layers = ",".join(map(str, kept))
         degenerate = sum(bool(r["degenerate"]) for r in mine)
         mine_speed = speed(mine)
+        ratios = [mine_speed / speed(of(other, kept)) for other in ("trainer", "frugalray")]
+        vs_trainer, vs_default = ("-" if math.isnan(ratio) else f"{ratio:.2f}x" for ratio in ratios)
         print(f"| {recipe} | {layers} | {len(mine)} | {f1:.3f} ± {half:.3f} | {degenerate} | {mine_speed:.0f} | "
-              f"{mine_speed / speed(of('trainer', kept)):.2f}x | {mine_speed / speed(of('frugalray', kept)):.2f}x | "
+              f"{vs_trainer} | {vs_default} | "
               f"{paired} | {passes} | {faster} |")
     if verdicts:
         print(f"\nRule: over >= {MIN_SEEDS} seeds, the paired 95% interval within ±{MARGIN:g} at every layer set")
