@@ -24,6 +24,7 @@ fp32 version.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -57,8 +58,6 @@ def exported(store, source: dict, choice: str, folder: Path) -> dict:
     from frugalray.model.saved import MANIFEST
 
     if (folder / MANIFEST).is_file():
-        import json
-
         rows = store.query(sql="SELECT * FROM trials WHERE source_trial_id = $1 AND variant = 'int8'",
                            params=[source["trial_id"]]).to_pylist()
         manifest = json.loads((folder / MANIFEST).read_text())

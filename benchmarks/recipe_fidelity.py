@@ -93,7 +93,7 @@ def trainer_run(task, model_name: str, kept: tuple[int, ...], settings: Training
     return _scored(model, task, test_data, tokenizer, settings) | {"train_seconds": seconds, "tokens_per_s": tokens / seconds}
 
 
-def frugalray_run(task, model_name: str, kept: tuple[int, ...], settings: TrainingSettings, seed: int, data) -> dict:
+def frugalray_run(task, model_name: str, kept: tuple[int, ...], settings: TrainingSettings, seed: int) -> dict:
     """frugalray's trial, as a sweep runs it (``run_trial``: the same seeding, model loading and pruning as
     ``_seeded_model``, and what a trial does around the loop, such as the trimmed vocabulary)."""
     from frugalray import TrialConfig, prepare_trial
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; seeds {seeds}; "
           f"{torch.get_num_threads()} threads", flush=True)
     if not args.report:
-        frugalray_run(task, args.model, layer_sets[-1], dataclasses.replace(base, epochs=1), 99, data)  # warm-up
+        frugalray_run(task, args.model, layer_sets[-1], dataclasses.replace(base, epochs=1), 99)  # warm-up
     todo = [] if args.report else sorted(set(seeds) | set(ablation_seeds))
     for seed in todo:  # recipes alternate within a seed: machine noise hits all of them alike
         for recipe, kept, changes in plan:
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             if changes is None:
                 result = trainer_run(task, args.model, kept, base, seed, data)
             else:
-                result = frugalray_run(task, args.model, kept, dataclasses.replace(base, **changes), seed, data)
+                result = frugalray_run(task, args.model, kept, dataclasses.replace(base, **changes), seed)
             row = context | {"recipe": recipe, "kept": list(kept), "seed": seed} | result
             with log.open("a") as handle:
                 handle.write(json.dumps(row) + "\n")

@@ -168,7 +168,6 @@ class _Data:
         return evaluate(model, getattr(self, split), getattr(self.task, split), self.task.labels, self.task.spec.metric,
                         self.config.training.eval_batch_size, self.pad_id, _cpu(), "fp32")
 
-
     def agreement(self, reference, limit: int = AGREEMENT_SENTENCES):
         """A score for the int8 forms of ``reference``: the task's metric (F1) of their predictions against
         ``reference``'s own, on the dev sentences and up to ``limit`` training sentences (a seeded sample).
@@ -177,7 +176,7 @@ class _Data:
         import random
 
         from frugalray.data.encoding import encode_examples
-        from frugalray.training.loop import evaluate, predict
+        from frugalray.training.loop import evaluate, label_names, predict
 
         train = list(self.task.train)
         if len(train) > limit:
@@ -186,10 +185,8 @@ class _Data:
         encoded = self.dev + encode_examples(train, self.tokenizer, self.label2id, self.config.training.max_length)
         batch, labels = self.config.training.eval_batch_size, self.task.labels
         predicted, _ = predict(reference, encoded, batch, self.pad_id, _cpu(), "fp32")
-        fallback = "O" if "O" in labels else labels[0]  # a word cut by truncation, as ``evaluate`` counts it
-        as_labels = [tuple(labels[i] if i is not None else fallback for i in row) if isinstance(row, list)
-                     else labels[row] for row in predicted]
-        pseudo = [dataclasses.replace(e, labels=answer) for e, answer in zip(examples, as_labels)]
+        pseudo = [dataclasses.replace(e, labels=tuple(answer) if isinstance(answer, list) else answer)
+                  for e, answer in zip(examples, label_names(predicted, labels))]
         return lambda candidate: evaluate(candidate, encoded, pseudo, labels, self.task.spec.metric, batch,
                                           self.pad_id, _cpu(), "fp32")["f1"]
 

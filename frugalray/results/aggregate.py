@@ -79,18 +79,22 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     >>> [round(x, 3) for x in mean_ci([0.30, 0.32, 0.34])]
     [0.32, 0.05]
     """
-    from scipy.special import stdtrit
-
     mean = math.fsum(values) / len(values)
     if len(values) < 2:
         return mean, float("nan")
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
-    return mean, float(stdtrit(len(values) - 1, 0.975)) * std / math.sqrt(len(values))
+    return mean, _half_width(len(values), std)
+
+
+def _half_width(n: int, std: float) -> float:
+    """Half-width of the 95% Student-t interval of a mean of ``n`` values with sample deviation ``std``."""
+    from scipy.special import stdtrit  # Student-t quantile, without importing all of scipy.stats
+
+    return float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
 
 
 def with_ci(table: pa.Table) -> pa.Table:
     """Add the 95% Student-t interval of the mean F1 (null with one seed)."""
-    from scipy.special import stdtrit  # Student-t quantile, without importing all of scipy.stats
 
     seeds = table.column("seeds").to_pylist()
     means, stds = table.column("f1").to_pylist(), table.column("f1_std").to_pylist()
@@ -99,7 +103,7 @@ def with_ci(table: pa.Table) -> pa.Table:
         if n < 2 or mean is None or std is None:
             low.append(None), high.append(None)
             continue
-        half = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n)
+        half = _half_width(n, std)
         low.append(mean - half), high.append(mean + half)
     return table.append_column("f1_ci_low", pa.array(low, pa.float64())).append_column(
         "f1_ci_high", pa.array(high, pa.float64()))

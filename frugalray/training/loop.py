@@ -228,16 +228,26 @@ def evaluate(model, data: list[Encoded], examples: list[Example], labels: list[s
     answers the same thing everywhere, whatever its F1.
     """
     predicted_ids, loss = predict(model, data, batch_size, pad_id, device, dtype)
-    fallback = "O" if "O" in labels else labels[0]
+    predicted = label_names(predicted_ids, labels)
     if examples and examples[0].words is not None:
         gold = [list(e.labels) for e in examples]
-        predicted = [[labels[i] if i is not None else fallback for i in row] for row in predicted_ids]
         distinct = {tag for row in predicted for tag in row}
     else:
         gold = [e.labels for e in examples]
-        predicted = [labels[i] for i in predicted_ids]
         distinct = set(predicted)
     return METRICS.get(metric)(gold, predicted) | {"eval_loss": loss, "predicted_classes": len(distinct)}
+
+
+def label_names(predicted_ids: list, labels: list[str]) -> list:
+    """``predict``'s label ids as names: a list per sentence for token tasks (a word cut by truncation counts
+    as 'O', or the first label), one name per text otherwise.
+
+    >>> label_names([[1, None], 0], ["O", "B-PER"])
+    [['B-PER', 'O'], 'O']
+    """
+    fallback = "O" if "O" in labels else labels[0]
+    return [[labels[i] if i is not None else fallback for i in row] if isinstance(row, list) else labels[row]
+            for row in predicted_ids]
 
 
 @torch.inference_mode()
