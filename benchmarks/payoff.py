@@ -34,6 +34,8 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from frugalray.config import RECIPE_HELP, RECIPES  # noqa: E402
+
 MODEL, HALF = "minilm", 3
 LIMITS = {"none": dict(train_fraction=1.0, max_length=128, repeats=None),
           "small": dict(train_fraction=0.3, max_length=64, repeats=2)}
@@ -62,12 +64,12 @@ def measure_latency(variants: tuple[str, ...], repeats: int, threads: int | None
 
 
 def measure_quality(task: str, variants: tuple[str, ...], epochs: int, max_length: int, seed: int,
-                    folder: Path) -> dict:
+                    folder: Path, recipe: str) -> dict:
     from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
     from frugalray.deploy.export import export_trial
 
     store = ResultsStore(folder / "results")
-    training = TrainingSettings(epochs=epochs, max_length=max_length)
+    training = TrainingSettings(epochs=epochs, max_length=max_length, **RECIPES[recipe])
     scores = {}
     for layer_set, strategy, n in (("full", "full", None), (f"first_{HALF}", "first", HALF)):
         trained = execute_trial(TrialConfig(task=task, model=MODEL, strategy=strategy, n=n, training=training,
@@ -102,6 +104,8 @@ def main() -> int:
     parser.add_argument("--demo", action="store_true", help="use the shipped demo_ner corpus instead of --task")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=list(RECIPES), default="default",
+                        help=RECIPE_HELP + "; the README's tables of this benchmark: trainer")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds per variant (median)")
     parser.add_argument("--threads", type=int, help="threads of the measuring process (default: physical cores)")
     parser.add_argument("--limit", choices=list(LIMITS), default="none",
@@ -123,7 +127,7 @@ def main() -> int:
         grid = tuple("int8" if v == "int8-all" else v for v in variants if v != "int8")
         timings = {(s, "int8-all" if v == "int8" else v, b): r
                    for (s, v, b), r in measure_latency(grid, limit["repeats"] or args.repeats, args.threads).items()}
-        scores = measure_quality(task, variants, args.epochs, limit["max_length"], args.seed, folder)
+        scores = measure_quality(task, variants, args.epochs, limit["max_length"], args.seed, folder, args.recipe)
         time_exports(folder, limit["repeats"] or args.repeats, args.threads, timings)
     report(timings, scores, variants, args, task)
     return 0

@@ -6,14 +6,16 @@
 
 For each kept-layer set and seed, the same data and pruned model are trained once by a plain ``Trainer``
 (the HF token-classification example: ``DataCollatorForTokenClassification``, default
-``TrainingArguments``) and once by ``frugalray trial`` with its default recipe; on the full model, one more
-run per speed choice the loop offers (length grouping, padding multiple, fused AdamW, compile, bf16) and the
-recipe frugalray 0.1 shipped. Runs alternate, so machine noise hits every recipe alike. Both trainers'
+``TrainingArguments``) and once by ``frugalray trial`` with the Trainer's recipe (the recipe "frugalray":
+``TRAINER_RECIPE``, frugalray's default until the trimmed vocabulary and native bf16 passed the rule below);
+then one more run per speed choice the loop offers (length grouping, padding multiple, fused AdamW, compile,
+bf16, trimmed vocabulary: today's default is "trimmed vocabulary + native bf16") and the recipe frugalray 0.1
+shipped. Runs alternate, so machine noise hits every recipe alike. Both trainers'
 models are scored by the same evaluation code, so only training differs.
 
 Prints per recipe and layer set: test F1 mean ± 95% CI (Student t over seeds), how many runs were
 degenerate, training tokens/s and its ratio to the Trainer's, whether the F1 CI overlaps the Trainer's, and
-for each speed choice its F1 minus that of frugalray's default recipe on the same seeds (mean ± 95% CI of the
+for each speed choice its F1 minus that of the recipe "frugalray" on the same seeds (mean ± 95% CI of the
 paired differences: a seed fixes the new head's initialisation and the shuffling for both). Every run is
 appended to ``--log`` (JSONL): an interrupted benchmark resumes where it stopped; ``--report`` prints the
 table from it.
@@ -38,7 +40,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from frugalray import load_task
-from frugalray.config import TrainingSettings
+from frugalray.config import TRAINER_RECIPE, TrainingSettings
 from frugalray.data.encoding import encode_examples
 from frugalray.model.loading import load_model, load_tokenizer
 from frugalray.model.surgery import num_layers, prune_layers
@@ -47,7 +49,9 @@ from frugalray.data.labels import majority_baseline
 from frugalray.training.loop import evaluate
 from frugalray.training.columns import is_degenerate
 
-# name -> changes to frugalray's default recipe. "trainer" and "frugalray" are the two compared recipes.
+# name -> changes to the Trainer's recipe. "trainer" (transformers.Trainer) and "frugalray" (frugalray's loop on the
+# Trainer's recipe, TRAINER_RECIPE) are the two compared recipes; "trimmed vocabulary + native bf16" is frugalray's
+# default.
 ABLATIONS = {
     "frugalray 0.1 (no clipping, length groups of 50)": dict(max_grad_norm=0.0, length_grouping=50),
     "length groups of 50 batches": dict(length_grouping=50),
@@ -65,7 +69,7 @@ ABLATIONS = {
 
 # The rule a speed choice must pass to become the default, fixed before the runs (README, Training recipe):
 # over >= MIN_SEEDS seeds, at every kept-layer set measured, the 95% interval of its paired test-F1 difference
-# against the Trainer's recipe (frugalray's default loop, same seeds) lies within +-MARGIN.
+# against the Trainer's recipe (frugalray's loop on TRAINER_RECIPE, same seeds) lies within +-MARGIN.
 MARGIN, MIN_SEEDS = 0.01, 10
 
 
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
     timing_seeds = [int(s) for s in args.timing_seeds.split(",")] if args.timing_seeds else None
     base = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                            max_length=args.max_length)
+                            max_length=args.max_length, **TRAINER_RECIPE)
     ablations = {} if args.ablations == "none" else ABLATIONS if args.ablations == "all" else {
         name: ABLATIONS[name] for name in args.ablations.split(",")}
     tokenizer = load_tokenizer(args.model)
@@ -202,13 +206,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | None = None) -> None:
     """The table: F1 over every seed run; speed over ``timing_seeds`` (those run on a quiet machine); for a
-    speed choice, its F1 minus frugalray's default recipe's on the same seeds (paired: same data order), and
-    whether it passes the rule (MARGIN, MIN_SEEDS) at that layer set; then the verdict per speed choice."""
+    speed choice, its F1 minus the recipe "frugalray"'s (the Trainer's recipe) on the same seeds (paired: same
+    data order), and whether it passes the rule (MARGIN, MIN_SEEDS) at that layer set; then the verdict per
+    speed choice."""
     timed = set(seeds if timing_seeds is None else timing_seeds)
     if timing_seeds is not None:
         print(f"\ntrain tokens/s from the runs of seeds {sorted(timed)} only")
     print("\n| recipe | kept layers | runs | test F1 mean ± 95% CI | degenerate | train tokens/s | vs Trainer | "
-          "vs default | F1 minus the default's, paired | within ±" f"{MARGIN:g} | tokens/s over the default's, paired |")
+          "vs frugalray | F1 minus frugalray's, paired | within ±" f"{MARGIN:g} | tokens/s over frugalray's, paired |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
 
     def of(recipe: str, kept: tuple[int, ...]) -> list[dict]:
@@ -219,9 +224,9 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
         return statistics.mean(values) if values else float("nan")
 
     def paired_speed(rows: list[dict], kept: tuple[int, ...]) -> str:
-        """Mean ± 95% CI of the per-seed ratio of tokens/s to the default's (same seed: machine noise shared)."""
-        default = {r["seed"]: r["tokens_per_s"] for r in of("frugalray", kept) if r["seed"] in timed}
-        ratios = [r["tokens_per_s"] / default[r["seed"]] for r in rows if r["seed"] in default]
+        """Mean ± 95% CI of the per-seed ratio of tokens/s to frugalray's (same seed: machine noise shared)."""
+        baseline = {r["seed"]: r["tokens_per_s"] for r in of("frugalray", kept) if r["seed"] in timed}
+        ratios = [r["tokens_per_s"] / baseline[r["seed"]] for r in rows if r["seed"] in baseline]
         if not ratios:
             return ""
         ratio, spread = mean_ci(ratios)
@@ -236,8 +241,8 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
         paired, passes, faster = "", "", ""
         if recipe not in ("trainer", "frugalray"):
             faster = paired_speed(mine, kept)
-            default = {r["seed"]: r["f1"] for r in of("frugalray", kept)}
-            differences = [r["f1"] - default[r["seed"]] for r in mine if r["seed"] in default]
+            baseline = {r["seed"]: r["f1"] for r in of("frugalray", kept)}
+            differences = [r["f1"] - baseline[r["seed"]] for r in mine if r["seed"] in baseline]
             if differences:
                 difference, spread = mean_ci(differences)
                 paired = f"{difference:+.3f} ± {spread:.3f} ({len(differences)})"
@@ -249,9 +254,9 @@ def report(runs: list[dict], plan, seeds: list[int], timing_seeds: list[int] | N
         degenerate = sum(bool(r["degenerate"]) for r in mine)
         mine_speed = speed(mine)
         ratios = [mine_speed / speed(of(other, kept)) for other in ("trainer", "frugalray")]
-        vs_trainer, vs_default = ("-" if math.isnan(ratio) else f"{ratio:.2f}x" for ratio in ratios)
+        vs_trainer, vs_frugalray = ("-" if math.isnan(ratio) else f"{ratio:.2f}x" for ratio in ratios)
         print(f"| {recipe} | {layers} | {len(mine)} | {f1:.3f} ± {half:.3f} | {degenerate} | {mine_speed:.0f} | "
-              f"{vs_trainer} | {vs_default} | "
+              f"{vs_trainer} | {vs_frugalray} | "
               f"{paired} | {passes} | {faster} |")
     if verdicts:
         print(f"\nRule: over >= {MIN_SEEDS} seeds, the paired 95% interval within ±{MARGIN:g} at every layer set")

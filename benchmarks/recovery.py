@@ -5,6 +5,7 @@
     python benchmarks/recovery.py                                   # wnut16, MiniLM, seeds 0,1,2
     python benchmarks/recovery.py --task my_task.json --seeds 0,1,2,3,4 --results results/recovery_mine
     python benchmarks/recovery.py --epochs 10 --patience 2 --results results/recovery_converged   # hours on 2 cores
+    python benchmarks/recovery.py --recipe trainer --seeds 0,1,2 --kd-grid 0,1,3,4   # the README's 3-epoch table
 
 Per seed it trains the full model (the teacher, weights kept) and every single layer (to rank layers for
 best-N/2), then at half the layers (first-N/2 and best-N/2) every recovery. Distillation is tuned first
@@ -38,7 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from frugalray import ResultsStore  # noqa: E402
-from frugalray.config import LoraSettings, RecoverySettings, TrainingSettings, TrialConfig  # noqa: E402
+from frugalray.config import (  # noqa: E402
+    RECIPE_HELP, RECIPES, LoraSettings, RecoverySettings, TrainingSettings, TrialConfig)
 from frugalray.results.aggregate import aggregate  # noqa: E402
 from frugalray.results.recovery_view import recommendation  # noqa: E402
 from frugalray.results.views import compute_view  # noqa: E402
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patience", type=int, default=0,
                         help="train until dev F1 stops improving for this many epochs (0: every epoch)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--recipe", choices=list(RECIPES), default="default",
+                        help=RECIPE_HELP + "; the README's tables of this benchmark: trainer")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--lora-lr", type=float, default=5e-4)
     parser.add_argument("--max-length", type=int, default=128)
@@ -89,11 +93,16 @@ def main(argv: list[str] | None = None) -> None:
         return report(ResultsStore(args.results), args.task)
 
     store = ResultsStore(args.results).check_writable()
-    done = {recorded_hash(r) for r in store.table().to_pylist() if r["status"] == "ok"}
+    stored = [r for r in store.table().to_pylist() if r["status"] == "ok"]
+    done = {recorded_hash(r) for r in stored}
     seeds = [int(s) for s in args.seeds.split(",")]
     training = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                                 lora_learning_rate=args.lora_lr, max_length=args.max_length,
-                                early_stopping_patience=args.patience)
+                                early_stopping_patience=args.patience, **RECIPES[args.recipe])
+    recipes = {(r["dtype"], bool(r["trim_vocabulary"])) for r in stored} - {(training.dtype, training.trim_vocabulary)}
+    if recipes:  # the report averages every row of the folder: one recipe per folder
+        raise SystemExit(f"{args.results} holds trials of another training recipe (dtype, trimmed vocabulary: "
+                         f"{sorted(recipes)}); give the --recipe they ran with or another --results folder")
     count = layer_count(args.model)
     half = count // 2
 

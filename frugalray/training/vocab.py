@@ -3,7 +3,7 @@
 A fine-tuning step updates the whole input embedding matrix (MiniLM: 30,522 x 384 = 11.7M parameters,
 CamemBERT: 32,005 x 768), although a task's sentences use a few thousand of its rows. Every other row gets
 a zero gradient at every step, so AdamW leaves it as it is (its moments stay zero) but for weight decay,
-which shrinks it by (1 - lr_t x weight_decay) per step. With ``training.trim_vocabulary``, a trial trains
+which shrinks it by (1 - lr_t x weight_decay) per step. With ``training.trim_vocabulary`` (the default), a trial trains
 with only the rows its splits use (train, dev and test, so that dev checkpoints score the same model), its
 token ids remapped; afterwards the trained rows go back into the whole matrix and the others get the decay
 they would have had. The model that is scored, timed and saved is the whole one, and its weights are those

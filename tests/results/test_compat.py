@@ -19,8 +19,9 @@ QUICK_V0_1 = dict(
     drop_middle=[2, 4], drop_ends=[2, 4], best=[2, 3, 4, 5], drop_worst=[1, 2, 3, 4, 5],
     drop_block=[],  # a strategy frugalray 0.1 did not have
 )
-# What frugalray 0.1 trained with, in today's fields: no gradient clipping, length groups of 50 batches.
-RECIPE_V0_1 = dict(max_grad_norm=0.0, length_grouping=50)
+# What frugalray 0.1 trained with, in today's fields: no gradient clipping, length groups of 50 batches, the
+# Trainer's arithmetic (fp32 on CPUs, every embedding row trained).
+RECIPE_V0_1 = dict(max_grad_norm=0.0, length_grouping=50, dtype="auto", trim_vocabulary=False)
 
 
 @pytest.fixture
@@ -42,7 +43,7 @@ def test_a_store_of_version_0_1_resumes_with_nothing_retrained(old_store):
 
 
 def test_todays_recipe_is_another_configuration_and_trains_anew(old_store):
-    plan = StudyPlan(_sweep(old_store), old_store)  # gradient clipping, uniform batches: not what 0.1 did
+    plan = StudyPlan(_sweep(old_store), old_store)  # clipping, uniform batches, bf16, trimmed: not what 0.1 did
     plan.expand()
     assert len(plan.queue) == 14  # full + 6 single layers, for each of the two seeds
 

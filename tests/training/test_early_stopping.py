@@ -60,9 +60,10 @@ def test_a_trial_stops_when_dev_stops_improving_and_keeps_the_best_epoch(tmp_pat
 
     snapshots = {}
     _script_dev(monkeypatch, [0.5, 0.4, 0.45, 0.3, 0.9], snapshots)  # epochs 1..5: the best is the first; patience
-    # 2 stops after 3
+    # 2 stops after 3. The whole embedding: the snapshots are of the model as it trains (trimmed, it has fewer
+    # rows; the test below compares trimmed and whole runs).
     training = TrainingSettings(epochs=5, batch_size=4, learning_rate=1e-3, max_length=32, early_stopping_patience=2,
-                                energy=False)
+                                energy=False, trim_vocabulary=False)
     config = TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, training=training)
     row = run_trial(prepare_trial(config), device="cpu", save_to=str(tmp_path / "model"))
     assert (row["epochs_trained"], row["best_epoch"]) == (3, 1)
@@ -89,7 +90,7 @@ def test_early_stopping_with_a_trimmed_vocabulary_keeps_the_same_best_weights(tm
         monkeypatch.undo()  # each run wraps the original hook, not the previous run's wrapper
         _script_dev(monkeypatch, [0.5, 0.4, 0.3])
         training = TrainingSettings(epochs=4, batch_size=4, learning_rate=1e-3, max_length=32, weight_decay=0.3,
-                                    early_stopping_patience=2, trim_vocabulary=trim, energy=False)
+                                    early_stopping_patience=2, trim_vocabulary=trim, energy=False, dtype="fp32")
         config = TrialConfig(task=ner_task_file, model=tiny_model, strategy="first", n=2, training=training)
         row = run_trial(prepare_trial(config), device="cpu", save_to=str(tmp_path / str(trim)))
         assert (row["epochs_trained"], row["best_epoch"]) == (3, 1)

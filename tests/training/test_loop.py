@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from frugalray import FrugalrayError, load_task
-from frugalray.config import TrainingSettings
+from frugalray.config import TRAINER_RECIPE, TrainingSettings
 from frugalray.data.encoding import encode_examples
 from frugalray.testing import tiny_config, tiny_tokenizer
 from frugalray.training.loop import decay_parameter_names, train
 
-# A recipe where every part matters: clipping bites, the schedule warms up then decays, decay is on.
+# A recipe where every part matters: clipping bites, the schedule warms up then decays, decay is on; in the
+# Trainer's arithmetic (fp32 on CPUs), which the loop must reproduce.
 RECIPE = TrainingSettings(epochs=3, batch_size=8, learning_rate=3e-3, max_grad_norm=0.5, warmup_ratio=0.2,
-                          weight_decay=0.05, adam_beta1=0.85, adam_beta2=0.99, adam_epsilon=1e-7)
+                          weight_decay=0.05, adam_beta1=0.85, adam_beta2=0.99, adam_epsilon=1e-7, **TRAINER_RECIPE)
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,10 @@ from frugalray.testing import conll_words, tiny_model_dir
 from frugalray.training.trial import run_trial
 from frugalray.training.vocab import untouched_decay
 
-# decay on (rows outside the task shrink), warm-up then decay of the rate, clipping that bites
+# decay on (rows outside the task shrink), warm-up then decay of the rate, clipping that bites; fp32 and the whole
+# embedding unless a test trims it
 RECIPE = TrainingSettings(epochs=2, batch_size=4, learning_rate=2e-3, max_length=32, weight_decay=0.1,
-                          warmup_ratio=0.2, max_grad_norm=0.5, energy=False)
+                          warmup_ratio=0.2, max_grad_norm=0.5, energy=False, dtype="fp32", trim_vocabulary=False)
 UNUSED = [f"mot{i}" for i in range(300)]  # in the tokenizer, never in the task
 
 
@@ -83,8 +84,27 @@ def test_untouched_decay_is_what_adamw_does_to_a_row_without_gradient():
 
 
 def test_hashes_of_rows_stored_before_the_option_hold():
-    assert "trim_vocabulary" not in TrainingSettings().identity()
-    assert TrainingSettings(trim_vocabulary=True).identity()["trim_vocabulary"] is True
+    assert "trim_vocabulary" not in TrainingSettings(trim_vocabulary=False).identity()
+    assert TrainingSettings().identity()["trim_vocabulary"] is True  # the default: hashed
+
+
+def test_the_default_recipe_never_shares_a_hash_with_the_trainers():
+    from frugalray.config import TRAINER_RECIPE
+
+    default, trainer = TrainingSettings(), TrainingSettings(**TRAINER_RECIPE)
+    assert (default.dtype, default.trim_vocabulary) == ("native-bf16", True)
+    assert (trainer.dtype, trainer.trim_vocabulary) == ("auto", False)
+    assert default.identity() != trainer.identity()
+    assert default.identity() | TRAINER_RECIPE == trainer.identity() | {"trim_vocabulary": False}
+
+
+def test_a_row_recorded_before_the_option_reads_back_untrimmed_and_keeps_its_hash():
+    from dataclasses import asdict
+
+    recorded = {k: v for k, v in asdict(TrainingSettings(dtype="auto")).items() if k != "trim_vocabulary"}
+    settings = TrainingSettings.from_record(recorded)
+    assert settings.trim_vocabulary is False and settings.dtype == "auto"
+    assert "trim_vocabulary" not in settings.identity()
 
 
 def test_the_padding_id_keeps_its_index_in_the_trimmed_embedding():
