@@ -43,6 +43,7 @@ CHOICES = ("none", "auto", "agreement")
 def trained(store, task: str, seed: int, epochs: int, recipe: str) -> dict:
     """The seed's half-depth trial with saved weights: from the store when it holds one, else trained now."""
     from frugalray import TrainingSettings, TrialConfig, execute_trial
+
     training = TrainingSettings(epochs=epochs, **RECIPES[recipe])
     rows = store.query(sql="SELECT * FROM trials WHERE variant = 'fp32' AND status = 'ok' AND seed = $1 "
                            "AND model_path IS NOT NULL AND epochs = $2 AND dtype = $3 "
