@@ -4,9 +4,10 @@
     python benchmarks/int8_choice.py --seeds 0,1,2 --keep results/int8-choice      # resumes from --keep
     python benchmarks/int8_choice.py --seeds 0,1,2 --keep results/int8-choice --latency-repeats 20
     python benchmarks/int8_choice.py --recipe trainer --seeds 0,1,2 --keep results/int8-choice   # the README's
+    python benchmarks/int8_choice.py --epochs 10 --patience 2 --keep results/int8-converged --latency-repeats 20
 
 Per seed, MiniLM's first 3 layers are fine-tuned once (``frugalray trial``, 3 epochs, ``--recipe``, weights
-saved), then
+saved; with ``--patience`` until dev F1 stops improving, at most ``--epochs``), then
 exported as torch dynamic int8 three ways (``frugalray export --int8 --int8-fp32 ...``): ``none`` (every
 Linear layer int8), ``auto`` (groups returned to fp32 greedily until dev F1 is within half a point of fp32)
 and ``agreement`` (greedily on how well the int8 model reproduces the fp32 model's predictions on dev and up
@@ -40,15 +41,16 @@ MODEL, HALF = "minilm", 3
 CHOICES = ("none", "auto", "agreement")
 
 
-def trained(store, task: str, seed: int, epochs: int, recipe: str) -> dict:
+def trained(store, task: str, seed: int, epochs: int, recipe: str, patience: int = 0) -> dict:
     """The seed's half-depth trial with saved weights: from the store when it holds one, else trained now."""
     from frugalray import TrainingSettings, TrialConfig, execute_trial
 
-    training = TrainingSettings(epochs=epochs, **RECIPES[recipe])
+    training = TrainingSettings(epochs=epochs, early_stopping_patience=patience, **RECIPES[recipe])
     rows = store.query(sql="SELECT * FROM trials WHERE variant = 'fp32' AND status = 'ok' AND seed = $1 "
                            "AND model_path IS NOT NULL AND epochs = $2 AND dtype = $3 "
-                           "AND coalesce(trim_vocabulary, false) = $4 ORDER BY finished_at",
-                       params=[seed, epochs, training.dtype, training.trim_vocabulary]).to_pylist() \
+                           "AND coalesce(trim_vocabulary, false) = $4 "
+                           "AND coalesce(early_stopping_patience, 0) = $5 ORDER BY finished_at",
+                       params=[seed, epochs, training.dtype, training.trim_vocabulary, patience]).to_pylist() \
         if store.files() else []
     if rows:
         return rows[-1]
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="wnut16", help="a registered task or task file (default: wnut16)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--patience", type=int, default=0,
+                        help="train until dev F1 stops improving for this many epochs, at most --epochs (0: every epoch)")
     parser.add_argument("--recipe", choices=list(RECIPES), default="default",
                         help=RECIPE_HELP + "; the README's tables of this benchmark: trainer")
     parser.add_argument("--keep", default="results/int8-choice", help="folder of the trials and exports (resumes)")
@@ -104,13 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     store = ResultsStore(folder / "results")
     seeds = [int(s) for s in args.seeds.split(",")]
     changes: dict[str, list[float]] = {c: [] for c in CHOICES}
-    print(f"{args.task}, {MODEL} first {HALF} layers, {args.epochs} epochs; test F1 change of int8 against the same "
+    stopping = f" (until dev stops improving for {args.patience})" if args.patience else ""
+    print(f"{args.task}, {MODEL} first {HALF} layers, {args.epochs} epochs{stopping}; test F1 change of int8 against the same "
           f"weights in fp32, in points\n")
     print("| seed | fp32 test F1 | int8 choice | test F1 | change | fp32 groups kept |"
           + (" x full fp32, batch 32 |" if args.latency_repeats else ""))
     print("|---|---|---|---|---|---|" + ("---|" if args.latency_repeats else ""))
     for seed in seeds:
-        source = trained(store, args.task, seed, args.epochs, args.recipe)
+        source = trained(store, args.task, seed, args.epochs, args.recipe, args.patience)
         for choice in CHOICES:
             out = folder / f"seed{seed}-int8-{choice}"
             row = exported(store, source, choice, out)

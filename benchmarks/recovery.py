@@ -22,7 +22,8 @@ A student that starts from the fine-tuned full model has, in all, trained twice 
 model. The control (``--no-control`` skips it) trains the full model for as many epochs in total, so that
 "pruned after fine-tuning" is not mistaken for "trained longer".
 
-Prints per layer set and recovery: test F1 mean ± 95% CI over seeds, its share of the full model's, and
+Prints per layer set and recovery: test F1 mean ± 95% CI over seeds, its share of the full model's (of the
+means, and paired: the mean ± 95% CI of each seed's share of the same seed's full model), and
 total compute — the trial's own training plus, for students of the fine-tuned full model, the teacher's
 training split over the students that share it (and the teacher logits they computed).
 """
@@ -41,8 +42,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from frugalray import ResultsStore  # noqa: E402
 from frugalray.config import (  # noqa: E402
     RECIPE_HELP, RECIPES, LoraSettings, RecoverySettings, TrainingSettings, TrialConfig)
-from frugalray.results.aggregate import aggregate  # noqa: E402
+from frugalray.results.aggregate import aggregate, mean_ci  # noqa: E402
 from frugalray.results.recovery_view import recommendation  # noqa: E402
+from frugalray.results.rows import recovery_label  # noqa: E402
 from frugalray.results.views import compute_view  # noqa: E402
 from frugalray.study.scores import scores_from_rows  # noqa: E402
 from frugalray.strategies import kept_layers  # noqa: E402
@@ -172,13 +174,22 @@ def report(store: ResultsStore, task: str) -> None:
     rows = view.table.to_pylist()
     full = compute_view(store, "baselines", where=[f"task={name}", "sweep=recovery-benchmark"]).table.to_pylist()
     [base] = [r for r in full if not r["lora"]]
-    print(f"\nfull model: test F1 {_ci(base)} over {base['seeds']} seeds, training {base['train_seconds']:.0f} s")
-    print("\n| kept layers | recovery | seeds | test F1 mean ± 95% CI | of the full model | dev F1 | "
-          "compute s (teacher's share counted) | vs the full model |")
-    print("|---|---|---|---|---|---|---|---|")
+    trained = [r for r in store.table().to_pylist() if r["status"] == "ok" and r["sweep"] == "recovery-benchmark"
+               and r["task"] == name and r["strategy"] != "single"]
+    full_f1 = {r["seed"]: r["f1"] for r in trained if r["strategy"] == "full" and not r["lora"]}
+    epochs = [r["epochs_trained"] or r["epochs"] for r in trained if r["strategy"] == "full" and not r["lora"]]
+    print(f"\nfull model: test F1 {_ci(base)} over {base['seeds']} seeds, training {base['train_seconds']:.0f} s "
+          f"({statistics.mean(epochs):.1f} epochs trained on average)")
+    print("\n| kept layers | recovery | seeds | test F1 mean ± 95% CI | of the full model | of the full model, paired "
+          "by seed | dev F1 | compute s (teacher's share counted) | vs the full model |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        shares = [100 * t["f1"] / full_f1[t["seed"]] for t in trained if t["seed"] in full_f1
+                  and list(t["kept_layers"]) == r["kept_layers"] and recovery_label(t) == r["recovery"]]
+        mean, half = mean_ci(shares) if shares else (float("nan"), float("nan"))
         print(f"| {','.join(map(str, r['kept_layers']))} | {r['recovery']} | {r['seeds']} | {_ci(r)} | "
-              f"{r['f1_vs_full']:.1%} | {r['dev_f1']:.4f} | {r['compute_seconds']:.0f} | {r['compute_vs_full']:.2f}x |")
+              f"{r['f1_vs_full']:.1%} | {mean:.1f}% ± {half:.1f} | {r['dev_f1']:.4f} | {r['compute_seconds']:.0f} | "
+              f"{r['compute_vs_full']:.2f}x |")
     control = [r for r in aggregate(store, [f"task={name}", f"sweep={CONTROL}"]).to_pylist() if not r["lora"]]
     for r in control:
         print(f"\ncontrol, the full model trained {r['epochs']} epochs (as long as a student of the fine-tuned full "

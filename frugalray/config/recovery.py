@@ -5,7 +5,9 @@
 fine-tuning). ``method``: ``finetune`` trains on the labels (the study); ``distill`` learns from the full
 model fine-tuned on the same task and seed, loss = alpha * CE + (1 - alpha) * T^2 * KL(teacher || student)
 on the logits (+ beta * (1 - cos) between each kept layer's output and the teacher's same layer);
-``partial`` trains only the head and the last ``partial_layers`` kept layers.
+``partial`` trains only the head and the last ``partial_layers`` kept layers. ``teacher_epochs`` and
+``teacher_patience`` say how that fine-tuned full model trained when not as the student does: a teacher
+trained to convergence (``SweepConfig.full_model_epochs``) rather than for the student's own epochs.
 
 >>> RecoverySettings(method="distill").identity()["temperature"]
 2.0
@@ -36,15 +38,24 @@ class RecoverySettings(Settings):
     beta: float = field(default=0.0, metadata={
         "help": "distill: weight of 1 - cos between each kept layer's output and the teacher's same layer."})
     partial_layers: int = field(default=1, metadata={"help": "partial: how many of the last kept layers train."})
+    teacher_epochs: int = field(default=0, metadata={
+        "help": "0: the teacher (the fine-tuned full model) trained with the student's own training settings. E: it "
+                "trained at most E epochs, stopping on dev after teacher_patience epochs without improvement."})
+    teacher_patience: int = field(default=0, metadata={
+        "help": "With teacher_epochs: the teacher's early-stopping patience on dev (0: all teacher_epochs)."})
 
     def check(self) -> None:
         if self.init not in INITS:
             raise FrugalrayError(f"recovery init {self.init!r}; valid: {', '.join(INITS)}")
         if self.method not in METHODS:
             raise FrugalrayError(f"recovery method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.beta < 0 or self.partial_layers < 0:
+        if (self.temperature <= 0 or not 0 <= self.alpha <= 1 or self.beta < 0 or self.partial_layers < 0
+                or self.teacher_epochs < 0 or self.teacher_patience < 0):
             raise FrugalrayError(f"recovery settings out of range: temperature > 0, 0 <= alpha <= 1, beta >= 0, "
-                                 f"partial_layers >= 0; got {self}")
+                                 f"partial_layers, teacher_epochs, teacher_patience >= 0; got {self}")
+        if self.teacher_patience and not self.teacher_epochs:
+            raise FrugalrayError(f"recovery teacher_patience={self.teacher_patience} needs teacher_epochs (the most "
+                                 f"the teacher trains)")
 
     @property
     def needs_teacher(self) -> bool:
@@ -56,11 +67,21 @@ class RecoverySettings(Settings):
         return self.init == "pretrained" and self.method == "finetune"
 
     def identity(self) -> dict | None:
-        """What changes the result: the settings of the chosen method only (None: the study's recovery)."""
+        """What changes the result: the settings of the chosen method only (None: the study's recovery), and how
+        the teacher trained when it did not train as the student."""
         if self.is_default:
             return None
         fields = {"distill": ("temperature", "alpha", "beta"), "partial": ("partial_layers",)}.get(self.method, ())
-        return {"init": self.init, "method": self.method, **{name: getattr(self, name) for name in fields}}
+        teacher = ("teacher_epochs", "teacher_patience") if self.needs_teacher and self.teacher_epochs else ()
+        return {"init": self.init, "method": self.method, **{name: getattr(self, name) for name in fields + teacher}}
+
+    def teacher_training(self, training):
+        """The training settings of the teacher of a student that trains with ``training``."""
+        if not self.teacher_epochs:
+            return training
+        from dataclasses import replace
+
+        return replace(training, epochs=self.teacher_epochs, early_stopping_patience=self.teacher_patience)
 
     def label(self) -> str:
         """``finetuned+distill`` — how tables name a recovery."""

@@ -144,6 +144,13 @@ class SweepConfig(Settings):
                                            metadata={"help": "recover stage: where students start."})
     recover_methods: tuple[str, ...] = field(default=("finetune", "distill", "partial"),
                                              metadata={"help": "recover stage: how students train."})
+    full_model_epochs: int = field(default=0, metadata={
+        "help": "0: the full model trains like every trial. E: it trains until dev F1 has not improved for "
+                "full_model_patience epochs, at most E, and keeps its best epoch: the baseline of every view and the "
+                "teacher of the recover stage is then the best full model these settings train, not one cut at "
+                "training.epochs."})
+    full_model_patience: int = field(default=2, metadata={
+        "help": "With full_model_epochs: epochs without a better dev F1 before the full model stops."})
     recover_layers: str = field(default="selection", metadata={
         "help": "recover stage's layer sets: selection (those of the lora stage) and first half, or half (first "
                 "half only)."})
@@ -196,6 +203,12 @@ class SweepConfig(Settings):
             for value in getattr(self, name):
                 if value not in valid:
                     raise FrugalrayError(f"{name}: " + did_you_mean(name[8:-1], value, list(valid)))
+        if self.full_model_epochs < 0 or self.full_model_patience < 1:
+            raise FrugalrayError(f"full_model_epochs must be >= 0 (0: as every trial) and full_model_patience >= 1; got "
+                                 f"{self.full_model_epochs} and {self.full_model_patience}")
+        if self.recovery.teacher_epochs:
+            raise FrugalrayError("recovery.teacher_epochs is set by the sweep from full_model_epochs (the full model it "
+                                 "trains is the teacher); set full_model_epochs and full_model_patience instead")
         if self.recover_layers not in ("selection", "half"):
             raise FrugalrayError(f"recover_layers {self.recover_layers!r}; valid: selection, half")
         stray = sorted({task for task, _ in self.data_dirs} - set(self.tasks))
@@ -204,3 +217,21 @@ class SweepConfig(Settings):
 
     def data_dir(self, task: str) -> str | None:
         return dict(self.data_dirs).get(task)
+
+    @property
+    def full_training(self) -> TrainingSettings:
+        """How the full model (fully fine-tuned) trains: to convergence on dev with ``full_model_epochs``."""
+        if not self.full_model_epochs:
+            return self.training
+        from dataclasses import replace
+
+        return replace(self.training, epochs=self.full_model_epochs, early_stopping_patience=self.full_model_patience)
+
+    @property
+    def teacher_recovery(self) -> RecoverySettings:
+        """The recover stage's settings, with how its teacher (the full model) trained."""
+        if not self.full_model_epochs:
+            return self.recovery
+        from dataclasses import replace
+
+        return replace(self.recovery, teacher_epochs=self.full_model_epochs, teacher_patience=self.full_model_patience)

@@ -16,10 +16,16 @@ import pyarrow as pa
 from frugalray.results.filters import where_clauses
 from frugalray.results.store import ResultsStore
 
-# The training recipe's fields group too: runs of two recipes are never seeds of one configuration.
-RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule"]
-# How a pruned model recovered groups too (null: rows written before these columns, the study's recovery).
-RECOVERY = ["init", "recovery", "distill_temperature", "distill_alpha", "distill_beta", "partial_layers"]
+# The training recipe's fields group too: runs of two recipes are never seeds of one configuration, nor are runs
+# with and without early stopping.
+RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay", "lr_schedule", "dtype",
+          "trim_vocabulary", "early_stopping_patience"]
+# How a pruned model recovered groups too (null: rows written before these columns, the study's recovery), and
+# how its teacher trained when not as the student did.
+RECOVERY = ["init", "recovery", "distill_temperature", "distill_alpha", "distill_beta", "partial_layers",
+            "teacher_epochs", "teacher_patience"]
+# Rows written before a column existed trained as this value says (upgrade_training's values).
+UPGRADED = {"variant": "'fp32'", "dtype": "'auto'", "trim_vocabulary": "false", "early_stopping_patience": "0"}
 # A variant (int8, ONNX) of a trained model is a configuration of its own; rows older than variants are fp32.
 GROUP = ["task", "model", "num_layers", "lora", "lora_train_head", "learning_rate", "epochs", "batch_size",
          "max_length", *RECIPE, *RECOVERY, "strategy", "strategy_n", "kept_layers", "variant"]
@@ -47,7 +53,7 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     stds = ", ".join(f'stddev_samp("{m}") AS "{m}_std"' for m in STD)
     same = ", ".join(f'max("{m}") AS "{m}"' for m in SAME)
     every = ", ".join(f'bool_and("{m}") AS "{m}"' for m in EVERY)
-    selected = ", ".join("coalesce(variant, 'fp32') AS variant" if c == "variant" else f'"{c}"' for c in columns)
+    selected = ", ".join(f'coalesce("{c}", {UPGRADED[c]}) AS "{c}"' if c in UPGRADED else f'"{c}"' for c in columns)
     keys = ", ".join(f'"{c}"' for c in GROUP)
     # One row per training (a trial re-run by hand keeps its latest result), then seeds aggregated.
     sql = f"""

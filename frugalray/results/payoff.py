@@ -19,7 +19,7 @@ training's and the evaluation's (kWh).
 from __future__ import annotations
 
 from frugalray.results.grid_rows import grid_cells, grid_seq_len, read_grid
-from frugalray.results.rows import (at_base_settings, is_full, label, ratio, score, latency_kind, recovery_label,
+from frugalray.results.rows import (at_base_settings, full_model, is_full, label, ratio, score, latency_kind, recovery_label,
                                      study_recovery, view)
 
 SHARES = (0.98, 0.95, 0.90)
@@ -64,7 +64,7 @@ def payoff(rows: list[dict], base: dict, reference: list[dict], store=None, **_)
         fulls = [r for r in mine if is_full(r) and not r["lora"] and r.get("variant", "fp32") == "fp32"]
         if not fulls:
             continue
-        full = max(fulls, key=lambda r: r["seeds"])
+        full = full_model(fulls)
         seq_len = grid_seq_len(grid, model)
         measured = [(r, speedups(r, full, grid, seq_len)) for r in mine]
         for share in SHARES:

@@ -11,7 +11,7 @@ computed. Choices are made on dev F1 and reported on test F1.
 
 from __future__ import annotations
 
-from frugalray.results.rows import (at_base_settings, base_settings, is_full, ratio, stats, recovery_label,
+from frugalray.results.rows import (at_base_settings, base_settings, full_model, ratio, stats, recovery_label,
                                      study_recovery, view)
 
 TARGET = 0.99  # the share of the full model's quality a recovery must keep
@@ -23,13 +23,15 @@ def recovery(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
     out = []
     for task, model in sorted({(r["task"], r["model"]) for r in rows}):
         mine = [r for r in rows if (r["task"], r["model"]) == (task, model) and at_base_settings(r, base, any_recovery=True)]
-        full = next((r for r in mine if is_full(r) and not r["lora"] and study_recovery(r)), None)
+        full = full_model([r for r in mine if study_recovery(r)])
         students = {tuple(r["kept_layers"]) for r in mine if not study_recovery(r)}
         for kept in sorted(students, key=lambda k: (len(k), k)):
             for r in sorted((r for r in mine if tuple(r["kept_layers"]) == kept), key=lambda r: -(r["dev_f1"] or 0)):
                 out.append({
                     "task": task, "model": model, "kept_layers": list(kept), "n_kept_layers": len(kept),
                     "recovery": recovery_label(r), "seeds": r["seeds"], "full_seeds": full and full["seeds"],
+                    "full_epochs": full and full["epochs"],
+                    "full_patience": full and full["early_stopping_patience"],
                     **stats(r), "degenerate": r["degenerate"],
                     "dev_f1": r["dev_f1"], "f1_vs_full": ratio(r["f1"], full and full["f1"]),
                     "dev_f1_vs_full": ratio(r["dev_f1"], full and full["dev_f1"]),

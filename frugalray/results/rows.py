@@ -58,16 +58,31 @@ def is_full(row: dict) -> bool:
 
 
 def base_settings(rows: list[dict]) -> dict[tuple[str, str], tuple]:
-    """Per (task, model): the settings of most full-model full fine-tuning runs (else of most runs)."""
+    """Per (task, model): the settings of most full-model full fine-tuning runs trained for all their epochs
+    (else of most runs: a sweep whose full model alone trained to convergence has the others' settings)."""
     out = {}
     for key in {(r["task"], r["model"]) for r in rows}:
         mine = [r for r in rows if (r["task"], r["model"]) == key and not r["lora"]]
-        pool = [r for r in mine if is_full(r)] or mine or [r for r in rows if (r["task"], r["model"]) == key]
+        pool = ([r for r in mine if is_full(r) and not r["early_stopping_patience"]] or mine
+                or [r for r in rows if (r["task"], r["model"]) == key])
         counts = Counter()
         for r in pool:
             counts[tuple(r[s] for s in BASE)] += r["seeds"]
         out[key] = max(counts, key=lambda k: (counts[k], k[0] or 0))
     return out
+
+
+def converged(row: dict) -> bool:
+    """Whether a row is the full model trained until dev stopped improving (early stopping, non-LoRA): the
+    reference a study's students compare with (``SweepConfig.full_model_epochs``), whatever its epochs."""
+    return is_full(row) and not row["lora"] and bool(row.get("early_stopping_patience"))
+
+
+def full_model(rows: list[dict]) -> dict | None:
+    """The full model among the full-model rows of one task and model at base settings: the one trained to
+    convergence when there is one, else the one with the most seeds."""
+    fulls = [r for r in rows if is_full(r) and not r["lora"]]
+    return max(fulls, key=lambda r: (converged(r), r["seeds"])) if fulls else None
 
 
 def study_recovery(row: dict) -> bool:
@@ -87,7 +102,9 @@ def recovery_label(row: dict) -> str:
         method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g})"
     elif method == "partial":
         method += f"(k={row['partial_layers']})"
-    return f"{init}+{method}" + ("+lora" if row["lora"] else "")
+    teacher = row.get("teacher_epochs")
+    teacher = f"[teacher <={teacher} epochs, patience {row.get('teacher_patience') or 0}]" if teacher else ""
+    return f"{init}+{method}" + ("+lora" if row["lora"] else "") + teacher
 
 
 def at_base_settings(row: dict, base: dict, ignore: tuple[str, ...] = (), any_recovery: bool = False) -> bool:
@@ -95,6 +112,8 @@ def at_base_settings(row: dict, base: dict, ignore: tuple[str, ...] = (), any_re
     unless ``any_recovery``, recovered as the study did (the recovery view compares the other recoveries)."""
     if not any_recovery and not study_recovery(row):
         return False
+    if converged(row):  # the full model trained to convergence stands for the full model at these settings
+        ignore = (*ignore, "epochs", "early_stopping_patience")
     for name, value in zip(BASE, base[(row["task"], row["model"])]):
         if name in ignore or (name == "learning_rate" and row["lora"]):
             continue

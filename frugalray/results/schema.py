@@ -88,6 +88,9 @@ class TrialResult:
     distill_alpha: float | None = column(_FLOAT, "weight of the label loss")
     distill_beta: float | None = column(_FLOAT, "weight of the hidden-state cosine loss")
     partial_layers: int | None = column(_INT32, "partial: the last k kept layers that trained")
+    teacher_epochs: int | None = column(_INT32, "the most epochs the teacher trained, when not the trial's own "
+                                                "(null: as the trial's training settings)")
+    teacher_patience: int | None = column(_INT32, "with teacher_epochs: the teacher's early-stopping patience")
     teacher_trial_id: str | None = column(_STRING, "the fine-tuned full model this trial started or learnt from")
     teacher_seconds: float | None = column(_FLOAT, "the teacher's own training seconds (shared by its students)")
     teacher_logits_seconds: float | None = column(_FLOAT, "seconds this trial spent computing the teacher's logits")

@@ -31,7 +31,7 @@ import pyarrow as pa
 from frugalray._registry import FrugalrayError
 from frugalray.results import payoff, recovery_view  # noqa: F401 (their views register with the rest)
 from frugalray.results.aggregate import BASE, aggregate
-from frugalray.results.rows import (VIEWS, View, at_base, at_base_settings, base_settings, cost, delta, is_full,
+from frugalray.results.rows import (VIEWS, View, at_base, at_base_settings, base_settings, cost, delta, full_model, is_full,
                                     label, latency_kind, ratio, score, stats, study_match, study_row_name, view)
 from frugalray.results.store import ResultsStore
 from frugalray.strategies import balanced_epochs
@@ -59,7 +59,7 @@ def budget(rows: list[dict], base: dict, reference: list[dict], budgets: list[in
     pool = [r for r in rows if not r["lora"] and at_base_settings(r, base)]
     for task, model in sorted({(r["task"], r["model"]) for r in pool}):
         mine = [r for r in pool if (r["task"], r["model"]) == (task, model)]
-        full = next((r for r in mine if is_full(r)), None)
+        full = full_model(mine)
         layers = mine[0]["num_layers"]
         sizes = budgets or sorted({r["n_kept_layers"] for r in mine if r["n_kept_layers"] < layers})
         for size in sizes:
@@ -130,7 +130,7 @@ def balanced(rows: list[dict], base: dict, reference: list[dict], **_) -> list[d
         if r["lora"] or is_full(r) or not at_base_settings(r, base, ignore=("epochs",)) or at_base_settings(r, base):
             continue  # balanced rows: full fine-tuning of a pruned model at the base settings but other epochs
         same = [f for f in rows if not f["lora"] and at_base_settings(f, base) and (f["task"], f["model"]) == (r["task"], r["model"])]
-        full = next((f for f in same if is_full(f)), None)
+        full = full_model(same)
         pruned = next((f for f in same if f["kept_layers"] == r["kept_layers"]), None)
         base_epochs = base[(r["task"], r["model"])][0]
         expected = None
@@ -164,6 +164,7 @@ def baselines(rows: list[dict], base: dict, reference: list[dict], **_) -> list[
         out.append({
             "task": r["task"], "model": r["model"], "lora": r["lora"], "learning_rate": r["learning_rate"],
             "seeds": r["seeds"], **stats(r), "degenerate": r["degenerate"], "majority_f1": r["majority_f1"],
+            "epochs": r["epochs"], "early_stopping_patience": r["early_stopping_patience"],
             "accuracy": r["accuracy"], **cost(r), "latency_ms": r["latency_ms"], "latency_kind": latency_kind(r),
             "model_mib": r["model_mib"], "study_f1": study["f1"] if study else None,
             "study_row": study_row_name(study),

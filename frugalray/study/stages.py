@@ -3,7 +3,8 @@ task's stages it waits for. Adding a stage is one registered function here; the 
 progress, ``SweepConfig`` and the command line read the registry. No torch, no Ray.
 
 Per task (each trial for every seed):
-  1. ``single``: full + single(k) for every layer k;
+  1. ``single``: full + single(k) for every layer k (the full model trained to convergence on dev when the
+     sweep sets ``full_model_epochs``);
   2. ``strategies``: every registered strategy the sweep gives N values for (first/last, the alternate
      family, drop_middle/drop_ends, and best/drop_worst ranked by the task's own stage-1 scores);
   3. ``lora``: LoRA on the selection rule (best with <= 6 layers, best with 2 and with 3) and on the full model;
@@ -67,8 +68,10 @@ def stage(name: str, needs: tuple[str, ...] = ()):
 @stage("single")
 def single(inputs: StageInputs) -> list[Spec]:
     """The full model and every layer alone: the baseline and the per-layer scores."""
-    teacher = {"save_model": True} if "recover" in inputs.sweep.stages else {}  # students start or learn from it
-    return [("full", teacher)] + [("single", {"n": k}) for k in range(inputs.num_layers)]
+    sweep = inputs.sweep
+    teacher = {"save_model": True} if "recover" in sweep.stages else {}  # students start or learn from it
+    converged = {"training": sweep.full_training} if sweep.full_model_epochs else {}
+    return [("full", teacher | converged)] + [("single", {"n": k}) for k in range(inputs.num_layers)]
 
 
 @stage("strategies", needs=("single",))
@@ -123,7 +126,7 @@ def recover(inputs: StageInputs) -> list[Spec]:
     sets += [half] if half not in sets else []
     combos = [(init, method) for init in sweep.recover_inits for method in sweep.recover_methods
               if (init, method) != ("pretrained", "finetune")]  # the study's own recovery ran in the strategies stage
-    return [("mask", {"layers": kept, "recovery": dataclasses.replace(sweep.recovery, init=init, method=method)})
+    return [("mask", {"layers": kept, "recovery": dataclasses.replace(sweep.teacher_recovery, init=init, method=method)})
             for kept in sets for init, method in combos]
 
 

@@ -1,7 +1,8 @@
 """Recovery beyond drop-and-fine-tune: a student that starts from the fine-tuned full model (the teacher),
 learns from its logits (distillation), or trains only its last layers (partial fine-tuning).
 
-The teacher is the ``full`` trial of the same task, model, training settings and seed, trained once with
+The teacher is the ``full`` trial of the same task, model, training settings (its epochs and early stopping
+as ``RecoverySettings.teacher_epochs`` says) and seed, trained once with
 its weights kept in the store. Its logits on the training set are computed once and cached in the store
 (``teachers/<teacher trial id>/``), so every student after the first distils as cheaply as it fine-tunes.
 
@@ -39,9 +40,11 @@ class Teacher:
 
 
 def teacher_config(config: TrialConfig) -> TrialConfig:
-    """The trial whose model teaches ``config``: the full model, fine-tuned alone, same settings and seed."""
-    return TrialConfig(task=config.task, model=config.model, strategy="full", training=config.training,
-                       seed=config.seed, data_dir=config.data_dir)
+    """The trial whose model teaches ``config``: the full model, fine-tuned alone, same settings and seed (but
+    for its epochs and early stopping when the recovery says how the teacher trained)."""
+    return TrialConfig(task=config.task, model=config.model, strategy="full",
+                       training=config.recovery.teacher_training(config.training), seed=config.seed,
+                       data_dir=config.data_dir)
 
 
 # what recorded_hash needs, of the successful trained rows of the student's seed (a store may hold thousands)
@@ -64,11 +67,15 @@ def find_teacher(store, prepared, scratch: str | None = None) -> Teacher:
     if not saved:
         config = prepared.config
         state = "was trained without --save-model" if rows else "is not in the results"
+        recovery = config.recovery
+        own = (f" --training.epochs {recovery.teacher_epochs} --training.early-stopping-patience "
+               f"{recovery.teacher_patience}" if recovery.teacher_epochs else "")
         raise FrugalrayError(
-            f"recovery {config.recovery.label()} needs its teacher, the full model fine-tuned on task "
-            f"'{prepared.task.name}' with the same training settings and seed {config.seed}, with its weights kept; "
-            f"it {state}. Train it first: frugalray trial --task {config.task} --model {config.model} "
-            f"--strategy full --seed {config.seed} --save-model (and the same training options) --results ..."
+            f"recovery {recovery.label()} needs its teacher, the full model fine-tuned on task "
+            f"'{prepared.task.name}' with the same training settings{' but its epochs' if own else ''} and seed "
+            f"{config.seed}, with its weights kept; it {state}. Train it first: frugalray trial --task {config.task} "
+            f"--model {config.model} --strategy full --seed {config.seed} --save-model{own} (and the same training "
+            f"options) --results ..."
         )
     row = saved[-1]
     folder = store.fetch_folder(row["model_path"], Path(scratch or tempfile.mkdtemp(prefix="frugalray-teacher-")))

@@ -215,6 +215,40 @@ def test_the_recovery_recommendation_needs_the_full_models_seeds():
                     "run the missing seeds to compare")
 
 
+def test_students_compare_with_the_full_model_trained_to_convergence_when_there_is_one():
+    from frugalray.results.schema import table
+
+    def row(trial, kept, f1, epochs=3, patience=0, seed=0, **extra):
+        return {"trial_id": trial, "config_hash": trial, "status": "ok", "task": "ner", "model": "tiny",
+                "num_layers": 4, "strategy": "mask" if len(kept) < 4 else "full", "kept_layers": kept,
+                "n_kept_layers": len(kept), "lora": False, "learning_rate": 5e-5, "epochs": epochs,
+                "early_stopping_patience": patience, "batch_size": 16, "max_length": 128, "seed": seed, "f1": f1,
+                "dev_f1": f1, "train_seconds": 10.0 * epochs, **extra}
+
+    pruned = [row(f"p{k}", [0, 1], 0.70 + k / 100, seed=k) for k in range(3)]
+    cut = [row("full3", [0, 1, 2, 3], 0.75)]  # the full model cut at the trials' 3 epochs
+    best = [row("full10", [0, 1, 2, 3], 0.80, epochs=10, patience=2)]
+    # a full model trained 3 epochs with early stopping is not a seed of the one trained without
+    early3 = [row("early3", [0, 1, 2, 3], 0.60, patience=1)]
+    grouped = aggregate(table(pruned + cut + early3))
+    assert sorted((r["early_stopping_patience"], r["seeds"]) for r in grouped.to_pylist() if r["n_kept_layers"] == 4) \
+        == [(0, 1), (1, 1)]
+    student = [row("pft", [0, 1], 0.79, init="finetuned", recovery="finetune", teacher_trial_id="full10",
+                   teacher_seconds=100.0, teacher_epochs=10, teacher_patience=2)]
+    for rows, full in ((pruned + cut + student, 0.75), (pruned + cut + best + student, 0.80),
+                       (pruned + best + student, 0.80)):
+        view = compute_view(table(rows), "budget")
+        assert any("epochs=3" in note for note in view.notes)  # the base settings are the trials', not the full model's
+        [budget] = [r for r in view.table.to_pylist() if r["budget"] == 2]
+        assert budget["f1_vs_full"] == pytest.approx(0.71 - full)
+        [recovered] = [r for r in compute_view(table(rows), "recovery").table.to_pylist() if r["seeds"] == 1]
+        assert recovered["recovery"] == "finetuned+finetune[teacher <=10 epochs, patience 2]"
+        assert recovered["f1_vs_full"] == pytest.approx(0.79 / full)
+        assert recovered["full_epochs"] == (10 if full == 0.80 else 3)
+    baselines = compute_view(table(pruned + cut + best), "baselines").table.to_pylist()
+    assert sorted((r["epochs"], r["early_stopping_patience"]) for r in baselines) == [(3, 0), (10, 2)]
+
+
 def test_study_rows_pair_at_the_same_fraction_of_layers_never_by_n_alone(tmp_path):
     """A 6-layer model's rows meet the 12-layer study's at the same depth: our best 3 is the study's best 6, and
     our drop_worst 5 (1 layer left) has no study row, though the study has a drop_worst 5 (7 layers left)."""

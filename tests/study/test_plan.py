@@ -1,5 +1,6 @@
 """The staged plan without Ray: trials are run in-process with the simulated runner."""
 
+import dataclasses
 import io
 from datetime import timedelta
 from pathlib import Path
@@ -192,6 +193,9 @@ def test_an_unknown_task_fails_before_any_data_is_read(tmp_path, tiny_model):
     ({"save_models": ("loras",)}, r"save_models: Unknown stage 'loras'. Did you mean 'lora'\? Available: balanced, lora, recover, single, strategies"),
     ({"seeds": ()}, "at least one seed"),
     ({"data_dirs": {"ftb_pos": "/x"}}, "does not run"),
+    ({"full_model_epochs": -1}, "full_model_epochs must be >= 0"),
+    ({"full_model_epochs": 6, "full_model_patience": 0}, "full_model_patience >= 1"),
+    ({"recovery": {"teacher_epochs": 6}}, "set full_model_epochs and full_model_patience instead"),
 ])
 def test_bad_sweep_settings_fail_before_anything_runs(tmp_path, tiny_model, values, message):
     with pytest.raises(FrugalrayError, match=message):
@@ -260,6 +264,39 @@ def test_a_full_model_trained_without_its_weights_trains_again_for_the_recover_s
     teacher = next(r for r in rows if r["strategy"] == "full" and r["model_path"])
     students = [r for r in rows if r["stage"] == "recover"]
     assert students and all(r["status"] == "ok" and r["teacher_trial_id"] == teacher["trial_id"] for r in students)
+
+
+def test_a_converged_full_model_is_the_baseline_and_the_teacher_of_the_students(tmp_path, tiny_model):
+    sweep = _sweep(tmp_path, tiny_model, stages=("single", "strategies", "recover"), lora_max_layers=3,
+                   lora_sizes=(2,), recover_methods=("finetune",), recover_inits=("finetuned",),
+                   full_model_epochs=5, full_model_patience=1)
+    plan = StudyPlan(sweep, ResultsStore(tmp_path / "r"))
+    _run(plan)
+    assert plan.finished()
+    rows = _rows(plan.store)
+    [full] = [r for r in rows if r["strategy"] == "full"]  # one full model: the converged one
+    assert (full["epochs"], full["early_stopping_patience"], full["model_path"] is not None) == (5, 1, True)
+    others = [r for r in rows if r["strategy"] != "full" and r["stage"] != "recover"]
+    assert others and all((r["epochs"], r["early_stopping_patience"]) == (3, 0) for r in others)
+    students = [r for r in rows if r["stage"] == "recover"]
+    assert students and all(r["status"] == "ok" and r["teacher_trial_id"] == full["trial_id"]
+                            and (r["epochs"], r["teacher_epochs"], r["teacher_patience"]) == (3, 5, 1) for r in students)
+    from frugalray.results.views import compute_view
+
+    budget = compute_view(plan.store, "budget").table.to_pylist()  # compared with the converged model
+    assert budget and all(r["f1_vs_full"] == pytest.approx(r["f1"] - full["f1"]) for r in budget)
+    recovery = compute_view(plan.store, "recovery").table.to_pylist()
+    assert recovery and all((r["full_epochs"], r["full_patience"]) == (5, 1) for r in recovery)
+    assert {r["recovery"] for r in recovery} == {"pretrained+finetune", "finetuned+finetune[teacher <=5 epochs, patience 1]"}
+    # a student of the converged model is another configuration than one of a full model trained like itself
+    from frugalray.training.prepared import prepare_trial
+    from frugalray.training.recovery import teacher_config
+
+    student = next(p.config for p in plan.planned[("demo_pos", "recover")])
+    assert teacher_config(student).training == sweep.full_training
+    plain = dataclasses.replace(student, recovery=dataclasses.replace(student.recovery, teacher_epochs=0, teacher_patience=0))
+    assert teacher_config(plain).training == sweep.training
+    assert prepare_trial(plain).config_hash != prepare_trial(student).config_hash
 
 
 def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):

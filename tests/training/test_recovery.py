@@ -106,6 +106,7 @@ def test_a_student_without_its_teacher_is_a_clear_error(tmp_path, tiny_model, ne
     (dict(lora=LoraSettings(), recovery=RecoverySettings(method="partial")), "'partial' trains whole layers"),
     (dict(strategy="full", recovery=RecoverySettings(method="distill")), "the full model itself has nothing"),
     (dict(recovery={"method": "distil"}), "method must be one of 'finetune', 'distill', 'partial', got 'distil'"),
+    (dict(recovery={"init": "finetuned", "teacher_patience": 2}), "teacher_patience=2 needs teacher_epochs"),
 ])
 def test_recoveries_that_do_not_combine_are_refused(values, message):
     with pytest.raises(FrugalrayError, match=message):
@@ -122,3 +123,7 @@ def test_recovery_changes_the_configuration_hash_and_the_study_recovery_does_not
     assert len(hashes) == 6
     # settings of another method do not change a run
     assert prepare_trial(_student(tiny_model, ner_task_file, temperature=9.0)).config_hash == plain
+    # how the teacher trained changes a student of the teacher, and nothing else
+    assert prepare_trial(_student(tiny_model, ner_task_file, teacher_epochs=9)).config_hash == plain
+    taught = prepare_trial(_student(tiny_model, ner_task_file, init="finetuned")).config_hash
+    assert prepare_trial(_student(tiny_model, ner_task_file, init="finetuned", teacher_epochs=9)).config_hash != taught
