@@ -155,7 +155,7 @@ def report(
 
 
 def export(location: Location, trial: str, out: str, force: bool = False, no_check: bool = False, int8: bool = False,
-           onnx: bool = False, int8_fp32: str = "auto") -> int:
+           onnx: bool = False, int8_fp32: str = "auto", int8_max_fp32_share: float | None = None) -> int:
     """Write a trial's pruned model (LoRA merged) as a plain Hugging Face folder, or a smaller form of it.
 
     Example: frugalray export results/quick --trial TRIAL_ID --out exported/ --int8
@@ -176,6 +176,8 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
             until dev F1 is within half a point of fp32), agreement (chosen greedily on how well the int8
             model reproduces the fp32 model's predictions on dev and up to 2,000 training sentences, no label
             used: a group stays fp32 only if it brings back more than 1 point of that agreement F1), none (every Linear int8), or groups such as classifier,layer.2.output.
+        int8_max_fp32_share: With auto or agreement: the largest share of the Linear layers' weights (so of their
+            multiply-adds) the kept groups may have, e.g. 0.34: at most three of a 3-layer MiniLM's nine groups.
     """
     from frugalray.deploy.export import export_trial
     from frugalray.results.store import ResultsStore
@@ -183,7 +185,7 @@ def export(location: Location, trial: str, out: str, force: bool = False, no_che
     from frugalray.deploy.int8 import parse_choice
 
     done = export_trial(ResultsStore(location), trial, out, check=not no_check, force=force, int8=int8, onnx=onnx,
-                        int8_fp32=parse_choice(int8_fp32))
+                        int8_fp32=parse_choice(int8_fp32), int8_max_fp32_share=int8_max_fp32_share)
     check = ("" if done["max_logit_difference"] is None
              else f"; max logit difference vs the trained model {done['max_logit_difference']:.1e}")
     print(f"Exported trial {done['trial_id']} (kept layers {done['kept_layers']}, {done['parameters']:,} parameters"

@@ -51,13 +51,15 @@ def find_trial(store: ResultsStore, trial: str) -> dict:
 
 
 def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool = True, force: bool = False,
-                 int8: bool = False, onnx: bool = False, int8_fp32: str | list[str] = "auto") -> dict:
+                 int8: bool = False, onnx: bool = False, int8_fp32: str | list[str] = "auto",
+                 int8_max_fp32_share: float | None = None) -> dict:
     """Write trial ``trial``'s model (pruned, LoRA merged) as a plain HF folder at ``out``.
 
     With ``int8`` and/or ``onnx`` the export is that variant (``frugalray.deploy.variants``): it is evaluated
     on the task's test and dev sets and stored as a row of ``store`` (``variant_row``), beside the source's F1.
     For torch int8, ``int8_fp32`` names the groups of Linear layers that stay fp32, or ``auto`` (chosen on dev F1),
-    ``agreement`` (chosen on agreement with the fp32 model; ``frugalray.deploy.int8``) or ``none``.
+    ``agreement`` (chosen on agreement with the fp32 model; ``frugalray.deploy.int8``) or ``none``; a choice keeps
+    at most ``int8_max_fp32_share`` of the Linear weights fp32 when that is given.
 
     ``out`` may be new, empty or an earlier export (whose files are replaced); another non-empty folder
     needs ``force`` (its files are kept). Returns what was written: trial row, output folder, parameters
@@ -67,6 +69,11 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
     >>> export_trial(ResultsStore("results/"), "3f2a9c01", "exported/")["kept_layers"]   # doctest: +SKIP
     [0, 1, 5]
     """
+    if int8_max_fp32_share is not None and not (int8 and not onnx and int8_fp32 in ("auto", "agreement")
+                                                and 0 <= int8_max_fp32_share <= 1):
+        raise FrugalrayError(f"--int8-max-fp32-share {int8_max_fp32_share}: a share from 0 to 1 of the Linear weights, "
+                             f"for torch int8 (--int8 without --onnx) whose fp32 groups are chosen (--int8-fp32 auto "
+                             f"or agreement)")
     row = _exportable(store, trial)
     out = Path(out)
     _check_out(out, force)
@@ -92,7 +99,8 @@ def export_trial(store: ResultsStore, trial: str, out: str | Path, check: bool =
         difference = _write(model, folder, out, manifest, (expected, inputs) if check else None)
     from frugalray.model.surgery import parameter_count
 
-    evaluated = evaluate_variant(store, row["trial_id"], out, int8_fp32) if variant != "fp32" else None
+    evaluated = (evaluate_variant(store, row["trial_id"], out, int8_fp32, int8_max_fp32_share)
+                 if variant != "fp32" else None)
     return {"trial_id": row["trial_id"], "out": str(out), "kept_layers": manifest["kept_layers"],
             "lora_merged": manifest["lora"], "parameters": parameter_count(model), "max_logit_difference": difference,
             "variant": variant, "source_f1": row["f1"], "variant_row": evaluated}

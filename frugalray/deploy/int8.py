@@ -16,6 +16,11 @@ when no group helps, or at ``max_groups``. Two scores (``--int8-fp32``):
   speed; agreement rarely reaches fp32's own, as int8 moves a few borderline predictions everywhere), and
   the choice stops within 1 point of full agreement.
 
+A budget (``max_fp32_share``, ``--int8-max-fp32-share``) caps what the kept groups may cost: their share of the
+Linear layers' weights, so of their multiply-adds (``frugalray.model.quantize.group_shares``; in MiniLM each
+attention or feed-forward group of a layer is the same size, the head almost nothing). Only groups that fit
+in what is left are tried, so the choice trades the last fraction of a point for the speed int8 was for.
+
 Every step is recorded in the export's manifest (``int8_choice``), and the groups (``int8_fp32_groups``) are
 applied whenever the export is loaded, timed (``frugalray bench-latency --model EXPORT``) or evaluated.
 
@@ -38,18 +43,25 @@ MIN_GAIN = {"auto": 0.0, "agreement": 0.01}  # what a group must bring back to s
 
 def choose_fp32_groups(model, score: Callable[[object], float], tolerance: float = 0.005,
                        max_groups: int | None = None, name: str = "dev_f1",
-                       min_gain: float = 0.0) -> tuple[list[str], list[dict]]:
+                       min_gain: float = 0.0, max_fp32_share: float | None = None) -> tuple[list[str], list[dict]]:
     """The groups to keep fp32 (greedy on ``score``, e.g. the dev F1 of a model) and the steps that chose them,
-    each with its score and the fp32 model's (keys ``name`` and ``fp32_<name>``). A group is kept only if
-    it raises the score by more than ``min_gain``."""
-    from frugalray.model.quantize import dynamic_int8, int8_groups
+    each with its score and the fp32 model's (keys ``name`` and ``fp32_<name>``) and the kept groups' share of
+    the Linear weights (``fp32_share``). A group is kept only if it raises the score by more than ``min_gain``
+    and, with ``max_fp32_share``, only if the kept groups' share stays within it."""
+    from frugalray.model.quantize import dynamic_int8, group_shares
 
     reference = score(model)
+    shares = group_shares(model)
     kept: list[str] = []
     current = score(dynamic_int8(model, kept))
-    steps = [{"fp32_groups": [], name: current, f"fp32_{name}": reference}]
-    candidates = int8_groups(model)
+    steps = [{"fp32_groups": [], name: current, f"fp32_{name}": reference, "fp32_share": 0.0}]
+    candidates = list(shares)
     while reference - current > tolerance and candidates and (max_groups is None or len(kept) < max_groups):
+        spent = sum(shares[group] for group in kept)
+        if max_fp32_share is not None:
+            candidates = [group for group in candidates if spent + shares[group] <= max_fp32_share + 1e-9]
+            if not candidates:
+                break
         tried = {group: score(dynamic_int8(model, kept + [group])) for group in candidates}
         best = max(candidates, key=lambda group: tried[group])  # ties: the earlier group
         if tried[best] - current <= min_gain:
@@ -57,7 +69,8 @@ def choose_fp32_groups(model, score: Callable[[object], float], tolerance: float
         kept.append(best)
         candidates.remove(best)
         current = tried[best]
-        steps.append({"fp32_groups": list(kept), name: current, f"fp32_{name}": reference})
+        steps.append({"fp32_groups": list(kept), name: current, f"fp32_{name}": reference,
+                      "fp32_share": round(spent + shares[best], 6)})
     return kept, steps
 
 

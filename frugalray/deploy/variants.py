@@ -107,11 +107,13 @@ def size_mib(model, variant: str) -> float:
     return parameter_mib(model)
 
 
-def evaluate_variant(store, source_id: str, folder: str | Path, int8_fp32: str | list[str] = "auto"):
+def evaluate_variant(store, source_id: str, folder: str | Path, int8_fp32: str | list[str] = "auto",
+                     max_fp32_share: float | None = None):
     """Evaluate the export in ``folder`` (of trial ``source_id``) on its task's test and dev sets, on CPU, and
     append its row to ``store``; returns the row (a TrialResult). For torch int8, ``int8_fp32`` says which
     groups of Linear layers stay fp32: chosen on dev F1 (``auto``) or on agreement with the fp32 model
-    (``agreement``; ``frugalray.deploy.int8``), none, or those listed; the choice is written into the export's manifest first."""
+    (``agreement``; ``frugalray.deploy.int8``), none, or those listed, within ``max_fp32_share`` of the Linear
+    weights when given; the choice is written into the export's manifest first."""
     from frugalray.data.labels import majority_baseline
     from frugalray.results.schema import TrialResult
     from frugalray.training.columns import energy_columns, quality_columns
@@ -123,7 +125,7 @@ def evaluate_variant(store, source_id: str, folder: str | Path, int8_fp32: str |
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     source, config, task, data = _variant_data(store, source_id, folder)
     if json.loads((Path(folder) / _manifest_name()).read_text()).get("variant") == "int8":
-        _choose_int8(folder, data, int8_fp32)
+        _choose_int8(folder, data, int8_fp32, max_fp32_share)
     model, manifest = load_variant(folder)
     variant, groups = manifest.get("variant", "fp32"), manifest.get("int8_fp32_groups") or []
     with running("export"), measured_energy(config.training.energy, config.training.energy_country, "cpu") as energy:
@@ -207,7 +209,7 @@ def _variant_data(store, source_id: str, folder):
     return source, config, task, _Data(task, AutoTokenizer.from_pretrained(folder), config)
 
 
-def _choose_int8(folder, data: _Data, int8_fp32) -> None:
+def _choose_int8(folder, data: _Data, int8_fp32, max_fp32_share: float | None = None) -> None:
     """Record in the manifest which groups stay fp32: chosen on dev F1 (``auto``) or on agreement with the
     fp32 model (``agreement``), none, or the given ones."""
     from frugalray.deploy.int8 import MIN_GAIN, TOLERANCE, choose_fp32_groups, record_choice
@@ -223,8 +225,10 @@ def _choose_int8(folder, data: _Data, int8_fp32) -> None:
         score, name = data.agreement(model), "agreement_f1"
     else:
         score, name = (lambda candidate: data.score(candidate, "dev")["f1"]), "dev_f1"
-    groups, steps = choose_fp32_groups(model, score, TOLERANCE[int8_fp32], name=name, min_gain=MIN_GAIN[int8_fp32])
-    record_choice(Path(folder), groups, [step | {"criterion": int8_fp32} for step in steps])
+    groups, steps = choose_fp32_groups(model, score, TOLERANCE[int8_fp32], name=name, min_gain=MIN_GAIN[int8_fp32],
+                                       max_fp32_share=max_fp32_share)
+    record_choice(Path(folder), groups, [step | {"criterion": int8_fp32, "max_fp32_share": max_fp32_share}
+                                         for step in steps])
 
 
 def _manifest_name() -> str:

@@ -296,6 +296,34 @@ def test_int8_groups_kept_fp32_are_chosen_greedily_on_dev_and_stop_once_within_t
     assert choose_fp32_groups(model, lambda candidate: 0.5)[0] == []  # nothing lost, nothing kept
 
 
+def test_a_budget_keeps_only_the_fp32_groups_that_fit_in_it():
+    """Shares are of the Linear weights: here a layer's attention has 4 h x h weights, its feed-forward input and
+    output 2 h x h each (intermediate size 2 h); the head is a sliver."""
+    from frugalray.deploy.int8 import choose_fp32_groups
+    from frugalray.model.quantize import group_shares, int8_groups
+    from frugalray.testing import tiny_config
+
+    model = AutoModelForTokenClassification.from_config(tiny_config("camembert", 3))
+    shares = group_shares(model)
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["classifier"] < 0.01
+    assert shares["layer.0.attention"] == pytest.approx(2 * shares["layer.0.output"], rel=0.05)
+    assert shares["layer.0.output"] == pytest.approx(shares["layer.2.intermediate"], rel=0.05)
+    cost = {"layer.1.output": 0.03, "layer.0.output": 0.02, "layer.2.attention": 0.01, "classifier": 0.004}
+
+    def score(candidate):
+        quantized = {g for g in int8_groups(model) for name, m in candidate.named_modules()
+                     if type(m).__module__.startswith("torch.ao") and f".{g}." in f".{name}."}
+        return 0.8 - sum(cost.get(g, 0.0) for g in quantized)
+
+    unbounded, _ = choose_fp32_groups(model, score, tolerance=0.001)
+    assert unbounded == ["layer.1.output", "layer.0.output", "layer.2.attention", "classifier"]
+    # two feed-forward outputs fit in a quarter of the weights, the head beside them; an attention does not
+    groups, steps = choose_fp32_groups(model, score, tolerance=0.001, max_fp32_share=0.25)
+    assert groups == ["layer.1.output", "layer.0.output", "classifier"]
+    assert steps[-1]["fp32_share"] == pytest.approx(sum(shares[g] for g in groups)) and steps[-1]["fp32_share"] <= 0.25
+    assert choose_fp32_groups(model, score, tolerance=0.001, max_fp32_share=0.0)[0] == []
+
+
 def test_the_agreement_score_compares_with_the_fp32_models_own_predictions_on_dev_and_training_sentences(
         tmp_path, saved, monkeypatch):
     """No gold label counts: a candidate is scored against the reference's predictions, on dev + train."""
@@ -335,6 +363,18 @@ def test_the_agreement_score_compares_with_the_fp32_models_own_predictions_on_de
     assert data.agreement(reference)(candidate) == pytest.approx(expected)
     data.agreement(reference, limit=1)
     assert len(task.train) > 1 and read[-1] == len(task.dev) + 1  # at most ``limit`` training sentences
+
+
+def test_an_int8_budget_is_recorded_and_a_budget_without_a_choice_is_refused(tmp_path, saved, capsys):
+    store, trial = saved
+    assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "int8"), "--int8",
+                 "--int8-fp32", "agreement", "--int8-max-fp32-share", "0.2"]) == 0
+    manifest = json.loads((tmp_path / "int8" / "frugalray_trial.json").read_text())
+    assert all(step["max_fp32_share"] == 0.2 and step["fp32_share"] <= 0.2 for step in manifest["int8_choice"])
+    assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "none"), "--int8",
+                 "--int8-fp32", "none", "--int8-max-fp32-share", "0.2"]) == 2
+    assert "--int8-max-fp32-share 0.2: a share from 0 to 1" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
 
 
 @pytest.mark.parametrize("choice", ["auto", "agreement", "none", "classifier"])
