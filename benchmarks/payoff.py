@@ -4,6 +4,7 @@
     python benchmarks/payoff.py                  # wnut16, 3 epochs, 20 timed rounds
     python benchmarks/payoff.py --demo           # the shipped French demo NER corpus instead
     python benchmarks/payoff.py --epochs 1 --limit small   # a check that it runs (minutes), not a measurement
+    python benchmarks/payoff.py --epochs 10 --patience 2   # each model trained until dev stops improving
 
 Latency: MiniLM (6 layers) in full against its first 3 layers, each in fp32 and torch dynamic int8 (and ONNX
 Runtime fp32/int8 when the 'onnx' extra is installed), at batch 1 and 32 x 128 tokens, measured by
@@ -64,12 +65,13 @@ def measure_latency(variants: tuple[str, ...], repeats: int, threads: int | None
 
 
 def measure_quality(task: str, variants: tuple[str, ...], epochs: int, max_length: int, seed: int,
-                    folder: Path, recipe: str) -> dict:
+                    folder: Path, recipe: str, patience: int = 0) -> dict:
     from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
     from frugalray.deploy.export import export_trial
 
     store = ResultsStore(folder / "results")
-    training = TrainingSettings(epochs=epochs, max_length=max_length, **RECIPES[recipe])
+    training = TrainingSettings(epochs=epochs, max_length=max_length, early_stopping_patience=patience,
+                                **RECIPES[recipe])
     scores = {}
     for layer_set, strategy, n in (("full", "full", None), (f"first_{HALF}", "first", HALF)):
         trained = execute_trial(TrialConfig(task=task, model=MODEL, strategy=strategy, n=n, training=training,
@@ -103,6 +105,8 @@ def main() -> int:
     parser.add_argument("--task", default="wnut16", help="a registered task or task file (default: wnut16)")
     parser.add_argument("--demo", action="store_true", help="use the shipped demo_ner corpus instead of --task")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--patience", type=int, default=0,
+                        help="train until dev F1 stops improving for this many epochs, at most --epochs (0: every epoch)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--recipe", choices=list(RECIPES), default="default",
                         help=RECIPE_HELP + "; the README's tables of this benchmark: trainer")
@@ -127,7 +131,8 @@ def main() -> int:
         grid = tuple("int8" if v == "int8-all" else v for v in variants if v != "int8")
         timings = {(s, "int8-all" if v == "int8" else v, b): r
                    for (s, v, b), r in measure_latency(grid, limit["repeats"] or args.repeats, args.threads).items()}
-        scores = measure_quality(task, variants, args.epochs, limit["max_length"], args.seed, folder, args.recipe)
+        scores = measure_quality(task, variants, args.epochs, limit["max_length"], args.seed, folder, args.recipe,
+                                 args.patience)
         time_exports(folder, limit["repeats"] or args.repeats, args.threads, timings)
     report(timings, scores, variants, args, task)
     return 0
@@ -138,7 +143,9 @@ def report(timings: dict, scores: dict, variants: tuple[str, ...], args, task: s
     print(f"{first['hardware']}; {first['threads']} threads, isolated process; torch {first['torch_version']}, "
           f"onnxruntime {first['onnxruntime_version'] or '-'}; median of {first['repeats']} alternating rounds, "
           f"seq 128; speedups against the full fp32 model")
-    print(f"quality: {task}, {args.epochs} epoch(s), seed {args.seed}; F1 delta against the same trained "
+    trained = ", ".join(f"{s} trained {scores[(s, 'fp32')]['epochs_trained'] or args.epochs}" for s in ("full", f"first_{HALF}"))
+    stopping = f" until dev stops improving for {args.patience} ({trained})" if args.patience else ""
+    print(f"quality: {task}, {args.epochs} epoch(s){stopping}, seed {args.seed}; F1 delta against the same trained "
           f"model in fp32\n")
     print(f"{'model':9} {'variant':10} {'x b1':>6} {'x b32':>6} {'ideal':>6} {'test F1':>8} {'vs fp32':>8} "
           f"{'MiB':>7} {'train kWh':>10}")
