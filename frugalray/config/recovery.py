@@ -63,6 +63,11 @@ class RecoverySettings(Settings):
         return self.init == "finetuned" or self.method == "distill"
 
     @property
+    def teacher_trained_apart(self) -> bool:
+        """Whether the trial has a teacher that did not train with the trial's own training settings."""
+        return self.needs_teacher and bool(self.teacher_epochs)
+
+    @property
     def is_default(self) -> bool:
         return self.init == "pretrained" and self.method == "finetune"
 
@@ -72,7 +77,7 @@ class RecoverySettings(Settings):
         if self.is_default:
             return None
         fields = {"distill": ("temperature", "alpha", "beta"), "partial": ("partial_layers",)}.get(self.method, ())
-        teacher = ("teacher_epochs", "teacher_patience") if self.needs_teacher and self.teacher_epochs else ()
+        teacher = ("teacher_epochs", "teacher_patience") if self.teacher_trained_apart else ()
         return {"init": self.init, "method": self.method, **{name: getattr(self, name) for name in fields + teacher}}
 
     def teacher_training(self, training):

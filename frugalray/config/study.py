@@ -220,12 +220,8 @@ class SweepConfig(Settings):
 
     @property
     def full_training(self) -> TrainingSettings:
-        """How the full model (fully fine-tuned) trains: to convergence on dev with ``full_model_epochs``."""
-        if not self.full_model_epochs:
-            return self.training
-        from dataclasses import replace
-
-        return replace(self.training, epochs=self.full_model_epochs, early_stopping_patience=self.full_model_patience)
+        """How the full model (fully fine-tuned) trains: as the teacher of the recover stage's students."""
+        return self.teacher_recovery.teacher_training(self.training)
 
     @property
     def teacher_recovery(self) -> RecoverySettings:

@@ -19,8 +19,8 @@ training's and the evaluation's (kWh).
 from __future__ import annotations
 
 from frugalray.results.grid_rows import grid_cells, grid_seq_len, read_grid
-from frugalray.results.rows import (at_base_settings, full_model, is_full, label, ratio, score, latency_kind, recovery_label,
-                                     study_recovery, view)
+from frugalray.results.rows import (at_base_settings, full_model, is_full, label, ratio, score, latency_kind,
+                                     recovery_label, study_recovery, view)
 
 SHARES = (0.98, 0.95, 0.90)
 

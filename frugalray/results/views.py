@@ -31,8 +31,9 @@ import pyarrow as pa
 from frugalray._registry import FrugalrayError
 from frugalray.results import payoff, recovery_view  # noqa: F401 (their views register with the rest)
 from frugalray.results.aggregate import BASE, aggregate
-from frugalray.results.rows import (VIEWS, View, at_base, at_base_settings, base_settings, cost, delta, full_model, is_full,
-                                    label, latency_kind, ratio, score, stats, study_match, study_row_name, view)
+from frugalray.results.rows import (VIEWS, View, at_base, at_base_settings, base_settings, cost, delta, full_model,
+                                    is_full, label, latency_kind, ratio, score, stats, study_match, study_row_name,
+                                    view)
 from frugalray.results.store import ResultsStore
 from frugalray.strategies import balanced_epochs
 

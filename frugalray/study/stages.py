@@ -70,8 +70,8 @@ def single(inputs: StageInputs) -> list[Spec]:
     """The full model and every layer alone: the baseline and the per-layer scores."""
     sweep = inputs.sweep
     teacher = {"save_model": True} if "recover" in sweep.stages else {}  # students start or learn from it
-    converged = {"training": sweep.full_training} if sweep.full_model_epochs else {}
-    return [("full", teacher | converged)] + [("single", {"n": k}) for k in range(inputs.num_layers)]
+    full = ("full", teacher | {"training": sweep.full_training})  # trained to convergence with full_model_epochs
+    return [full] + [("single", {"n": k}) for k in range(inputs.num_layers)]
 
 
 @stage("strategies", needs=("single",))
@@ -126,7 +126,8 @@ def recover(inputs: StageInputs) -> list[Spec]:
     sets += [half] if half not in sets else []
     combos = [(init, method) for init in sweep.recover_inits for method in sweep.recover_methods
               if (init, method) != ("pretrained", "finetune")]  # the study's own recovery ran in the strategies stage
-    return [("mask", {"layers": kept, "recovery": dataclasses.replace(sweep.teacher_recovery, init=init, method=method)})
+    recovery = sweep.teacher_recovery
+    return [("mask", {"layers": kept, "recovery": dataclasses.replace(recovery, init=init, method=method)})
             for kept in sets for init, method in combos]
 
 

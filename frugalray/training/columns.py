@@ -110,8 +110,8 @@ def recovery_columns(recovery) -> dict:
         "distill_alpha": recovery.alpha if distill else None,
         "distill_beta": recovery.beta if distill else None,
         "partial_layers": recovery.partial_layers if partial else None,
-        "teacher_epochs": recovery.teacher_epochs if recovery.needs_teacher and recovery.teacher_epochs else None,
-        "teacher_patience": recovery.teacher_patience if recovery.needs_teacher and recovery.teacher_epochs else None,
+        "teacher_epochs": recovery.teacher_epochs if recovery.teacher_trained_apart else None,
+        "teacher_patience": recovery.teacher_patience if recovery.teacher_trained_apart else None,
     }
 
 
