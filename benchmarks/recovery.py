@@ -176,20 +176,30 @@ def report(store: ResultsStore, task: str) -> None:
     [base] = [r for r in full if not r["lora"]]
     trained = [r for r in store.table().to_pylist() if r["status"] == "ok" and r["sweep"] == "recovery-benchmark"
                and r["task"] == name and r["strategy"] != "single"]
-    full_f1 = {r["seed"]: r["f1"] for r in trained if r["strategy"] == "full" and not r["lora"]}
-    epochs = [r["epochs_trained"] or r["epochs"] for r in trained if r["strategy"] == "full" and not r["lora"]]
+    fulls = sorted((r for r in trained if r["strategy"] == "full" and not r["lora"]), key=lambda r: r["seed"])
+    full_f1 = {r["seed"]: r["f1"] for r in fulls}
+    epochs = [r["epochs_trained"] or r["epochs"] for r in fulls]
     print(f"\nfull model: test F1 {_ci(base)} over {base['seeds']} seeds, training {base['train_seconds']:.0f} s "
           f"({statistics.mean(epochs):.1f} epochs trained on average)")
+    for r in fulls:
+        print(f"  seed {r['seed']}: test F1 {r['f1']:.4f}, {r['epochs_trained'] or r['epochs']} epochs trained "
+              f"(best {r['best_epoch'] or r['epochs']}), {r['train_seconds']:.0f} s")
     print("\n| kept layers | recovery | seeds | test F1 mean ± 95% CI | of the full model | of the full model, paired "
           "by seed | dev F1 | compute s (teacher's share counted) | vs the full model |")
     print("|---|---|---|---|---|---|---|---|---|")
+    per_seed = []
     for r in rows:
-        shares = [100 * t["f1"] / full_f1[t["seed"]] for t in trained if t["seed"] in full_f1
-                  and list(t["kept_layers"]) == r["kept_layers"] and recovery_label(t) == r["recovery"]]
-        mean, half = mean_ci(shares) if shares else (float("nan"), float("nan"))
+        shares = {t["seed"]: 100 * t["f1"] / full_f1[t["seed"]] for t in trained if t["seed"] in full_f1
+                  and list(t["kept_layers"]) == r["kept_layers"] and recovery_label(t) == r["recovery"]}
+        mean, half = mean_ci(list(shares.values())) if shares else (float("nan"), float("nan"))
         print(f"| {','.join(map(str, r['kept_layers']))} | {r['recovery']} | {r['seeds']} | {_ci(r)} | "
               f"{r['f1_vs_full']:.1%} | {mean:.1f}% ± {half:.1f} | {r['dev_f1']:.4f} | {r['compute_seconds']:.0f} | "
               f"{r['compute_vs_full']:.2f}x |")
+        if len(shares) > 1:
+            per_seed.append(f"  {','.join(map(str, r['kept_layers']))} {r['recovery']}: " + ", ".join(
+                f"seed {seed} {share:.1f}%" for seed, share in sorted(shares.items())))
+    if per_seed:
+        print("\nof the full model of the same seed:\n" + "\n".join(per_seed))
     control = [r for r in aggregate(store, [f"task={name}", f"sweep={CONTROL}"]).to_pylist() if not r["lora"]]
     for r in control:
         print(f"\ncontrol, the full model trained {r['epochs']} epochs (as long as a student of the fine-tuned full "
