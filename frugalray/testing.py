@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import Iterable
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+MPNET_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # as all-mpnet-base-v2's: padding id 1, not 0
+
+
+def _numbered_from_padding(n: int, v: int) -> dict:
+    """RoBERTa's keys (CamemBERT's, XLM-R's, MPNet's): positions start after the padding id, hence 128 + 2."""
+    return dict(hidden_size=32, num_hidden_layers=n, num_attention_heads=2, intermediate_size=64, vocab_size=v,
+                max_position_embeddings=130, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
 
 # Per-architecture config keys for a tiny model: hidden 32, 2 heads.
 _ARCHITECTURES = {
-    "camembert": lambda n, v: dict(hidden_size=32, num_hidden_layers=n, num_attention_heads=2,
-                                   intermediate_size=64, vocab_size=v, max_position_embeddings=130,
-                                   pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "roberta": lambda n, v: dict(hidden_size=32, num_hidden_layers=n, num_attention_heads=2,
-                                 intermediate_size=64, vocab_size=v, max_position_embeddings=130,
-                                 pad_token_id=0, bos_token_id=1, eos_token_id=2),
-    "xlm-roberta": lambda n, v: dict(hidden_size=32, num_hidden_layers=n, num_attention_heads=2,
-                                     intermediate_size=64, vocab_size=v, max_position_embeddings=130,
-                                     pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    "camembert": _numbered_from_padding, "roberta": _numbered_from_padding, "xlm-roberta": _numbered_from_padding,
+    "mpnet": lambda n, v: _numbered_from_padding(n, v) | dict(pad_token_id=1, bos_token_id=0),
     "bert": lambda n, v: dict(hidden_size=32, num_hidden_layers=n, num_attention_heads=2,
                               intermediate_size=64, vocab_size=v, max_position_embeddings=128, pad_token_id=0),
     "distilbert": lambda n, v: dict(dim=32, n_layers=n, n_heads=2, hidden_dim=64, vocab_size=v,
@@ -32,19 +33,18 @@ _ARCHITECTURES = {
 ARCHITECTURES = sorted(_ARCHITECTURES)
 
 
-def tiny_tokenizer(words: Iterable[str]):
-    """A word-level fast tokenizer over ``words`` (+ specials), as a PreTrainedTokenizerFast."""
+def tiny_tokenizer(words: Iterable[str], specials: list[str] = SPECIALS):
+    """A word-level fast tokenizer over ``words`` (+ ``specials``, in their order), as a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    vocab = {token: i for i, token in enumerate(specials)}
     for word in sorted(set(words)):
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
-    )
+    core.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> $B </s>",
+                                                        special_tokens=[(t, vocab[t]) for t in ("<s>", "</s>")])
     return PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
         mask_token="<mask>", cls_token="<s>", sep_token="</s>",
@@ -64,7 +64,7 @@ def tiny_model_dir(path: str | Path, words: Iterable[str], architecture: str = "
     from transformers import AutoModel
 
     path = Path(path)
-    tokenizer = tiny_tokenizer(words)
+    tokenizer = tiny_tokenizer(words, MPNET_SPECIALS if architecture == "mpnet" else SPECIALS)
     torch.manual_seed(seed)
     model = AutoModel.from_config(tiny_config(architecture, num_layers, len(tokenizer)))
     model.save_pretrained(path)

@@ -24,7 +24,8 @@ SWEEP = dict(
         batch_size=8,
         max_length=64,  # demo sentences and reviews are short
     ),  # the default recipe: trimmed vocabulary, bf16 autocast where the CPU computes bf16 (AVX512-BF16, AMX)
-    lora=dict(r=8, alpha=32, dropout=0.1, target_modules=["query", "value"], train_head=True),
+    lora=dict(r=8, alpha=32, dropout=0.1, train_head=True),  # on the query and value projections (the
+    # architecture's own names: query/value for BERT and RoBERTa, q/v for MPNet)
     stages=["single", "strategies", "lora"],
     first_last=[3],  # half the layers kept, from the bottom and from the top
     best=[3],  # the best 3 layers by their single-layer dev F1

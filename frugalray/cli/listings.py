@@ -1,5 +1,5 @@
-"""The listings of frugalray's vocabulary: ``tasks``, ``strategies`` and ``stages`` (names for --task,
---strategy and --stages), each with what it needs or takes."""
+"""The listings of frugalray's vocabulary: ``tasks``, ``strategies``, ``stages`` and ``models`` (names for
+--task, --strategy, --stages and --model), each with what it needs or takes."""
 
 from __future__ import annotations
 
@@ -40,4 +40,20 @@ def stages() -> int:
     for stage in STAGES.entries():
         needs = ", ".join(stage.needs) or "-"
         print(f"{stage.name:12} needs {needs:12} {stage.doc}")
+    return 0
+
+
+def models() -> int:
+    """List the registered models (names for --model): what each resolves to, its architecture and layer count
+    where its config is on this machine, and whether it loads offline, else how to get it. Nothing is downloaded.
+
+    Example: frugalray models
+    """
+    from frugalray.model.loading import model_catalog
+
+    rows = [[row["name"], row["type"] or "?", f"{row['layers'] or '?'} layers", row["source"],
+             row["here"] or f"not here: {row['get']}"] for row in model_catalog()]
+    widths = [max(len(row[column]) for row in rows) for column in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     return 0

@@ -1,5 +1,9 @@
 """LoRA settings: the study's defaults, and peft's own ``adapter_config.json`` read as frugalray settings.
 
+Without ``target_modules`` the adapters go on the architecture's default modules (peft's choice by
+``model_type``: ``frugalray.model.lora.default_targets``); a prepared trial names them, so rows and hashes
+record the modules that trained (``query``/``value`` for BERT-like models, as the study set them by hand).
+
 Two settings decide whether LoRA works on token tasks and are explicit and recorded: ``train_head`` (PEFT
 trains the classification head only when told to; a frozen random head tags everything 'O') and the LoRA
 learning rate (``TrainingSettings.lora_learning_rate``, about 10x the full fine-tuning one).
@@ -39,12 +43,15 @@ class LoraSettings(Settings):
     r: int = field(default=8, metadata={"help": "Rank of the LoRA update matrices."})
     alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (lora_alpha)."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
-    target_modules: tuple[str, ...] = field(
-        default=("query", "value"), metadata={"help": "Names of the linear layers that get adapters."}
-    )
+    target_modules: tuple[str, ...] = field(default=(), metadata={
+        "help": "Names of the linear layers that get adapters; none: the architecture's defaults (query, value for "
+                "BERT and RoBERTa; q, v for MPNet: frugalray.model.lora.default_targets), resolved before the trial "
+                "runs and recorded as such."})
     train_head: bool = field(
         default=True,
-        metadata={"help": "Train the classification head (False reproduces the study's collapse)."},
+        metadata={"help": "Training of the classification head beside the adapters. On: the head trains (as peft "
+                          "does for a token or sequence classification task). Off: the head stays as initialised, "
+                          "which reproduces the study's LoRA collapse on token tasks."},
     )
 
     def check(self) -> None:
@@ -54,8 +61,9 @@ class LoraSettings(Settings):
             raise FrugalrayError(f"LoRA alpha must be > 0, got {self.alpha}")
         if not 0 <= self.dropout < 1:
             raise FrugalrayError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
-        if not self.target_modules:
-            raise FrugalrayError("LoRA target_modules is empty; name at least one linear layer, e.g. query")
+        if any(not name.strip() for name in self.target_modules):
+            raise FrugalrayError(f"LoRA target_modules {list(self.target_modules)} has an empty name; name linear "
+                                 f"layers, e.g. query, value")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "LoraSettings":
@@ -97,5 +105,7 @@ def _from_peft(values: dict, source: str) -> dict:
                                  f"does not (it trains plain LoRA: r, lora_alpha, lora_dropout, target_modules and "
                                  f"the task head); {neutral}")
     settings = {ours: values[theirs] for theirs, ours in PEFT_NAMES.items() if theirs in values}
+    if settings.get("target_modules", ()) is None:  # peft's null: its defaults for the architecture, as ours ()
+        del settings["target_modules"]
     # As peft does: the head trains when modules_to_save names it or the task type makes peft add it.
     return settings | {"train_head": bool(saved) or task_type in PEFT_HEAD_TASKS}

@@ -125,8 +125,8 @@ def check_request(model: str, keep: list, batch_sizes: list[int], seq_lens: list
     config = load_model_config(source.model)
     limit = getattr(config, "max_position_embeddings", None)
     kind = getattr(config, "model_type", "")
-    if limit and ("roberta" in kind or kind == "camembert"):
-        limit -= 2  # RoBERTa positions start after the padding index
+    if limit and ("roberta" in kind or kind in ("camembert", "mpnet")):
+        limit -= 2  # RoBERTa's and MPNet's positions start after the padding index
     if limit and max(seq_lens) > limit:
         raise FrugalrayError(f"--seq-len {max(seq_lens)} is longer than model {source.model!r} accepts ({limit} tokens)")
     wanted = ["fp32"] + [v for v in variants if v != "fp32"]

@@ -17,16 +17,8 @@ import torch
 from torch import nn
 
 from frugalray._registry import FrugalrayError
+from frugalray.model.loading import num_layers
 from frugalray.strategies import validate_layers
-
-
-def num_layers(config) -> int:
-    """Layer count of any encoder config (BERT's num_hidden_layers, DistilBERT/FlauBERT's n_layers)."""
-    for key in ("num_hidden_layers", "n_layers", "num_layers"):
-        value = getattr(config, key, None)
-        if isinstance(value, int):
-            return value
-    raise FrugalrayError(f"Cannot tell the layer count of a {type(config).__name__}: no num_hidden_layers/n_layers")
 
 
 def original_layers(config) -> list[int]:

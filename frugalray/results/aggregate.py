@@ -22,8 +22,8 @@ RECIPE = ["max_grad_norm", "length_group_batches", "warmup_ratio", "weight_decay
           "trim_vocabulary", "early_stopping_patience"]
 # How a pruned model recovered groups too (null: rows written before these columns, the study's recovery), and
 # how its teacher trained when not as the student did.
-RECOVERY = ["init", "recovery", "distill_temperature", "distill_alpha", "distill_beta", "partial_layers",
-            "teacher_epochs", "teacher_patience"]
+RECOVERY = ["init", "recovery", "distill_temperature", "distill_alpha", "distill_beta", "distill_hidden_map",
+            "partial_layers", "teacher_epochs", "teacher_patience"]
 # Rows written before a column existed trained as this value says (upgrade_training's values).
 UPGRADED = {"variant": "'fp32'", "dtype": "'auto'", "trim_vocabulary": "false", "early_stopping_patience": "0"}
 # A variant (int8, ONNX) of a trained model is a configuration of its own; rows older than variants are fp32.

@@ -22,7 +22,9 @@ ERROR_KINDS = ("input", "exception", "lost")
 
 
 def base_row(config: TrialConfig, prepared=None) -> dict:
-    """The row's identity columns, from the config (and the ``PreparedTrial`` when there is one)."""
+    """The row's identity columns, from the config (and the ``PreparedTrial`` when there is one: its config names
+    the LoRA target modules that trained)."""
+    config = prepared.config if prepared else config
     lora, training = config.lora, config.training
     return {
         "trial_id": None,
@@ -109,6 +111,7 @@ def recovery_columns(recovery) -> dict:
         "distill_temperature": recovery.temperature if distill else None,
         "distill_alpha": recovery.alpha if distill else None,
         "distill_beta": recovery.beta if distill else None,
+        "distill_hidden_map": recovery.hidden_map if recovery.remaps_layers else None,
         "partial_layers": recovery.partial_layers if partial else None,
         "teacher_epochs": recovery.teacher_epochs if recovery.teacher_trained_apart else None,
         "teacher_patience": recovery.teacher_patience if recovery.teacher_trained_apart else None,

@@ -180,9 +180,13 @@ def distillation(settings: RecoverySettings, logits: list[torch.Tensor], kept: t
                  teacher_model=None):
     """The training objective of a distilled student (for ``frugalray.training.loop.train``):
     alpha * CE(labels) + (1 - alpha) * T^2 * KL(teacher || student) on the logits of labelled positions,
-    + beta * mean over kept layers of (1 - cos) between the student's layer output and the teacher's same
-    layer (``teacher_model`` runs alongside only then)."""
+    + beta * mean over kept layers of (1 - cos) between the student's layer output and the teacher layer's
+    that ``settings.hidden_map`` maps it to (``teacher_model`` runs alongside only then)."""
     temperature, alpha, beta = settings.temperature, settings.alpha, settings.beta
+    if beta > 0:
+        from frugalray.model.loading import num_layers
+
+        teacher_layers = settings.teacher_layers(tuple(kept), num_layers(teacher_model.config))
 
     def objective(model, batch: dict, indices: list[int]) -> torch.Tensor:
         out = model(**batch, output_hidden_states=beta > 0)
@@ -195,7 +199,7 @@ def distillation(settings: RecoverySettings, logits: list[torch.Tensor], kept: t
                                  functional.softmax(target / temperature, -1), reduction="batchmean")
         loss = alpha * out.loss + (1 - alpha) * temperature**2 * soft
         if beta > 0:
-            loss = loss + beta * _hidden_cosine(out.hidden_states, teacher_model, batch, kept)
+            loss = loss + beta * _hidden_cosine(out.hidden_states, teacher_model, batch, teacher_layers)
         return loss
 
     return objective
@@ -210,11 +214,13 @@ def _padded(rows: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return padded
 
 
-def _hidden_cosine(student_states, teacher_model, batch: dict, kept: tuple[int, ...]) -> torch.Tensor:
+def _hidden_cosine(student_states, teacher_model, batch: dict, teacher_layers: tuple[int, ...]) -> torch.Tensor:
+    """Mean over student layers i of 1 - cos(output of student layer i, output of teacher layer
+    ``teacher_layers[i]``), over the batch's tokens (hidden state 0 is the embeddings': layer k's is k + 1)."""
     with torch.no_grad():
         teacher_states = teacher_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                        output_hidden_states=True).hidden_states
     mask = batch["attention_mask"].bool()
     losses = [(1 - functional.cosine_similarity(student_states[i + 1], teacher_states[k + 1], dim=-1))[mask].mean()
-              for i, k in enumerate(kept)]
+              for i, k in enumerate(teacher_layers)]
     return torch.stack(losses).mean()

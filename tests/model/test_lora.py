@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 from frugalray import FrugalrayError, LoraSettings
-from frugalray.model.lora import apply_lora, head_modules, merged
+from frugalray.model.lora import apply_lora, default_targets, head_modules, merged
 from frugalray.model.surgery import prune_layers
 from frugalray.testing import tiny_config
 
@@ -15,8 +15,9 @@ def _trainable(model):
 
 def test_study_defaults():
     settings = LoraSettings()
-    assert (settings.r, settings.alpha, settings.dropout, settings.target_modules) == (8, 32, 0.1, ("query", "value"))
+    assert (settings.r, settings.alpha, settings.dropout, settings.target_modules) == (8, 32, 0.1, ())
     assert settings.train_head
+    assert default_targets(tiny_config("bert")) == default_targets(tiny_config("camembert")) == ("query", "value")
 
 
 @pytest.mark.parametrize("auto", [AutoModelForTokenClassification, AutoModelForSequenceClassification])
@@ -58,7 +59,7 @@ def test_settings_from_json_accept_peft_names(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ('{"rank": 8}', "unknown key 'rank'"),
     ('{"r": 0}', "r must be >= 1"),
-    ('{"target_modules": []}', "target_modules is empty"),
+    ('{"target_modules": ["query", " "]}', "has an empty name"),
     ('{"r": 8', "not valid JSON"),
 ])
 def test_bad_settings_files(tmp_path, content, message):

@@ -17,11 +17,11 @@ RECIPE = TrainingSettings(epochs=2, batch_size=4, learning_rate=2e-3, max_length
 UNUSED = [f"mot{i}" for i in range(300)]  # in the tokenizer, never in the task
 
 
-@pytest.fixture(scope="module", params=["bert", "camembert"])
+@pytest.fixture(scope="module", params=["bert", "camembert", "mpnet"])
 def roomy_model(request, tmp_path_factory, data_dir):
-    """A tiny encoder whose vocabulary is mostly words the task never uses (as a real one's is). CamemBERT
-    numbers positions from the ids (``input_ids != padding_idx``, padding id 1): a remapped padding id would
-    shift every position."""
+    """A tiny encoder whose vocabulary is mostly words the task never uses (as a real one's is). CamemBERT and
+    MPNet number positions from the ids (``input_ids != padding_idx``; the tiny MPNet's padding id is 1, as
+    all-mpnet-base-v2's): a remapped padding id would shift every position."""
     words = conll_words(*data_dir.glob("ner_*.conll")) | set(UNUSED)
     return str(tiny_model_dir(tmp_path_factory.mktemp("roomy"), words, request.param, num_layers=2))
 
