@@ -16,15 +16,17 @@ FILES = [("all.py", "SWEEP", SweepConfig), ("quick.py", "SWEEP", SweepConfig), (
 
 
 @pytest.mark.parametrize("name,variable,kind", FILES)
-def test_a_sweep_files_settings_parse_into_its_config(name, variable, kind):
+def test_a_sweep_files_settings_parse_into_its_config(name, variable, kind, monkeypatch):
+    monkeypatch.setenv("FRUGALRAY_RESULTS", "s3://my-bucket/camembert-study")  # as cluster.yaml sets it on every node
     values = load_settings_file(str(ROOT / "sweeps" / name), variable)
     config = kind.from_dict(values, source=name)
     assert config.to_dict() == kind.from_dict(config.to_dict()).to_dict()  # every value kept, none lost
     if name == "all.py":  # the study on the cluster
         assert (config.model, config.seeds, config.results) == ("camembert-base", (0, 1, 2),
-                                                                "s3://frugalray-results/camembert-study")
+                                                                "s3://my-bucket/camembert-study")
         assert config.stages == ("single", "strategies", "lora", "balanced", "recover")
-        assert (config.max_failures, config.autoscale_wait_s, config.resources.gpu_memory_gib) == (3, 900, 80)
+        # trials on GPUs, declared: shares sized from each node type's card, nothing to type per card
+        assert (config.max_failures, config.resources.gpus, config.resources.cpu_fallback) == (3, True, False)
         assert dict(config.data_dirs) == {"ftb_ner": "/data/ftb/ner", "ftb_pos": "/data/ftb/pos"}
     elif name == "search.py":
         assert (config.task, config.model, config.budget, config.max_layers) == ("demo_pos", "minilm", 12, 3)

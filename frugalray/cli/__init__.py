@@ -27,12 +27,15 @@ __all__ = ["main", "search_main", "sweep_main"]
 
 
 def _commands() -> dict:
-    from frugalray.cli import listings, measure, read, run
+    from frugalray.cli import listings, measure, plan, read, run
+    from frugalray.cluster import launcher_config
 
     return {
         "trial": run.trial, "sweep": sweep, "search": run.search, "results": read.results, "report": read.report,
         "export": read.export, "importance": measure.importance, "bench-latency": measure.bench_latency,
         "tasks": listings.tasks, "strategies": listings.strategies, "stages": listings.stages,
+        "models": listings.models,
+        "cluster-check": launcher_config.cluster_check, "plan": plan.plan,
     }
 
 
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) >= 2 and argv[0] == "sweep" and not argv[1].startswith("-"):
             sweep_main(load_settings_file(argv[1], "SWEEP"), argv[2:], prog=f"frugalray sweep {argv[1]}")
             return 0
+        if len(argv) >= 2 and argv[0] == "plan" and not argv[1].startswith("-"):
+            from frugalray.cli.plan import plan_main
+
+            return plan_main(load_settings_file(argv[1], "SWEEP"), argv[2:], prog=f"frugalray plan {argv[1]}")
         with REGISTRY:
             return tyro.extras.subcommand_cli_from_dict(_commands(), args=argv, prog="frugalray", config=CONFIG,
                                                         description=__doc__.split("\n\n")[0])

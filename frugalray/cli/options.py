@@ -1,8 +1,9 @@
 """Command-line options built from the settings dataclasses with ``tyro``: one option per field (nested
 settings as dotted options, ``--training.epochs 5``), each with the field's help text and its default.
 
-Lists take commas or spaces (``--seeds 0,1,2`` or ``--seeds 0 1 2``), (task, folder) pairs take
-``task=folder``, and an optional group of settings (``lora: LoraSettings | None``) becomes a switch and its
+Lists take commas or spaces (``--seeds 0,1,2`` or ``--seeds 0 1 2``), (task, folder) pairs take ``task=folder``
+items (``--data-dirs ftb_ner=/data/ftb/ner ftb_pos=/data/ftb/pos``), each the same from every sweep file whatever
+the file's own value, and an optional group of settings (``lora: LoraSettings | None``) becomes a switch and its
 settings (``--lora --lora-settings.r 4``).
 
 >>> parse(TrainingSettings, ["--epochs", "5"], prog="demo").epochs  # doctest: +SKIP
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import typing
 from typing import Any
 
@@ -25,15 +27,29 @@ REGISTRY = constructors.ConstructorRegistry()
 CONFIG = (tyro.conf.FlagCreatePairsOff,)  # a bool field that defaults to False is a plain --flag
 
 
+def _items_of(kind: Any) -> Any:
+    """X for ``tuple[X, ...]``, else None. Compared by origin and arguments, never by ``==``: tyro rebuilds a
+    field's type from its default (``typing.Tuple[X, ...]`` for ``tuple[X, ...]`` when the default holds
+    exactly two items), so a rule that tests ``kind == tuple[X, ...]`` would hold for some sweep files and not
+    others, and the same option would parse differently by the file's default."""
+    args = typing.get_args(kind)
+    if typing.get_origin(kind) is not tuple or len(args) != 2 or args[1] is not Ellipsis:
+        return None
+    return args[0]
+
+
+def _is_pair(kind: Any) -> bool:
+    return typing.get_origin(kind) is tuple and typing.get_args(kind) == (str, str)
+
+
 @REGISTRY.primitive_rule
 def _lists(info: constructors.PrimitiveTypeInfo):
     """tuple[int | float | str, ...]: ``0,1,2`` or ``0 1 2``."""
-    args = typing.get_args(info.type)
-    if info.type_origin is not tuple or len(args) != 2 or args[1] is not Ellipsis or args[0] not in (int, float, str):
+    item = _items_of(info.type)
+    if item not in (int, float, str):
         return None
     if tyro.conf.UseAppendAction in info.markers:  # repeated --option VALUE, each value whole (filters)
         return None
-    item = args[0]
 
     def parse(strings: list[str]) -> tuple:
         parts = [part.strip() for text in strings for part in text.split(",")]
@@ -54,23 +70,48 @@ def _lists(info: constructors.PrimitiveTypeInfo):
 
 @REGISTRY.primitive_rule
 def _pairs(info: constructors.PrimitiveTypeInfo):
-    """tuple[tuple[str, str], ...]: ``task=folder`` items."""
-    if info.type != tuple[tuple[str, str], ...]:
+    """tuple[tuple[str, str], ...]: ``key=value`` items (settings fields name theirs: ``cli_view``)."""
+    if not _is_pair(_items_of(info.type)):
         return None
+    return pairs_constructor()
+
+
+def pairs_constructor(key: str = "KEY", value: str = "VALUE", flag: str | None = None,
+                      example: str | None = None) -> constructors.PrimitiveConstructorSpec:
+    """Parses ``KEY=VALUE`` items into (key, value) pairs; a malformed item is refused with the form expected.
+
+    >>> pairs_constructor("TASK", "FOLDER").instance_from_str(["ftb_pos=/data/ftb/pos"])
+    (('ftb_pos', '/data/ftb/pos'),)
+    """
+    form = f"{key}={value}"
 
     def parse(strings: list[str]) -> tuple:
         pairs = []
         for text in strings:
-            key, sep, value = text.partition("=")
-            if not sep or not key or not value:
-                raise ValueError(f"{text!r} is not KEY=VALUE, e.g. ftb_pos=/data/ftb/pos")
-            pairs.append((key, value))
+            name, sep, found = text.partition("=")
+            if not sep or not name or not found:
+                usage = f"{flag} {form} [{form} ...]" if flag else f"{form} [{form} ...]"
+                raise ValueError(f"{text!r} is not KEY=VALUE: give {usage}" + (f", e.g. {example}" if example else ""))
+            pairs.append((name, found))
         return tuple(pairs)
 
     return constructors.PrimitiveConstructorSpec(
-        nargs="*", metavar="KEY=VALUE", instance_from_str=parse, is_instance=lambda value: isinstance(value, tuple),
-        str_from_instance=lambda value: [f"{k}={v}" for k, v in value],
+        nargs="*", metavar=f"{form} [{form} ...]", instance_from_str=parse,
+        is_instance=lambda found: isinstance(found, tuple),
+        str_from_instance=lambda found: [f"{k}={v}" for k, v in found],
     )
+
+
+# Examples for the pair options whose help says what they pair: "(task, folder) pairs." -> TASK=FOLDER.
+_PAIR_EXAMPLES = {("TASK", "FOLDER"): "ftb_ner=/data/ftb/ner ftb_pos=/data/ftb/pos"}
+
+
+def _pair_names(help_text: str) -> tuple[str, str]:
+    """("TASK", "FOLDER") from a help text that starts "(task, folder) pairs", else ("KEY", "VALUE")."""
+    found = re.match(r"\(([\w ]+), ([\w ]+)\) pairs", help_text or "")
+    if not found:
+        return "KEY", "VALUE"
+    return tuple(name.strip().upper().replace(" ", "_") for name in found.groups())
 
 
 def cli_view(cls: type, hide: tuple[str, ...] = (), types: dict[str, Any] | None = None) -> type:
@@ -94,6 +135,10 @@ def cli_view(cls: type, hide: tuple[str, ...] = (), types: dict[str, Any] | None
             fields.append((f.name, _nested_view(group), dataclasses.field(metadata=f.metadata, default_factory=(
                 functools.partial(to_view, _nested_view(group), f.default_factory())))))
         else:
+            if _is_pair(_items_of(kind)):  # e.g. --data-dirs TASK=FOLDER [TASK=FOLDER ...]
+                names = _pair_names(f.metadata.get("help", ""))
+                kind = typing.Annotated[kind, pairs_constructor(*names, flag=f"--{_flag(f.name)}",
+                                                                example=_PAIR_EXAMPLES.get(names))]
             default = {"default": f.default} if f.default is not dataclasses.MISSING else {}
             fields.append((f.name, kind, dataclasses.field(metadata=f.metadata, **default)))
     view = dataclasses.make_dataclass(cls.__name__, fields, frozen=True)

@@ -85,20 +85,26 @@ def load_settings_file(path: str, name: str) -> dict:
     return values
 
 
+def sweep_settings(defaults: dict, argv: list[str] | None, prog: str, description: str) -> SweepConfig:
+    """A sweep file's settings (``defaults``) overridden from the command line, its tasks checked."""
+    from frugalray.study.plan import check_tasks
+
+    base = to_view(SweepView, SweepConfig.from_dict(defaults, source="sweep file"))
+    options = parse(SweepView, argv, prog, base, description=description)
+    if options.data_dirs == base.data_dirs:  # the file's folders, for the tasks this run keeps
+        options = dataclasses.replace(options, data_dirs=tuple(p for p in base.data_dirs if p[0] in options.tasks))
+    return check_tasks(from_view(options))  # a misspelt task fails here, before Ray starts
+
+
 def sweep_main(defaults: dict, argv: list[str] | None = None, runner: str | None = None,
                prog: str = "python SWEEP_FILE"):
     """Run (or resume) a sweep: ``defaults`` (a sweep file's SWEEP) overridden from the command line."""
     from frugalray.cluster.driver import DEFAULT_RUNNER
     from frugalray.cluster.runs import run_sweep
     from frugalray.results.summary import summary, write_sweep_report
-    from frugalray.study.plan import check_tasks
 
     try:
-        base = to_view(SweepView, SweepConfig.from_dict(defaults, source="sweep file"))
-        options = parse(SweepView, argv, prog, base, description="Run (or resume) a frugalray sweep.")
-        if options.data_dirs == base.data_dirs:  # the file's folders, for the tasks this run keeps
-            options = dataclasses.replace(options, data_dirs=tuple(p for p in base.data_dirs if p[0] in options.tasks))
-        sweep = check_tasks(from_view(options))  # a misspelt task fails here, before Ray starts
+        sweep = sweep_settings(defaults, argv, prog, "Run (or resume) a frugalray sweep.")
         plan = run_sweep(sweep, runner=runner or DEFAULT_RUNNER)
     except FrugalrayError as error:
         print(f"frugalray: error: {error}", file=sys.stderr)

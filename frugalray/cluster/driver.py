@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ray.tune.search import Searcher
 
 from frugalray._registry import FrugalrayError
+from frugalray.cluster.placement import Placement, where_it_runs
 from frugalray.cluster.resources import fits
 from frugalray.config import TrialConfig
 from frugalray.results.schema import TrialResult
@@ -54,7 +55,8 @@ def tune_trial(config: dict) -> None:
         tune.report(to_report(earlier, rung))
         return
     runner = _same_as_planned(_import(config["runner"]), config["config_hash"], config["task_fingerprint"])
-    gpu_share = ray.get_runtime_context().get_assigned_resources().get("GPU")
+    where = where_it_runs(config.get("placement") or {})
+    gpu_share = where["gpu_share"]
     attempts = config["retries"] + 1
     # A trial that scores dev on the way reports each checkpoint, for an early-stopping scheduler; when the
     # scheduler stops it, that report's call does not return (Tune ends the trial) and the driver stores the
@@ -70,6 +72,7 @@ def tune_trial(config: dict) -> None:
         error = f"failed {attempt} attempt(s); last: {result.error}" if attempts > 1 else result.error
         # the driver waits for the trial it planned, even a failed one
         result = result.replace(error=error, config_hash=config["config_hash"])
+    result = result.replace(**where)
     store.append(result)
     tune.report(to_report(result, rung))
 
@@ -153,9 +156,13 @@ class PlannerSearcher(Searcher):
         if planned is None:
             return None
         self.running[trial_id] = planned
+        placement = self.demand(planned)
+        if isinstance(placement, dict):  # a plain resource dict
+            placement = Placement(placement)
         return {"trial": planned.config.to_dict(), "config_hash": planned.config_hash,
                 "task_fingerprint": planned.task_fingerprint, "task": planned.task, "stage": planned.stage,
-                "resources": self.demand(planned), "full_fidelity": planned.full_fidelity, **self.extra}
+                "resources": placement.resources, "placement": placement.columns(),
+                "full_fidelity": planned.full_fidelity, **self.extra}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         planned = self.running.get(trial_id)
@@ -166,6 +173,8 @@ class PlannerSearcher(Searcher):
         planned = self.running.pop(trial_id, None)
         if planned is None:
             return
+        if hasattr(self.demand, "release"):  # its share of the card is free again
+            self.demand.release(planned)
         if not error and result and "row_json" not in result and "stopped_row_json" in result:
             # the scheduler stopped it at a checkpoint: its row says how far it trained, never a final result
             stopped = TrialResult.from_json(result["stopped_row_json"])
@@ -258,10 +267,6 @@ def alive_nodes() -> list[dict[str, float]]:
     import ray
 
     return [node["Resources"] for node in ray.nodes() if node["Alive"]]
-
-
-def cluster_has_gpus() -> bool:
-    return any(node.get("GPU", 0) > 0 for node in alive_nodes())
 
 
 def check_fit(demands: list[dict[str, float]], wait_s: float = 0, *, nodes=alive_nodes, clock=time.monotonic,

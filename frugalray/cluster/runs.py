@@ -13,7 +13,8 @@ import dataclasses
 import os
 import sys
 
-from frugalray.cluster.driver import DEFAULT_RUNNER, check_fit, cluster_has_gpus, run_planner
+from frugalray.cluster.driver import DEFAULT_RUNNER, check_fit, run_planner
+from frugalray.cluster.placement import CpuPlacer, placer_for
 from frugalray.cluster.progress import Progress
 from frugalray.cluster.resources import estimate_memory_gib
 from frugalray.cluster.session import ensure_ray
@@ -26,20 +27,24 @@ from frugalray.study.planned import Planned
 from frugalray.training.prepared import layer_count
 
 
-def trial_demand(rule: ResourceRule, model: str, has_gpus: bool):
-    """The Ray resources of a planned trial, from its memory estimate: a function of the planned trial."""
+def trial_estimate(model: str):
+    """The resident training memory (GiB) of a planned trial of ``model``: a function of the planned trial."""
     from frugalray.model.loading import load_model_config
 
     model_config = load_model_config(model).to_dict()
 
-    def demand(planned: Planned) -> dict[str, float]:
+    def estimate(planned: Planned) -> float:
         config = planned.config
-        estimate = estimate_memory_gib(model_config, len(planned.kept_layers), config.training.batch_size,
-                                       config.training.max_length, lora=config.lora is not None,
-                                       lora_r=config.lora.r if config.lora else 8)
-        return rule.for_trial(estimate, has_gpus)
+        return estimate_memory_gib(model_config, len(planned.kept_layers), config.training.batch_size,
+                                   config.training.max_length, lora=config.lora is not None,
+                                   lora_r=config.lora.r if config.lora else 8)
 
-    return demand
+    return estimate
+
+
+def trial_placer(rule: ResourceRule, model: str, stream):
+    """How the trials of a sweep or search are placed (``frugalray.cluster.placement``); Ray is up."""
+    return placer_for(rule, trial_estimate(model), say=lambda line: print(line, file=stream, flush=True))
 
 
 def _absolute(path: str) -> str:
@@ -68,9 +73,11 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
         print(f"frugalray: sweep '{sweep.name}' is complete in {sweep.results}; nothing to run", file=stream)
         return plan
     ensure_ray(ray_init, connect)
-    demand = trial_demand(sweep.resources, sweep.model, cluster_has_gpus())
-    check_fit([demand(p) for p in plan.queue], sweep.autoscale_wait_s)
-    run_planner(plan, name=sweep.name, results=sweep.results, demand=demand, runner=runner, retries=sweep.retries,
+    placer = trial_placer(sweep.resources, sweep.model, stream)
+    placer.check(plan.queue)  # a trial no card of the cluster holds fails here, before anything runs
+    if isinstance(placer, CpuPlacer):  # GPU trials wait for the GPU workers their demand makes the autoscaler start
+        check_fit([placer(p).resources for p in plan.queue], sweep.autoscale_wait_s)
+    run_planner(plan, name=sweep.name, results=sweep.results, demand=placer, runner=runner, retries=sweep.retries,
                 max_failures=sweep.max_failures, max_concurrent=sweep.max_concurrent, verbose=sweep.verbose,
                 callbacks=[Progress(plan.counts, stream=stream, live=False if sweep.verbose else None)])
     for note in plan.notes:
@@ -100,7 +107,7 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     per_depth = config.halving and len(OBJECTIVES[config.objective][0]) > 1
     parts = _depth_searches(config, low, high) if per_depth else [config]
     ensure_ray(ray_init, connect)
-    demand = trial_demand(config.resources, config.model, cluster_has_gpus())
+    demand = trial_placer(config.resources, config.model, stream)
     searches = []
     for part in parts:
         prior = proxy_prior(scores, *part.bounds(layer_count(config.model)), part.prior_masks) if scores else []
@@ -136,7 +143,10 @@ def _run_one(config: SearchConfig, store: ResultsStore, prior, runner: str, dema
 
     search = MaskSearch(config, store, prior)
     scheduler = halving_scheduler(config, search.max_steps) if config.halving else None
-    check_fit([demand(search.planned(tuple(range(search.high))))])  # the largest mask the space allows
+    largest = search.planned(tuple(range(search.high)))  # the largest mask the space allows
+    demand.check([largest])
+    if isinstance(demand, CpuPlacer):
+        check_fit([demand(largest).resources])
     run_planner(search, name=config.name, results=config.results, demand=demand, runner=runner,
                 max_concurrent=config.max_concurrent, callbacks=[Progress(search.counts, stream=stream)],
                 scheduler=scheduler, rung_score=config.rung_score)

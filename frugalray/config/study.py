@@ -26,37 +26,52 @@ def check_seeds(*seeds: int) -> None:
 
 @dataclass(frozen=True)
 class ResourceRule(Settings):
-    """How a trial's resources follow from its config. Override any field, or fix the fraction."""
+    """What each trial asks of the cluster: CPUs, and with ``gpus`` a share of one GPU sized from the trial's
+    memory estimate and the memory of the card it is placed on (``frugalray.cluster.placement``)."""
 
+    gpus: bool = field(default=False, metadata={
+        "help": "Trials on GPUs. On: every trial asks for a GPU share, whatever nodes are alive when the sweep "
+                "starts (the autoscaler starts GPU workers for them); a cluster that can never have a GPU is an "
+                "error before scheduling. Off: trials run on CPUs."})
+    cpu_fallback: bool = field(default=False, metadata={
+        "help": "CPU fallback of a GPU sweep. On: where the cluster has no GPU and can start none (a laptop), "
+                "trials run on CPUs, and the sweep says so. Off: that is an error."})
     cpus_per_trial: float = field(default=1.0, metadata={"help": "CPUs each trial reserves."})
-    gpu_memory_gib: float = field(default=80.0, metadata={"help": "Memory of one GPU of the cluster."})
+    gpu_memory_gib: float = field(default=80.0, metadata={
+        "help": "Memory of a GPU whose model the cluster does not tell (neither a gpu_memory_gib:N resource on its "
+                "node type nor a known accelerator_type); shares are sized from the card's own memory otherwise."})
+    autoscaling_config: str | None = field(default=None, metadata={
+        "help": "The cluster launcher's config, to know the GPU node types the autoscaler can start (default: "
+                "what the autoscaler reported to Ray, else ~/ray_bootstrap_config.yaml on the head)."})
     safety: float = field(default=1.5, metadata={"help": "Multiplier on the memory estimate."})
     step: float = field(default=0.05, metadata={"help": "GPU fractions round up to a multiple of this."})
     min_fraction: float = field(default=0.1, metadata={"help": "Smallest GPU share a trial gets."})
     fixed_fraction: float | None = field(default=None, metadata={"help": "Use this GPU share for every trial."})
-    use_gpus: bool = field(default=True, metadata={"help": "Schedule on GPUs when the cluster has some."})
 
     def check(self) -> None:
         if self.cpus_per_trial <= 0:
             raise FrugalrayError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.gpu_memory_gib <= 0 or self.safety <= 0:
+            raise FrugalrayError(f"gpu_memory_gib and safety must be > 0, got {self.gpu_memory_gib} and {self.safety}")
         if self.fixed_fraction is not None and not 0 < self.fixed_fraction <= 1:
             raise FrugalrayError(f"fixed_fraction must be in (0, 1], got {self.fixed_fraction}")
         if not 0 < self.step <= 1 or not 0 < self.min_fraction <= 1:
             raise FrugalrayError("step and min_fraction must be in (0, 1]")
+        if self.cpu_fallback and not self.gpus:
+            raise FrugalrayError("cpu_fallback is the fallback of a GPU sweep: set gpus too, or leave both off")
 
-    def gpu_fraction(self, estimate_gib: float) -> float:
+    def gpu_fraction(self, estimate_gib: float, gpu_memory_gib: float | None = None) -> float:
+        """The share of one GPU of ``gpu_memory_gib`` (default: ``self.gpu_memory_gib``) a trial of
+        ``estimate_gib`` gets; more than one GPU: whole GPUs."""
         if self.fixed_fraction is not None:
             return self.fixed_fraction
-        share = estimate_gib * self.safety / self.gpu_memory_gib
+        share = estimate_gib * self.safety / (gpu_memory_gib or self.gpu_memory_gib)
         if share > 1:
             return float(math.ceil(share))  # a trial larger than one GPU takes whole GPUs
         return round(max(self.min_fraction, math.ceil(share / self.step - 1e-9) * self.step), 4)
 
-    def for_trial(self, estimate_gib: float, cluster_has_gpus: bool) -> dict[str, float]:
-        """Ray resource request of one trial: CPU only when there is no GPU."""
-        if not (cluster_has_gpus and self.use_gpus):
-            return {"CPU": self.cpus_per_trial}
-        return {"CPU": self.cpus_per_trial, "GPU": self.gpu_fraction(estimate_gib)}
+    def cpu_demand(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_trial}
 
 
 @dataclass(frozen=True)
@@ -72,7 +87,8 @@ class TrialConfig(Settings):
         default=None, metadata={"help": "Per-layer scores for best/drop_worst, higher is better: numbers, or "
                                         "tuples compared in order (single(k) results: dev F1, -dev eval loss)."}
     )
-    lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
+    lora: LoraSettings | None = field(default=None, metadata={
+        "help": "LoRA. On: the pruned model is fine-tuned with LoRA adapters. Off: full fine-tuning."})
     training: TrainingSettings = field(
         default_factory=TrainingSettings, metadata={"help": "How the trial trains (HF TrainingArguments' defaults)."}
     )
@@ -81,7 +97,8 @@ class TrialConfig(Settings):
     seed: int = field(default=0, metadata={"help": "Seed of initialisation, batching and dropout."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
     save_model: bool = field(
-        default=False, metadata={"help": "Keep the trained weights in the store (models/<trial_id>) for export."}
+        default=False, metadata={"help": "Saving the weights. On: the trained weights stay in the store "
+                                         "(models/<trial_id>) for export. Off: only the row is kept."}
     )
     sweep: str = field(default="", metadata={"help": "Label grouping the trials of one sweep."})
     stage: str = field(default="", metadata={"help": "Sweep stage that scheduled the trial."})
@@ -129,15 +146,17 @@ class SweepConfig(Settings):
     stages: tuple[str, ...] = field(default=("single", "strategies", "lora", "balanced"),
                                     metadata={"help": "Stages to run (frugalray stages lists them)."})
     first_last: tuple[int, ...] | None = field(default=None, metadata={"help": "N for first/last; None: 1..L-1."})
-    alternate: bool = field(default=True, metadata={"help": "Run the alternate family (even, odd, drop_every)."})
+    alternate: bool = field(default=True, metadata={
+        "help": "The alternate family (even, odd, drop_every). On: the strategies stage runs it. Off: it is skipped."})
     drop_middle: tuple[int, ...] = field(default=(2, 4, 6, 8, 10), metadata={"help": "N for drop_middle."})
     drop_ends: tuple[int, ...] = field(default=(2, 4, 6, 8, 10), metadata={"help": "N for drop_ends (even)."})
     best: tuple[int, ...] = field(default=(2, 3, 4, 5, 6), metadata={"help": "N for best."})
     drop_worst: tuple[int, ...] = field(default=(1, 2, 3, 4, 5), metadata={"help": "N for drop_worst."})
     lora_max_layers: int = field(default=6, metadata={"help": "Selection: best strategy with at most this many."})
     lora_sizes: tuple[int, ...] = field(default=(2, 3), metadata={"help": "Selection: best with exactly N layers."})
-    lora_full: bool = field(default=True, metadata={"help": "lora stage: LoRA on the full model too (beside the "
-                                                            "selection's layer sets)."})
+    lora_full: bool = field(default=True, metadata={
+        "help": "lora stage, the full model. On: LoRA on the full model too, beside the selection's layer sets. "
+                "Off: the selection's layer sets only."})
     recovery: RecoverySettings = field(default_factory=RecoverySettings,
                                        metadata={"help": "Settings of the recover stage's distillation and partial runs."})
     recover_inits: tuple[str, ...] = field(default=("pretrained", "finetuned"),

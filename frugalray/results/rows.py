@@ -34,14 +34,15 @@ class ViewSpec:
     fn: Callable
     doc: str
     variants: bool  # sees int8/ONNX variant rows too (the others see trained models only)
+    raw: bool = False  # reads the store's rows (failed ones too), not the aggregated successful ones
 
 
 VIEWS: Registry[ViewSpec] = Registry("view")
 
 
-def view(name: str, variants: bool = False):
+def view(name: str, variants: bool = False, raw: bool = False):
     def decorate(fn):
-        VIEWS.add(name, ViewSpec(fn, (fn.__doc__ or "").strip().splitlines()[0], variants))
+        VIEWS.add(name, ViewSpec(fn, (fn.__doc__ or "").strip().splitlines()[0], variants, raw))
         return fn
 
     return decorate
@@ -99,7 +100,8 @@ def recovery_label(row: dict) -> str:
     """``finetuned+distill(T=2,a=0.5,b=0)``, ``pretrained+finetune+lora``, ``finetuned+partial(k=1)``."""
     init, method = recovery_of(row)
     if method == "distill":
-        method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g})"
+        uniform = ",uniform" if row.get("distill_hidden_map") == "uniform" else ""  # TinyBERT's layer map
+        method += f"(T={row['distill_temperature']:g},a={row['distill_alpha']:g},b={row['distill_beta']:g}{uniform})"
     elif method == "partial":
         method += f"(k={row['partial_layers']})"
     teacher = row.get("teacher_epochs")

@@ -87,6 +87,9 @@ class TrialResult:
     distill_temperature: float | None = column(_FLOAT)
     distill_alpha: float | None = column(_FLOAT, "weight of the label loss")
     distill_beta: float | None = column(_FLOAT, "weight of the hidden-state cosine loss")
+    distill_hidden_map: str | None = column(_STRING, "the teacher layers of the hidden-state loss when not each kept "
+                                                     "layer's own: uniform (TinyBERT's, student layer i of n to "
+                                                     "teacher layer (i + 1) * L / n - 1); null: its own, or no loss")
     partial_layers: int | None = column(_INT32, "partial: the last k kept layers that trained")
     teacher_epochs: int | None = column(_INT32, "the most epochs the teacher trained, when not the trial's own "
                                                 "(null: as the trial's training settings)")
@@ -148,6 +151,14 @@ class TrialResult:
     # -- where and with what
     device: str | None = column(_STRING)
     hardware: str | None = column(_STRING)
+    node_id: str | None = column(_STRING, "Ray node the trial ran on (null: outside Ray)")
+    node_host: str | None = column(_STRING, "host name of that node")
+    node_type: str | None = column(_STRING, "the cluster's node type the trial was placed for (null: any node)")
+    accelerator_type: str | None = column(_STRING, "GPU model the trial was placed on (A10G, H100...; null: CPU)")
+    gpu_ids: list[str] | None = column(pa.list_(_STRING), "GPU ids Ray gave the trial (CUDA_VISIBLE_DEVICES)")
+    gpu_share: float | None = column(_FLOAT, "share of one GPU granted (its CUDA allocator is capped at it); null: CPU")
+    gpu_memory_gib: float | None = column(_FLOAT, "memory of the GPU model the share was sized for")
+    cpus: float | None = column(_FLOAT, "CPUs granted")
     torch_version: str | None = column(_STRING)
     transformers_version: str | None = column(_STRING)
     peft_version: str | None = column(_STRING)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from frugalray._registry import FrugalrayError
-from frugalray.results import payoff, recovery_view  # noqa: F401 (their views register with the rest)
+from frugalray.results import nodes_view, payoff, recovery_view  # noqa: F401 (their views register with the rest)
 from frugalray.results.aggregate import BASE, aggregate
 from frugalray.results.rows import (VIEWS, View, at_base, at_base_settings, base_settings, cost, delta, full_model,
                                     is_full, label, latency_kind, ratio, score, stats, study_match, study_row_name,
@@ -178,6 +178,11 @@ def compute_view(source: ResultsStore | pa.Table, name: str, where: list[str] | 
                  aggregated: pa.Table | None = None) -> View:
     """Compute view ``name`` (see ``VIEWS``); study columns appear only when some row matched."""
     spec = VIEWS.get(name)
+    if spec.raw:
+        if not isinstance(source, ResultsStore):
+            raise FrugalrayError(f"View '{name}' reads a store's rows: give it a store")
+        out = spec.fn(source, where)
+        return View(name, pa.Table.from_pylist(out), [] if out else [f"View '{name}' has no rows"])
     table = aggregated if aggregated is not None else aggregate(source, where)
     every = table.to_pylist()
     rows = [r for r in every if r.get("variant", "fp32") == "fp32"]  # trained models (variants: payoff only)

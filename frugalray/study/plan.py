@@ -40,9 +40,7 @@ class StudyPlan:
     def __init__(self, sweep: SweepConfig, store: ResultsStore):
         self.sweep = check_tasks(sweep)
         self.store = store
-        self.data: dict[str, TaskData] = {
-            task: load_task(task, sweep.data_dir(task)) for task in sweep.tasks
-        }
+        self.data: dict[str, TaskData] = {task: self._load(task) for task in sweep.tasks}
         self.names = {task: data.name for task, data in self.data.items()}
         self.num_layers = layer_count(sweep.model)
         self.rows: dict[str, dict] = {}  # config_hash -> trained row (ok, or failed for good)
@@ -57,6 +55,9 @@ class StudyPlan:
         self.notes: list[str] = []
         self.running: set[str] = set()  # config hashes handed out by next() and not finished
         self.proxies: dict[tuple[str, str], tuple] = {}
+
+    def _load(self, task: str) -> TaskData:
+        return load_task(task, self.sweep.data_dir(task))
 
     # -- results in -------------------------------------------------------------------------------
     def _remember(self, row: dict) -> None:

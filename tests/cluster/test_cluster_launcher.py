@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head: keeps Ray on loopback addresses
                  "HF_HUB_OFFLINE": "1"}
-INSTALLS = ("venv", "pip install")  # setup commands that need the network: frugalray is installed here already
+# Setup commands left out here: those that need the network (frugalray is installed here already) and the check
+# that the node's role writes the S3 results bucket (no AWS here).
+INSTALLS = ("venv", "pip install", "s3://")
 
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
@@ -178,7 +180,7 @@ def _launcher_config(base: Path, port: int, user: str, key: Path) -> dict:
     """cluster.yaml for the local provider on the two loopback hosts: its setup commands less the installs,
     its head setup (the token), its token copy to workers and its worker start commands."""
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    assert config["cluster_synced_files"] == ["~/.ray/auth_token"]
+    assert config["cluster_synced_files"] == ["~/.ray/auth_token", "~/frugalray-constraints.txt"]
     config.update(
         cluster_name=f"frtest{port}",
         provider={"type": "local", "head_ip": HEAD_IP, "worker_ips": [WORKER_IP]},
@@ -275,6 +277,9 @@ def _check_the_worker(nodes: str, base: Path, head_disk: Path, worker_disk: Path
     # cluster_synced_files copied the head's token to the same path (~/.ray/auth_token) on the worker's disk
     copy = worker_disk / ".ray" / "auth_token"
     assert copy.read_text() == (head_disk / ".ray" / "auth_token").read_text() and copy.stat().st_mode & 0o077 == 0
+    # and the head's versions (head_setup_commands' pip freeze), which the worker's installs are held to
+    versions = (worker_disk / "frugalray-constraints.txt").read_text()
+    assert versions == (head_disk / "frugalray-constraints.txt").read_text() and "\nray==" in f"\n{versions}"
     # setup_commands ran on the worker: its login shell has the environment first on PATH and token auth on
     bashrc = (worker_disk / ".bashrc").read_text()
     assert "export PATH=$HOME/frugalray-env/bin:$PATH" in bashrc and "export RAY_AUTH_MODE=token" in bashrc
