@@ -47,11 +47,14 @@ class SearchConfig(Settings):
     training: TrainingSettings = field(
         default_factory=TrainingSettings, metadata={"help": "How every trial trains (HF TrainingArguments' defaults)."}
     )
-    lora: LoraSettings | None = field(default=None, metadata={"help": "Fine-tune with LoRA adapters instead of fully."})
+    lora: LoraSettings | None = field(default=None, metadata={
+        "help": "LoRA. On: the pruned model is fine-tuned with LoRA adapters. Off: full fine-tuning."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
     results: str = field(default="results", metadata={"help": "Results location."})
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file)."})
-    warm_start: bool = field(default=True, metadata={"help": "Tell Optuna every stored result of this space."})
+    warm_start: bool = field(default=True, metadata={
+        "help": "Warm start. On: every stored result of this space is handed to Optuna before it samples. Off: "
+                "Optuna starts empty (a mask it samples that has a stored result is still not retrained)."})
     prior: str = field(default="proxy", metadata={"help": "'proxy': first try masks ranked by layer importance."})
     prior_masks: int = field(default=3, metadata={
         "help": "How many masks per kept-layer count the proxy puts first (best by summed layer importance)."})
@@ -61,9 +64,10 @@ class SearchConfig(Settings):
         "help": "tpe: masks drawn at random before TPE models the results (Optuna's n_startup_trials; trials told "
                 "from the store and stopped masks count)."})
     halving: bool = field(default=False, metadata={
-        "help": "Stop unpromising masks early (asynchronous successive halving, Ray Tune's ASHAScheduler, on "
-                "rung_score at rungs counted in training steps); only trials trained to the end are results. With a "
-                "front objective, one search per kept-layer count."})
+        "help": "Early stopping of unpromising masks. On: asynchronous successive halving (Ray Tune's "
+                "ASHAScheduler, on rung_score at rungs counted in training steps); only trials trained to the end "
+                "are results, and a front objective runs one search per kept-layer count. Off: every mask trains "
+                "to the end."})
     grace_steps: int | None = field(default=None, metadata={
         "help": "Training steps before the first rung (default: the whole training / reduction_factor**2, and "
                 "never before warm-up ends); dev is scored every this many steps."})

@@ -65,12 +65,14 @@ class TrainingSettings(Settings):
     pad_to_multiple_of: int | None = field(
         default=None, metadata={"help": "Pad batches to a multiple of this (a speed choice; None: to the longest member)."}
     )
-    fused_optimizer: bool = field(default=True, metadata={"help": "Fused AdamW kernel where available (a speed choice)."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training (a speed choice)."})
+    fused_optimizer: bool = field(default=True, metadata={
+        "help": "The fused AdamW kernel (a speed choice). On: used where available. Off: torch's default AdamW."})
+    compile: bool = field(default=False, metadata={
+        "help": "torch.compile (a speed choice). On: the model is compiled for training. Off: eager PyTorch."})
     trim_vocabulary: bool = field(default=True, metadata={
-        "help": "Train only the embedding rows of the task's tokens, then put them back (the same weights up to "
-                "float rounding, faster steps: frugalray.training.vocab); --training.no-trim-vocabulary trains "
-                "every row, as the Trainer does."})
+        "help": "The trimmed vocabulary. On: only the embedding rows of the task's tokens train, then go back in "
+                "place (the same weights up to float rounding, faster steps: frugalray.training.vocab). Off: every "
+                "row trains, as the Trainer does."})
     early_stopping_patience: int = field(default=0, metadata={
         "help": "0: train every epoch. k: score dev after each epoch, stop after k epochs in a row without a better "
                 "dev F1 (ties: lower dev loss) and keep the best epoch's weights; epochs is then the most a trial "
@@ -81,8 +83,9 @@ class TrainingSettings(Settings):
                                      "(recording only: training is the same)."}
     )
     energy: bool = field(
-        default=True, metadata={"help": "Record the energy (kWh) and CO2-eq of training and evaluation with "
-                                        "codecarbon's offline tracker (recording only)."}
+        default=True, metadata={"help": "Energy recording (recording only). On: the energy (kWh) and CO2-eq of "
+                                        "training and evaluation, from codecarbon's offline tracker. Off: not "
+                                        "measured (energy columns null, energy_method says off)."}
     )
     energy_country: str = field(
         default="FRA", metadata={"help": "ISO 3166-1 alpha-3 code of the country whose electricity grid gives the "
