@@ -37,17 +37,44 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _skip_reason(report) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def missing_package(reason: str) -> bool:
+    """Whether a skip is ``pytest.importorskip``'s: a Python package the test extra installs is missing (moto,
+    hypothesis, onnxruntime...)."""
+    return reason.startswith("could not import ")
+
+
+def _fail_in_ci(report, nodeid: str) -> None:
+    reason = _skip_reason(report)
+    report.outcome = "failed"
+    report.longrepr = (f"{nodeid} must run in CI (CI={os.environ['CI']!r}), but it skipped: {reason}. "
+                       f"Install what it needs (.ci/run does: the test extra, Chromium, sshd), or unset CI to let "
+                       f"it skip")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """A test marked ``required_in_ci`` skips where a system package it needs is missing (Chromium, sshd),
-    except in CI, which installs them: there its skip is a failure, so that a run never passes without it."""
+    """A test skips where what it needs is missing: a system package (Chromium, sshd: marked ``required_in_ci``)
+    or a Python package of the test extra (``pytest.importorskip``). Not in CI, which installs them all: there
+    such a skip is a failure, so that a run never passes without the test."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and in_ci() and item.get_closest_marker("required_in_ci"):
-        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        report.outcome = "failed"
-        report.longrepr = (f"{item.nodeid} must run in CI (CI={os.environ['CI']!r}), but it skipped: {reason}. "
-                           f"Install what it needs (.ci/run does), or unset CI to let it skip")
+    if report.skipped and in_ci():
+        if item.get_closest_marker("required_in_ci") or missing_package(_skip_reason(report)):
+            _fail_in_ci(report, item.nodeid)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module that skips as it is imported (``importorskip`` at module level)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and missing_package(_skip_reason(report)):
+        _fail_in_ci(report, collector.nodeid)
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +93,29 @@ def tiny_model(tmp_path_factory) -> str:
     words = conll_words(*DATA.glob("ner_*.conll")) | {"un", "une", "film", "histoire", "magnifique",
                                                          "ennuyeux", "touchante", "plate"}
     return str(tiny_model_dir(tmp_path_factory.mktemp("tiny_camembert"), words, "camembert", num_layers=4))
+
+
+@pytest.fixture()
+def activity(tmp_path, monkeypatch):
+    """A private activity folder (``frugalray.training.environment``: where frugalray processes mark the work they
+    run, so that a latency measurement knows whether it ran alone): other trials and benchmarks running on this
+    machine meanwhile do not leak into the test."""
+    folder = tmp_path / "running"
+    monkeypatch.setattr("frugalray.training.environment._activity_dir", lambda: folder)
+    return folder
+
+
+@pytest.fixture()
+def another_frugalray_process(activity):
+    """Another live process that marks a trial as running on this machine (in the test's activity folder)."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        activity.mkdir(parents=True, exist_ok=True)
+        (activity / f"{other.pid}-abcd.trial").touch()
+        yield other
+    finally:
+        other.kill()
+        other.wait()
 
 
 # A writer killed mid-append (and mid-trial, its model folder not yet filled), as `kill -9` leaves it.
@@ -92,14 +142,18 @@ def kill_a_writer():
     return lambda store: subprocess.run([sys.executable, "-c", KILLED_WRITER, str(store)]).returncode
 
 
+# The local S3 server's credentials (any will do), and no look-up of a cloud machine's own.
+S3_TEST_ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}
+
+
 @pytest.fixture()
 def s3_results(monkeypatch):
     """A results location on a local S3 server (moto, on 127.0.0.1): ``s3://<a new bucket>/results?...``, its
     endpoint and region as Arrow's URI options."""
     moto_server = pytest.importorskip("moto.server")
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        monkeypatch.setenv(name, value)  # Ray workers started afterwards inherit them
+    for name, value in S3_TEST_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)  # Ray workers started afterwards inherit them (a shared Ray: set them first)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server._server.server_address

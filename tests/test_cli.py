@@ -13,6 +13,7 @@ from frugalray.results.store import ResultsStore
 FAST = ["--training.epochs", "1", "--training.batch-size", "2", "--training.max-length", "32"]
 
 
+@pytest.mark.slow
 def test_trial_then_results(tmp_path, tiny_model, ner_task_file, capsys):
     results = str(tmp_path / "results")
     assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "first", "--n", "2",
@@ -31,8 +32,7 @@ def test_trial_then_results(tmp_path, tiny_model, ner_task_file, capsys):
 
 
 def test_a_lone_trial_labels_its_latency_isolated_and_records_its_energy(tmp_path, tiny_model, ner_task_file,
-                                                                        monkeypatch, capsys):
-    monkeypatch.setattr("frugalray.training.environment._activity_dir", lambda: tmp_path / "running")
+                                                                        activity, capsys):
     results = str(tmp_path / "results")
     assert main(["trial", "--task", ner_task_file, "--model", tiny_model, *FAST, "--results", results]) == 0
     assert main(["trial", "--task", ner_task_file, "--model", tiny_model, "--strategy", "first", "--n", "1", *FAST,
@@ -48,6 +48,7 @@ def test_a_lone_trial_labels_its_latency_isolated_and_records_its_energy(tmp_pat
     assert "isolated, batch " in lines[2] and "isolated, batch " in lines[3]
 
 
+@pytest.mark.slow
 def test_best_uses_the_stores_single_layer_scores(tmp_path, tiny_model, ner_task_file, capsys):
     results = str(tmp_path / "results")
     store = ResultsStore(results)
@@ -187,12 +188,17 @@ def test_check_names_every_problem_and_repair_fixes_what_it_can(tmp_path, capsys
 
 
 def test_repair_leaves_a_live_writer_alone_and_a_missing_store_is_an_error(tmp_path, capsys, monkeypatch):
+    from frugalray.results.files import stop_heartbeat
+
     store = ResultsStore(tmp_path).check_writable()
     store.append(_trial_row("a"))
     live = store.staging_folder()  # this process is writing it
-    _age(live, 5, monkeypatch)
-    assert main(["results", str(tmp_path), "--repair"]) == 0
-    assert "nothing to repair" in capsys.readouterr().out and os.path.isdir(live)
+    try:
+        _age(live, 5, monkeypatch)
+        assert main(["results", str(tmp_path), "--repair"]) == 0
+        assert "nothing to repair" in capsys.readouterr().out and os.path.isdir(live)
+    finally:
+        stop_heartbeat(live)  # the writer this test started is done
     assert main(["results", str(tmp_path / "nope"), "--check"]) == 2
     assert "does not exist" in capsys.readouterr().err
 
@@ -345,6 +351,7 @@ def test_sweep_command_line_overrides_the_file(sweep_main):
 @pytest.mark.parametrize("argv", [["--help"], ["results", "--help"], ["results", "STORE", "--view", "budget"],
                                   ["results", "STORE", "--view", "payoff"], ["results", "STORE", "--check"],
                                   ["results", "STORE", "--where", "task=demo_pos"], ["results", "FRONTS", "--fronts"]])
+@pytest.mark.slow
 def test_reading_commands_import_neither_torch_nor_ray(argv, tmp_path):
     import subprocess
     import sys
@@ -386,7 +393,7 @@ def _options(text: str) -> list[tuple[str, str]]:
             flag, _, rest = line.strip().removeprefix("-h, ").partition("  ")
             current = [flag.split()[0], rest.strip()]
             found.append(current)
-        elif current is not None and re.match(r"^ {10,}\S", line):
+        elif current is not None and re.match(r"^ {3,}\S", line):  # indented under its flag (by 4 to 8 spaces)
             current[1] = f"{current[1]} {line.strip()}".strip()
         else:
             current = None
@@ -397,7 +404,10 @@ def _options(text: str) -> list[tuple[str, str]]:
 def test_every_option_has_help_and_shows_its_default(argv, capsys, monkeypatch):
     text = _help(argv, capsys, monkeypatch)
     assert not re.search(r"\w+\(\w+: '", text)  # no settings group described by its bare dataclass signature
-    for flag, help_ in _options(text):
+    options = _options(text)
+    if argv[0] in ("trial", "search", "results", "export", "bench-latency") or len(argv) > 1:
+        assert len(options) >= 3, text  # tyro's layout was read: these commands have many options
+    for flag, help_ in options:
         described = re.fullmatch(r"(.*?)\s*\((default: .*|required|repeatable)\)", help_)
         assert described and len(described.group(1)) > 3, f"{argv[0]} {flag}: {help_!r}"
 
@@ -452,3 +462,58 @@ def test_every_commands_example_runs_as_written(command, example_store, tmp_path
             sys.modules["ray"].shutdown()
     out = capsys.readouterr().out
     assert out.strip(), example
+
+
+# -- range and combination errors of the study's options, as the command line answers them --------------------
+def _refused(argv, capsys) -> str:
+    """Run the command line; it must exit 2 with frugalray's one-line error (no traceback). Returns stderr."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip(), err
+    return err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--full-model-epochs", "-1"], "full_model_epochs must be >= 0 (0: as every trial) and full_model_patience >= 1; "
+                                    "got -1 and 2"),
+    (["--full-model-epochs", "6", "--full-model-patience", "0"], "full_model_patience >= 1; got 6 and 0"),
+    (["--recovery.teacher-epochs", "6"], "recovery.teacher_epochs is set by the sweep from full_model_epochs"),
+    (["--full-model-epochs", "six"], "--full-model-epochs"),
+])
+def test_full_model_epochs_out_of_range_or_combined_wrongly_is_refused_on_the_command_line(tmp_path, capsys, argv,
+                                                                                          message):
+    results = tmp_path / "r"
+    err = _refused(["sweep", os.path.join(ROOT, "sweeps", "quick.py"), "--results", str(results), *argv], capsys)
+    assert message in err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--rung-score", "dev_los"], "Unknown rung_score 'dev_los'. Did you mean 'dev_loss'?"),
+    (["--rung-score", "f1"], "Unknown rung_score 'f1'"),
+    (["--halving", "--rung-score", "loss"], "Did you mean 'dev_loss'? Available: dev_f1, dev_f1_then_loss, dev_loss"),
+])
+def test_an_unknown_rung_score_is_refused_on_the_command_line(tmp_path, capsys, argv, message):
+    results = tmp_path / "r"
+    err = _refused(["search", "--task", "demo_pos", "--results", str(results), *argv], capsys)
+    assert message in err
+    assert not results.exists()
+
+
+SHARE = "a share from 0 to 1 of the Linear weights, for torch int8 (--int8 without --onnx) whose fp32 groups are chosen"
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--int8", "--int8-max-fp32-share", "1.5"], f"--int8-max-fp32-share 1.5: {SHARE}"),
+    (["--int8", "--int8-max-fp32-share", "-0.1"], f"--int8-max-fp32-share -0.1: {SHARE}"),
+    (["--int8-max-fp32-share", "0.2"], f"--int8-max-fp32-share 0.2: {SHARE}"),  # without --int8
+    (["--int8", "--onnx", "--int8-max-fp32-share", "0.2"], f"--int8-max-fp32-share 0.2: {SHARE}"),
+    (["--int8", "--int8-fp32", "classifier", "--int8-max-fp32-share", "0.2"], f"--int8-max-fp32-share 0.2: {SHARE}"),
+    (["--int8", "--int8-max-fp32-share", "half"], "--int8-max-fp32-share"),
+])
+def test_an_int8_fp32_budget_out_of_range_or_without_a_choice_is_refused_on_the_command_line(tmp_path, capsys,
+                                                                                            argv, message):
+    store = ResultsStore(tmp_path / "r").check_writable()  # no trial needed: the options are checked first
+    err = _refused(["export", store.location, "--trial", "t", "--out", str(tmp_path / "out"), *argv], capsys)
+    assert message in err
+    assert not (tmp_path / "out").exists() and store.files() == []

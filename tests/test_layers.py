@@ -39,16 +39,28 @@ def _module_name(path: Path) -> str:
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _imports(path: Path) -> list[tuple[str, int]]:
-    """(imported frugalray module, line) for every import in ``path``; ``from pkg import module`` names the module."""
+def _imports(path: Path, module: str | None = None) -> list[tuple[str, int]]:
+    """(imported frugalray module, line) for every import in ``path`` (the module ``module``, by default the one
+    at that path); ``from pkg import module`` names the module. Relative imports (``from . import x``, ``from
+    ..results import store``) are resolved against the importing module's package."""
+    module = module or _module_name(path)
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("frugalray"):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)] if node.level - 1 <= len(package) else []
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target != "frugalray" and not target.startswith("frugalray."):
+                continue
             for alias in node.names:
-                sub = f"{node.module}.{alias.name}"
-                found.append((sub if sub in MODULES else node.module, node.lineno))
+                sub = f"{target}.{alias.name}"
+                found.append((sub if sub in MODULES else target, node.lineno))
         elif isinstance(node, ast.Import):
-            found += [(alias.name, node.lineno) for alias in node.names if alias.name.startswith("frugalray")]
+            found += [(alias.name, node.lineno) for alias in node.names
+                      if alias.name == "frugalray" or alias.name.startswith("frugalray.")]
     return found
 
 
@@ -131,7 +143,18 @@ def test_the_checks_catch_what_they_look_for(tmp_path):
     """The rules can fail: an upward import and a circle written to a scratch package are both found."""
     (tmp_path / "a.py").write_text("from frugalray.cli.run import x\nfrom frugalray.b import y\n")
     (tmp_path / "b.py").write_text("def f():\n    from frugalray.a import z\n")
-    assert [t for t, _ in _imports(tmp_path / "a.py")] == ["frugalray.cli.run", "frugalray.b"]
-    graph = {"frugalray.a": {"frugalray.b"}, "frugalray.b": {t for t, _ in _imports(tmp_path / "b.py")}}
+    assert [t for t, _ in _imports(tmp_path / "a.py", "frugalray.a")] == ["frugalray.cli.run", "frugalray.b"]
+    graph = {"frugalray.a": {"frugalray.b"}, "frugalray.b": {t for t, _ in _imports(tmp_path / "b.py", "frugalray.b")}}
     assert ["frugalray.a", "frugalray.b"] in _strongly_connected(graph)
     assert LEVEL["cli"] > LEVEL["data"]
+
+
+def test_relative_imports_count_as_the_absolute_ones_they_are(tmp_path):
+    """``from ..cli import run`` in frugalray/data/x.py is ``frugalray.cli.run``: an upward import all the same."""
+    (tmp_path / "x.py").write_text("from ..cli import run\nfrom ..cli.read import export\nfrom . import readers\n"
+                                   "from .tasks import load_task\nfrom ...elsewhere import y\nimport frugalrayish\n")
+    assert _imports(tmp_path / "x.py", "frugalray.data.x") == [
+        ("frugalray.cli.run", 1), ("frugalray.cli.read", 2), ("frugalray.data.readers", 3), ("frugalray.data.tasks", 4)]
+    (tmp_path / "__init__.py").write_text("from .tasks import load_task\nfrom .. import strategies\n")
+    assert _imports(tmp_path / "__init__.py", "frugalray.data") == [("frugalray.data.tasks", 1),
+                                                                    ("frugalray.strategies", 2)]

@@ -35,6 +35,7 @@ def test_a_sweep_files_settings_parse_into_its_config(name, variable, kind, monk
 
 
 @pytest.mark.parametrize("name,variable,kind", FILES)
+@pytest.mark.slow
 def test_a_sweep_files_help_lists_its_options_with_the_files_values(name, variable, kind):
     env = os.environ | {"COLUMNS": "100", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, f"sweeps/{name}", "--help"], cwd=ROOT, env=env, capture_output=True,

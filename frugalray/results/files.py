@@ -45,22 +45,36 @@ def staging_name() -> str:
     return f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex}"
 
 
+_BEATING: dict[str, threading.Event] = {}  # staging folder -> what stops its heartbeat
+
+
 def keep_alive(path: str | os.PathLike) -> threading.Thread:
     """The heartbeat of a staging folder in use: a daemon thread touches ``path`` every ``HEARTBEAT_S`` seconds
-    while it exists (it ends once the folder has moved into place or was removed). Its modification time tells
-    ``--repair`` on any machine that the writer lives (``frugalray.results.health``)."""
+    until ``stop_heartbeat(path)`` (``ResultsStore.put_folder`` calls it once the folder is in place), or
+    until it finds the folder gone. Its modification time tells ``--repair`` on any machine that the writer
+    lives (``frugalray.results.health``)."""
+    stop = _BEATING.setdefault(os.fspath(path), threading.Event())
 
     def beat() -> None:
-        while True:
-            time.sleep(HEARTBEAT_S)
-            try:
+        try:
+            while not stop.wait(HEARTBEAT_S):
                 os.utime(path)
-            except FileNotFoundError:
-                return
+        except FileNotFoundError:
+            pass
+        finally:
+            if _BEATING.get(os.fspath(path)) is stop:
+                del _BEATING[os.fspath(path)]
 
     thread = threading.Thread(target=beat, name=f"frugalray heartbeat {path}", daemon=True)
     thread.start()
     return thread
+
+
+def stop_heartbeat(path: str | os.PathLike) -> None:
+    """End the heartbeat of ``path`` (none: nothing to do); its thread ends at once."""
+    stop = _BEATING.pop(os.fspath(path), None)
+    if stop is not None:
+        stop.set()
 
 
 def normal_permissions(folder: str | os.PathLike) -> None:

@@ -31,7 +31,7 @@ from pyarrow import fs as pafs
 from frugalray._registry import FrugalrayError
 from frugalray.results.filters import where_clauses
 from frugalray.results.files import (FileCheck, check_file, duckdb_type, keep_alive, normal_permissions,
-                                     staging_name)
+                                     staging_name, stop_heartbeat)
 from frugalray.results.schema import COLUMNS, SCHEMA, TrialResult, is_trained, table
 
 STAGING = ".staging"  # files being written, in the store but outside every folder a reader lists
@@ -267,6 +267,7 @@ class ResultsStore:
             Path(final).parent.mkdir(parents=True, exist_ok=True)
             normal_permissions(local)  # as if written in place, not through a private temporary folder
             os.replace(local, final)  # same filesystem when ``local`` was made by ``staging_folder``
+            stop_heartbeat(local)  # in place: no longer a staging folder (its thread would linger a beat)
             return relative
         pafs.copy_files(str(Path(local).resolve()), final, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.fs)

@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[2]
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # the head: keeps Ray on loopback addresses
                  "HF_HUB_OFFLINE": "1"}
-# Setup commands left out here: those that need the network (frugalray is installed here already) and the check
-# that the node's role writes the S3 results bucket (no AWS here).
-INSTALLS = ("venv", "pip install", "s3://")
+# Setup commands left out here: those that need the network (frugalray is installed here already).
+INSTALLS = ("venv", "pip install")
+BUCKET = "s3://REPLACE_ME_RESULTS_BUCKET"  # cluster.yaml's results bucket: a local folder here (no AWS)
 
 
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
@@ -177,9 +177,12 @@ def _worker_start(command: str, port: int, ray_dir: Path) -> str:
 
 
 def _launcher_config(base: Path, port: int, user: str, key: Path) -> dict:
-    """cluster.yaml for the local provider on the two loopback hosts: its setup commands less the installs,
-    its head setup (the token), its token copy to workers and its worker start commands."""
-    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    """cluster.yaml for the local provider on the two loopback hosts: its setup commands less the installs
+    (the results bucket a folder of the test's), its head setup (the token), its token copy to workers and its
+    worker start commands."""
+    text = (ROOT / "cluster.yaml").read_text()
+    assert BUCKET in text
+    config = yaml.safe_load(text.replace(BUCKET, str(base / "bucket")))
     assert config["cluster_synced_files"] == ["~/.ray/auth_token", "~/frugalray-constraints.txt"]
     config.update(
         cluster_name=f"frtest{port}",
@@ -283,5 +286,8 @@ def _check_the_worker(nodes: str, base: Path, head_disk: Path, worker_disk: Path
     # setup_commands ran on the worker: its login shell has the environment first on PATH and token auth on
     bashrc = (worker_disk / ".bashrc").read_text()
     assert "export PATH=$HOME/frugalray-env/bin:$PATH" in bashrc and "export RAY_AUTH_MODE=token" in bashrc
+    # with where sweeps write (sweeps/all.py reads it), which the node's setup checked it can write
+    assert f"export FRUGALRAY_RESULTS={base}/bucket/camembert-study" in bashrc
+    assert (base / "bucket" / "camembert-study").is_dir()
     [raylet] = [p for p in map(psutil.Process, _processes_mentioning(f"{base}/wk")) if p.name() == "raylet"]
     assert raylet.environ().get("RAY_AUTH_MODE") == "token" and raylet.environ().get("HOME") == str(USER_HOME)

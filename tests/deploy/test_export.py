@@ -25,6 +25,7 @@ def _predict(model, tokenizer, sentences):
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full-fine-tuning", "lora-merged"])
+@pytest.mark.slow
 def test_export_round_trip_gives_the_trained_models_predictions(tmp_path, tiny_model, ner_task_file, lora):
     store = ResultsStore(tmp_path / "results")
     row = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, strategy="mask", layers=(0, 2),
@@ -135,6 +136,7 @@ def test_saved_and_exported_files_get_the_permissions_the_umask_gives(tmp_path, 
 
 
 @pytest.mark.parametrize("how", ["alias", "relative folder"])
+@pytest.mark.slow
 def test_saved_and_exported_trials_name_the_base_model_as_the_trial_did(tmp_path, tiny_model, ner_task_file,
                                                                         monkeypatch, how):
     if how == "alias":
@@ -160,7 +162,7 @@ def _stored(store, trial_id):
     return store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[trial_id]).to_pylist()[0]
 
 
-def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, saved, capsys):
+def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, saved, capsys, activity):
     from frugalray.data.encoding import encode_examples
     from frugalray.data.tasks import load_task
     from frugalray.deploy.variants import load_variant
@@ -169,9 +171,11 @@ def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, s
 
     store, trial = saved
     source = _stored(store, trial)
+    earlier = {r["trial_id"] for r in store.table().to_pylist()}  # the module's other tests export it too
     assert main(["export", store.location, "--trial", trial, "--out", str(tmp_path / "int8"), "--int8"]) == 0
     assert f"int8: test F1 {source['f1']:.4f} -> " in capsys.readouterr().out
-    [row] = store.query(sql="SELECT * FROM trials WHERE source_trial_id = $1", params=[trial]).to_pylist()
+    [row] = [r for r in store.query(sql="SELECT * FROM trials WHERE source_trial_id = $1", params=[trial]).to_pylist()
+             if r["trial_id"] not in earlier]
     assert (row["variant"], row["stage"], row["status"]) == ("int8", "export", "ok")
     assert row["config_hash"] != source["config_hash"] and row["kept_layers"] == source["kept_layers"]
     assert _stored(store, trial)["f1"] == source["f1"] and source["variant"] == "fp32"  # the source keeps its own
@@ -193,7 +197,15 @@ def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, s
     assert set(strategies.column("strategy").to_pylist()) == {"first_2"} and strategies.num_rows == 1  # fp32 only
 
 
+def test_an_exports_latency_is_not_isolated_while_another_frugalray_process_runs(tmp_path, saved,
+                                                                               another_frugalray_process):
+    store, trial = saved
+    row = export_trial(store, trial, tmp_path / "int8", int8=True, int8_fp32="none")["variant_row"]
+    assert row["latency_ms"] > 0 and row["latency_isolated"] is False
+
+
 @pytest.mark.parametrize("int8", [False, True], ids=["onnx", "onnx-int8"])
+@pytest.mark.slow
 def test_an_onnx_export_is_run_by_onnx_runtime_and_re_evaluated(tmp_path, saved, int8):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -271,6 +283,7 @@ def test_the_export_check_compares_with_the_unmerged_trained_model_on_the_tasks_
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow
 def test_int8_groups_kept_fp32_are_chosen_greedily_on_dev_and_stop_once_within_tolerance():
     """The greedy choice, on a model whose dev score is known from which of its Linear layers are int8."""
     from frugalray.deploy.int8 import choose_fp32_groups
@@ -296,6 +309,7 @@ def test_int8_groups_kept_fp32_are_chosen_greedily_on_dev_and_stop_once_within_t
     assert choose_fp32_groups(model, lambda candidate: 0.5)[0] == []  # nothing lost, nothing kept
 
 
+@pytest.mark.slow
 def test_a_budget_keeps_only_the_fp32_groups_that_fit_in_it():
     """Shares are of the Linear weights: here a layer's attention has 4 h x h weights, its feed-forward input and
     output 2 h x h each (intermediate size 2 h); the head is a sliver."""
@@ -377,7 +391,43 @@ def test_an_int8_budget_is_recorded_and_a_budget_without_a_choice_is_refused(tmp
     assert not (tmp_path / "none").exists()
 
 
+@pytest.mark.slow
+def test_an_int8_budget_changes_which_groups_an_export_keeps_fp32(tmp_path, saved, monkeypatch):
+    """Through the command line, on a model whose dev F1 is known from which of its Linear groups are int8: the
+    unbounded choice keeps an attention (a quarter of the weights); within a budget of 0.2 it cannot, and keeps
+    the head instead."""
+    from frugalray.deploy import variants
+    from frugalray.model.quantize import group_shares
+
+    store, trial = saved
+    cost = {"layer.1.output": 0.03, "layer.0.attention": 0.02, "classifier": 0.004}  # dev F1 that int8 costs
+
+    def dev_f1(model) -> float:
+        quantized = {g for g in cost for name, m in model.named_modules()
+                     if type(m).__module__.startswith("torch.ao") and f".{g}." in f".{name}."}
+        return 0.8 - sum(cost[g] for g in quantized)
+
+    real_score = variants._Data.score
+    monkeypatch.setattr(variants._Data, "score", lambda self, model, split: real_score(self, model, split) | (
+        {"f1": dev_f1(model)} if split == "dev" else {}))
+
+    def chosen(*budget) -> tuple[list[str], dict]:
+        out = tmp_path / f"int8{budget}"
+        assert main(["export", store.location, "--trial", trial, "--out", str(out), "--int8", *budget]) == 0
+        manifest = json.loads((out / "frugalray_trial.json").read_text())
+        model = AutoModelForTokenClassification.from_pretrained(out)
+        return manifest["int8_fp32_groups"], group_shares(model)
+
+    unbounded, shares = chosen()
+    assert unbounded == ["layer.1.output", "layer.0.attention"]  # then within half a point: the head stays int8
+    assert shares["layer.0.attention"] == pytest.approx(0.25, abs=0.01) and shares["layer.1.output"] < 0.2
+    bounded, _ = chosen("--int8-max-fp32-share", "0.2")
+    assert bounded == ["layer.1.output", "classifier"]  # the attention does not fit beside the feed-forward output
+    assert sum(shares[g] for g in bounded) <= 0.2
+
+
 @pytest.mark.parametrize("choice", ["auto", "agreement", "none", "classifier"])
+@pytest.mark.slow
 def test_an_int8_export_keeps_the_chosen_groups_fp32_wherever_it_is_loaded(tmp_path, saved, choice):
     from frugalray.deploy.variants import load_variant
 

@@ -35,6 +35,7 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(resolve_model("minilm"))
 
 
+@pytest.mark.slow
 def test_pruned_pretrained_model_still_knows_paraphrases(tokenizer, tmp_path):
     full = AutoModel.from_pretrained(resolve_model("minilm"))
     full_margin = paraphrase_margin(full, tokenizer)

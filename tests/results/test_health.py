@@ -22,8 +22,9 @@ def _wait_for(condition, what: str, timeout: float = 60):
     raise AssertionError(f"waited {timeout} s for {what}")
 
 
-def _heartbeats() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("frugalray heartbeat")]
+def _heartbeat_of(folder: Path) -> list[threading.Thread]:
+    """The heartbeat thread of ``folder`` (one test's own: other tests' writers may beat meanwhile)."""
+    return [t for t in threading.enumerate() if t.name == f"frugalray heartbeat {folder}"]
 
 
 def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_a_dead_ones(tmp_path, monkeypatch,
@@ -36,6 +37,7 @@ def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_
         elsewhere.setattr(files.socket, "gethostname", lambda: "gpu-node-7")
         live = Path(store.staging_folder())
     assert live.name.startswith("gpu-node-7_")
+    [heartbeat] = _heartbeat_of(live)
     dead = tmp_path / ".staging" / f"gpu-node-8_4242_{'a' * 32}"  # the folder of a writer killed on gpu-node-8
     dead.mkdir()
     created = time.time() - HOURS_2
@@ -53,11 +55,35 @@ def test_repair_keeps_another_machines_live_folder_by_its_heartbeat_and_removes_
     assert capsys.readouterr().out.splitlines()[0] == f"removed stale staging folder .staging/{dead.name}"
     assert live.is_dir() and not dead.exists()
 
+    monkeypatch.setattr(files, "HEARTBEAT_S", 3600.0)  # its next beat an hour away, as in a long training
+    time.sleep(0.2)  # the heartbeat waits for that beat now
     (live / "weights.bin").write_bytes(b"trained")  # the trial ends: its weights go in, the folder moves in place
     store.put_folder(live, "models/t-1")
     assert (tmp_path / "models" / "t-1" / "weights.bin").read_bytes() == b"trained"
-    _wait_for(lambda: not _heartbeats(), "the heartbeat to stop once its folder is gone")
+    heartbeat.join(timeout=5)  # put_folder stops it: it does not linger until a beat finds its folder gone
+    assert not heartbeat.is_alive() and not _heartbeat_of(live)
     assert not live.exists()  # the heartbeat made nothing again where the folder was
+
+
+def test_a_live_writers_folder_a_few_heartbeats_old_is_never_stale(tmp_path, monkeypatch):
+    """Another machine's staging entry is judged by its age alone. A live writer touches it every
+    ``HEARTBEAT_S``, so an entry last touched one beat ago, or a few (a busy node, a slow network filesystem), has a
+    writer: only one untouched for ``STALE_AFTER_S`` has lost it. A threshold as short as a beat would remove
+    the weights of every trial that saves them on another node, each time --repair ran between two beats."""
+    from frugalray.results import files, health
+
+    assert health.STALE_AFTER_S >= 10 * files.HEARTBEAT_S  # many beats missed in a row, not one late beat
+    now = time.time()
+    monkeypatch.setattr(health, "clock", lambda: now)
+    ages = [files.HEARTBEAT_S, 5 * files.HEARTBEAT_S, health.STALE_AFTER_S + files.HEARTBEAT_S]  # last touched
+    for n, age in enumerate(ages):
+        folder = tmp_path / ".staging" / f"gpu-node-{n}_4242_{'b' * 32}"
+        folder.mkdir(parents=True)
+        os.utime(folder, (now - age, now - age))
+    checked = health.check_store(ResultsStore(tmp_path))
+    assert [left.age_s for left in checked.leftovers] == pytest.approx(ages, abs=1)
+    assert [left.stale for left in checked.leftovers] == [False, False, True]
+    assert not checked.healthy
 
 
 # -- many writers, and --check / --repair meanwhile -----------------------------------------------------
@@ -125,6 +151,7 @@ with open(work / "checks.jsonl", "w") as log:
 
 
 @pytest.mark.parametrize("where", ["folder", "s3"])
+@pytest.mark.slow
 def test_writers_in_several_processes_with_check_and_repair_meanwhile_lose_nothing(where, tmp_path, request):
     import json
     import subprocess

@@ -1,5 +1,6 @@
 """The results commands on an S3 location (a local S3 server on 127.0.0.1), through pyarrow filesystems."""
 
+import pytest
 from transformers import AutoModelForTokenClassification
 
 from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
@@ -7,6 +8,7 @@ from frugalray.cli import main
 from frugalray.testing import synthetic_catalog, synthetic_table
 
 
+@pytest.mark.slow
 def test_trials_views_report_and_export_on_s3(s3_results, tmp_path, tiny_model, ner_task_file, capsys):
     store = ResultsStore(s3_results)
     assert not store.local

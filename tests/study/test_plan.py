@@ -299,6 +299,7 @@ def test_a_converged_full_model_is_the_baseline_and_the_teacher_of_the_students(
     assert prepare_trial(plain).config_hash != prepare_trial(student).config_hash
 
 
+@pytest.mark.slow
 def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):
     from frugalray.model.importance import block_scores, importance_scores, proxy_scores
     from frugalray.strategies import lowest_block

@@ -1,6 +1,7 @@
 """Layer-mask search through Ray Tune's OptunaSearch, with simulated trials (scheduling is under test)."""
 
 import os
+from collections import Counter
 
 import optuna
 import pyarrow as pa
@@ -21,17 +22,17 @@ RUNNER = "frugalray.testing:simulated_trial"
 
 @pytest.fixture(scope="module")
 def local_ray(tmp_path_factory):
-    # replayed trials read their table from here: Ray's workers inherit the driver's environment at start
-    os.environ["FRUGALRAY_REPLAY_TABLE"] = str(tmp_path_factory.mktemp("replay") / "table")
-    start_local_ray(num_cpus=2, num_gpus=0)  # as a search started without RAY_ADDRESS: private, on loopback
-    yield
-    ray.shutdown()
-    del os.environ["FRUGALRAY_REPLAY_TABLE"]
-
-
-@pytest.fixture(autouse=True)
-def fast(monkeypatch):
-    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+    """One private Ray (on loopback, as a search started without RAY_ADDRESS) for the module's searches. Its
+    workers inherit the environment it starts with: simulated trials that do not sleep, and the table replayed
+    trials read."""
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+        environment.setenv("FRUGALRAY_REPLAY_TABLE", str(tmp_path_factory.mktemp("replay") / "table"))
+        start_local_ray(num_cpus=2, num_gpus=0)
+        try:
+            yield
+        finally:
+            ray.shutdown()  # the Ray this fixture started
 
 
 def _search(tmp_path, model, **values):
@@ -52,6 +53,7 @@ def test_space_respects_the_constraint_for_any_sample():
         assert 2 <= len(kept) <= 3 and kept == sorted(set(kept))
 
 
+@pytest.mark.slow
 def test_search_trains_masks_within_the_constraint_once_each(tmp_path, tiny_model, local_ray):
     run_search(_search(tmp_path, tiny_model, budget=5, exactly=3), runner=RUNNER)
     rows = _trained(tmp_path)
@@ -60,6 +62,7 @@ def test_search_trains_masks_within_the_constraint_once_each(tmp_path, tiny_mode
     assert len({r["config_hash"] for r in rows}) == len(rows)
 
 
+@pytest.mark.slow
 def test_warm_start_tells_stored_results_instead_of_retraining(tmp_path, tiny_model, local_ray):
     run_search(_search(tmp_path, tiny_model, budget=3, max_layers=2), runner=RUNNER)
     first = {r["config_hash"] for r in _trained(tmp_path)}
@@ -72,6 +75,7 @@ def test_warm_start_tells_stored_results_instead_of_retraining(tmp_path, tiny_mo
     assert outcome["told_from_store"] >= 3 and len(told) >= 6
 
 
+@pytest.mark.slow
 def test_multi_objective_front_is_non_dominated(tmp_path, tiny_model, local_ray):
     outcome = run_search(_search(tmp_path, tiny_model, budget=6, objective="f1_vs_layers", max_layers=3),
                          runner=RUNNER)
@@ -91,6 +95,7 @@ def test_multi_objective_front_is_non_dominated(tmp_path, tiny_model, local_ray)
     assert stored.schema.field("n_kept_layers").type == pa.int32() and stored.schema.field("dev_f1").type == pa.float64()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_study(tmp_path, tiny_model, local_ray):
     config = _search(tmp_path, tiny_model, budget=3, min_layers=1, max_layers=3)
     run_search(config, runner=RUNNER)
@@ -101,6 +106,7 @@ def test_resume_continues_the_same_study(tmp_path, tiny_model, local_ray):
     assert len(_trained(tmp_path)) == 6
 
 
+@pytest.mark.slow
 def test_proxy_prior_is_tried_first(tmp_path, tiny_model, local_ray):
     outcome = run_search(_search(tmp_path, tiny_model, budget=3, min_layers=1, max_layers=3, prior="proxy"),
                          runner=RUNNER)
@@ -135,6 +141,7 @@ def test_proxy_prior_and_strategy_agree():
     assert spearman(scores, (1, 4, 2, 3)) == pytest.approx(-1.0)
 
 
+@pytest.mark.slow
 def test_fronts_and_importance_on_the_command_line(tmp_path, tiny_model, ner_task_file, local_ray, capsys):
     from frugalray.cli import main
 
@@ -210,6 +217,7 @@ def test_the_multi_objective_sampler_pickles_as_tune_pickles_its_searcher():
     assert len(copy.trials) == 6 and len(study.trials) == 4
 
 
+@pytest.mark.slow
 def test_halving_stops_masks_early_and_a_stopped_mask_is_never_a_result(tmp_path, tiny_model, local_ray):
     """Successive halving stops masks at rungs counted in steps; their rows say so, Optuna has them as pruned,
     and no view, front or best trial ever holds one of their partial scores."""
@@ -238,12 +246,32 @@ def test_halving_stops_masks_early_and_a_stopped_mask_is_never_a_result(tmp_path
     shown = compute_view(store, "strategies").table.to_pylist()
     assert sorted(tuple(r["kept_layers"]) for r in shown) == sorted(tuple(r["kept_layers"]) for r in finished)
     assert [f["kept_layers"] for f in outcome["front"]] == [best["kept_layers"]]
-    outcome = run_search(config, runner=RUNNER)  # resumed: stopped masks are told as pruned, not retrained
+
+    outcome = run_search(config, runner=RUNNER)  # resumed, with a budget of 8 new trainings again
     again = ResultsStore(tmp_path / "r").table().to_pylist()
-    trained_twice = {r["config_hash"] for r in again if r["status"] == "ok"} & {r["config_hash"] for r in stopped}
-    assert len(trained_twice) <= 1  # at most a stopped mask the search promoted, trained to the end once
+    rows_of = lambda config_hash: sorted((r for r in again if r["config_hash"] == config_hash),
+                                         key=lambda r: r["finished_at"])
+    # what the first run trained to the end is not trained again: its row is still the mask's only row
+    assert all([r["trial_id"] for r in rows_of(row["config_hash"])] == [row["trial_id"]] for row in finished)
+    assert Counter(r["config_hash"] for r in again if r["status"] == "ok").most_common(1)[0][1] == 1  # none twice
+    # the rest of the space was searched: all 14 masks of 1 to 3 of the 4 layers have a row now
+    assert len({tuple(r["kept_layers"]) for r in again}) == 14
+    # A mask stopped at a rung, asked for again once it ranked among the best there, was promoted: trained to the
+    # end once more, under the same configuration, its stopped row kept beside its result.
+    promoted = {r["config_hash"] for r in again if r["status"] == "ok"} & {r["config_hash"] for r in again
+                                                                          if r["status"] == "stopped"}
+    assert promoted, [(r["kept_layers"], r["status"], r["train_steps"]) for r in again]
+    for config_hash in promoted:
+        stopped_row, result = rows_of(config_hash)
+        assert (stopped_row["status"], result["status"]) == ("stopped", "ok")
+        assert stopped_row["train_steps"] in rungs(3, 2, planned) and result["train_steps"] == planned
+        assert any(t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs["kept_layers"] == result["kept_layers"]
+                   and t.value == result["dev_f1"] for t in outcome["study"].trials)  # Optuna has its result
+    # a stopped mask that did not earn it stays stopped: told to Optuna as pruned again, never retrained
+    assert all(len(rows_of(row["config_hash"])) == 1 for row in stopped if row["config_hash"] not in promoted)
 
 
+@pytest.mark.slow
 def test_halving_with_a_front_objective_searches_each_depth_apart(tmp_path, tiny_model, local_ray):
     config = _search(tmp_path, tiny_model, budget=6, min_layers=1, max_layers=3, halving=True, grace_steps=3,
                      reduction_factor=2, objective="f1_vs_layers", max_concurrent=1, training={"epochs": 2})
@@ -267,6 +295,7 @@ def test_bad_halving_settings_fail_before_any_trial(tmp_path, tiny_model, values
         run_search(_search(tmp_path, tiny_model, halving=True, **values), runner=RUNNER)
 
 
+@pytest.mark.slow
 def test_a_task_file_named_relative_to_the_caller_is_found_by_every_trial(tmp_path, tiny_model, local_ray,
                                                                            monkeypatch):
     """Tune runs each trial in a folder of its own: a relative task path must not fail there (nor be retried
@@ -371,12 +400,12 @@ def test_tpe_models_the_results_after_startup_trials_random_masks(tmp_path, tiny
 
 
 @pytest.mark.parametrize("score", ["dev_f1", "dev_loss", "dev_f1_then_loss"])
+@pytest.mark.slow
 def test_rungs_compare_the_chosen_score_where_dev_f1_ties(tmp_path, tiny_model, local_ray, score):
     """Early in an NER training every mask's dev F1 is 0: rungs on dev F1 compare ties and stop nothing, while
     rungs on dev loss (or dev F1 with ties broken by dev loss) stop the masks whose loss is higher. Replayed
     from a recorded table whose masks' dev loss is known, so what was stopped can be checked."""
     from frugalray.results.schema import TrialResult
-    from frugalray.study.masks import rung_score
     from frugalray.study.search import MaskSearch
 
     config = _search(tmp_path, tiny_model, exactly=2, halving=True, grace_steps=2, reduction_factor=2, budget=6,
@@ -410,7 +439,8 @@ def test_rungs_compare_the_chosen_score_where_dev_f1_ties(tmp_path, tiny_model, 
         assert row["checkpoint_dev_loss"][-1] == pytest.approx(loss[tuple(row["kept_layers"])])
     pruned = [t for t in outcome["study"].trials if t.state == optuna.trial.TrialState.PRUNED]
     assert pruned  # Optuna has the rung scores as the stopped masks' intermediate values
-    for trial in pruned:
-        expected = rung_score(score, 0.0, loss[tuple(trial.user_attrs["kept_layers"])])
-        assert trial.intermediate_values and all(value == pytest.approx(expected, abs=1e-12)
+    for trial in pruned:  # every checkpoint's dev F1 is 0: the score is minus the loss, or minus a 1e-9th of it
+        recorded = loss[tuple(trial.user_attrs["kept_layers"])]
+        expected = {"dev_loss": -recorded, "dev_f1_then_loss": -1e-9 * recorded}[score]
+        assert trial.intermediate_values and all(value == pytest.approx(expected, rel=1e-9, abs=0)
                                                  for value in trial.intermediate_values.values())

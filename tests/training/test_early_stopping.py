@@ -81,6 +81,7 @@ def test_early_stopping_is_in_the_hash_only_when_on():
         TrainingSettings(early_stopping_patience=-1)
 
 
+@pytest.mark.slow
 def test_early_stopping_with_a_trimmed_vocabulary_keeps_the_same_best_weights(tmp_path, tiny_model, ner_task_file,
                                                                                monkeypatch):
     """The rows a trimmed vocabulary leaves out decay for as many steps as the kept epoch trained, not all."""

@@ -36,6 +36,7 @@ def test_energy_is_off_with_one_setting_that_does_not_change_the_configuration(t
 
 
 @pytest.mark.parametrize("broken", ["not installed", "no meter"])
+@pytest.mark.slow
 def test_an_unreadable_meter_never_fails_a_trial(tiny_model, ner_task_file, monkeypatch, broken):
     if broken == "not installed":
         monkeypatch.setitem(sys.modules, "codecarbon", None)  # import codecarbon raises ImportError

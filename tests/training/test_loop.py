@@ -113,6 +113,7 @@ def reference(setup):
     return _trainer_run(setup, RECIPE)
 
 
+@pytest.mark.slow
 def test_losses_and_final_weights_equal_the_trainers(setup, reference):
     theirs, their_model = reference
     ours, our_model = _frugalray_run(setup, RECIPE)
@@ -130,6 +131,7 @@ def test_losses_and_final_weights_equal_the_trainers(setup, reference):
     dict(adam_epsilon=1e-5),
     dict(weight_decay=0.0),
 ])
+@pytest.mark.slow
 def test_the_comparison_sees_any_drift_of_the_recipe(setup, reference, drift):
     theirs, their_model = reference
     ours, our_model = _frugalray_run(setup, dataclasses.replace(RECIPE, **drift))

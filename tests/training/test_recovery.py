@@ -15,13 +15,23 @@ from frugalray.training.trial import execute_trial
 FAST = TrainingSettings(epochs=2, batch_size=2, learning_rate=1e-3, lora_learning_rate=1e-3, max_length=32)
 
 
-@pytest.fixture
-def taught(tmp_path, tiny_model, ner_task_file):
-    """A store holding the teacher: the full model fine-tuned on the task, its weights kept."""
-    store = ResultsStore(tmp_path / "r")
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory, tiny_model, ner_task_file):
+    """A store holding the teacher: the full model fine-tuned on the task, its weights kept (trained once)."""
+    store = ResultsStore(tmp_path_factory.mktemp("teacher") / "r")
     teacher = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, training=FAST, save_model=True), store)
     assert teacher.status == "ok" and teacher.model_path
-    return store, teacher
+    return Path(store.root), teacher
+
+
+@pytest.fixture
+def taught(tmp_path, trained_teacher):
+    """A copy of the teacher's store, for one test's students (and the logits they cache) alone."""
+    import shutil
+
+    template, teacher = trained_teacher
+    shutil.copytree(template, tmp_path / "r")
+    return ResultsStore(tmp_path / "r"), teacher
 
 
 def _student(tiny_model, ner_task_file, **recovery_values) -> TrialConfig:
@@ -29,6 +39,7 @@ def _student(tiny_model, ner_task_file, **recovery_values) -> TrialConfig:
                        recovery=RecoverySettings(**recovery_values))
 
 
+@pytest.mark.slow
 def test_a_distilled_student_names_its_teacher_and_caches_its_logits_for_the_next(taught, tiny_model,
                                                                                    ner_task_file):
     store, teacher = taught

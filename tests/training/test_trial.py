@@ -40,6 +40,7 @@ def test_trial_writes_a_valid_row(tmp_path, tiny_model, ner_task_file):
     assert stored["device"] == "cpu" and stored["config_hash"] == row["config_hash"]
 
 
+@pytest.mark.slow
 def test_pruned_trial_is_smaller_than_full(tiny_model, ner_task_file):
     full = execute_trial(_config(ner_task_file, tiny_model))
     pruned = execute_trial(_config(ner_task_file, tiny_model, strategy="single", n=3))
@@ -48,6 +49,7 @@ def test_pruned_trial_is_smaller_than_full(tiny_model, ner_task_file):
     assert pruned["model_mib"] < full["model_mib"]
 
 
+@pytest.mark.slow
 def test_sequence_task_trial(tmp_path, tiny_model, data_dir):
     spec = {"name": "tiny_sentiment", "head": "sequence", "metric": "classification", "format": "jsonl",
             "data_dir": str(data_dir), "train": "sentiment.jsonl", "dev": "sentiment.jsonl", "test": "sentiment.jsonl"}
@@ -58,6 +60,7 @@ def test_sequence_task_trial(tmp_path, tiny_model, data_dir):
     assert row["accuracy"] in {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
+@pytest.mark.slow
 def test_lora_trial_trains_adapters_and_head(tiny_model, ner_task_file):
     row = execute_trial(_config(ner_task_file, tiny_model, strategy="first", n=2, lora=LoraSettings(r=4)))
     assert row["status"] == "ok", row["error"]
@@ -154,7 +157,7 @@ def _sweep(**values):
     (lambda: LoraSettings(train_head="no"), r"train_head must be bool, got 'no'"),
     (lambda: LoraSettings(dropout=float("nan")), r"dropout must be a finite number, got nan"),
     (lambda: ResourceRule(fixed_fraction=float("inf")), r"^ResourceRule: fixed_fraction must be a finite number"),
-    (lambda: ResourceRule(use_gpus=1), r"use_gpus must be bool, got 1 \(int\)"),
+    (lambda: ResourceRule(gpus=1), r"gpus must be bool, got 1 \(int\)"),
     (lambda: _sweep(seeds=("0",)), r"^SweepConfig: seeds must be a list of int, got \('0',\) \(tuple\)"),
     (lambda: _sweep(tasks="demo_pos"), r"tasks must be a list of str, got 'demo_pos' \(str\)"),
     (lambda: _sweep(data_dirs={"demo_pos": 3}), r"data_dirs must be a list of \(str, str\), got \{'demo_pos': 3\}"),
@@ -224,19 +227,90 @@ def test_a_missing_device_fails_the_trial_before_the_model_loads(tiny_model, ner
         execute_trial(_config(ner_task_file, tiny_model), device=device, raise_input_errors=True)
 
 
+class _WorkerContext:
+    """What a Ray worker knows of where it runs (``ray.get_runtime_context()``), for a worker granted ``resources``."""
+
+    def __init__(self, resources: dict):
+        self.resources = resources
+
+    def get_assigned_resources(self) -> dict:
+        return self.resources
+
+    def get_accelerator_ids(self) -> dict:
+        return {"GPU": ["0"] if self.resources.get("GPU") else []}
+
+    def get_node_id(self) -> str:
+        return "0" * 56
+
+
+@pytest.fixture()
+def fake_gpu(monkeypatch):
+    """torch.cuda as on a machine with one GPU, recording what a trial asks of its allocator: (call, arguments)."""
+    from frugalray.training.environment import environment
+
+    environment()  # this machine's, kept for the session's later rows (it is read once), before CUDA seems there
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
+                        lambda fraction, device=None: asked.append(("cap", fraction, device)))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda device=None: asked.append(("reset", device)))
+    return asked
+
+
+@pytest.mark.parametrize("device,share,expected", [
+    ("cuda", 0.25, [("cap", 0.25, torch.device("cuda")), ("reset", torch.device("cuda"))]),
+    ("cuda:0", 0.5, [("cap", 0.5, torch.device("cuda:0")), ("reset", torch.device("cuda:0"))]),
+    (None, 0.25, [("cap", 0.25, torch.device("cuda")), ("reset", torch.device("cuda"))]),  # CUDA is the default
+    ("cuda", None, [("reset", torch.device("cuda"))]),  # a whole GPU: no cap
+    ("cpu", 0.25, []),  # a share of a GPU means nothing on the CPU
+])
+def test_a_trial_sharing_a_gpu_caps_its_allocator_at_the_share_it_was_granted(fake_gpu, device, share, expected):
+    from frugalray.training.trial import _device
+
+    assert _device(device, share) == torch.device(device or "cuda")
+    assert fake_gpu == expected
+
+
+def test_the_share_ray_grants_a_trial_is_the_one_its_allocator_is_capped_at(fake_gpu, monkeypatch, tmp_path, tiny_model,
+                                                                            ner_task_file):
+    """``tune_trial`` (in a Ray worker) hands the GPU share Ray assigned it to the trial, which caps its allocator
+    with it before anything is loaded; a whole GPU (or none) sets no cap."""
+    import ray
+    from ray import tune
+
+    from frugalray.cluster import driver
+    from frugalray.testing import simulated_trial
+    from frugalray.training import trial
+
+    def runner(prepared, device, gpu_memory_fraction, **options):  # places the trial as run_trial does first
+        trial._device(device, gpu_memory_fraction)
+        return simulated_trial(prepared, device, gpu_memory_fraction, **options)
+
+    config = _config(ner_task_file, tiny_model)
+    prepared = trial.prepare_trial(config)
+    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+    monkeypatch.setattr(driver, "_import", lambda path: runner)
+    reported = []
+    monkeypatch.setattr(tune, "report", reported.append)
+    for granted, expected in ((0.25, [("cap", 0.25, torch.device("cuda"))]), (1.0, []), (None, [])):
+        monkeypatch.setattr(ray, "get_runtime_context", lambda: _WorkerContext({"CPU": 1.0} | (
+            {"GPU": granted} if granted else {})))
+        fake_gpu.clear()
+        driver.tune_trial({"trial": config.to_dict(), "results": str(tmp_path / str(granted)), "retries": 0,
+                           "runner": "fake:runner", "config_hash": prepared.config_hash,
+                           "task_fingerprint": prepared.task.fingerprint})
+        assert [entry for entry in fake_gpu if entry[0] == "cap"] == expected, granted
+    assert len(reported) == 3
+
+
 def _ok_hashes(store) -> set[str]:
     """Configuration hashes that have a successful row."""
     return {row["config_hash"] for row in store.table().to_pylist() if row["status"] == "ok"}
 
 
-@pytest.fixture()
-def activity(tmp_path, monkeypatch):
-    """A private activity folder: other frugalray work on this machine does not leak into the test."""
-    folder = tmp_path / "running"
-    monkeypatch.setattr("frugalray.training.environment._activity_dir", lambda: folder)
-    return folder
-
-
+@pytest.mark.slow
 def test_latency_is_isolated_only_for_a_lone_trial_with_nothing_else_of_frugalray_running(
         tmp_path, tiny_model, ner_task_file, activity):
     import subprocess
@@ -262,6 +336,7 @@ def test_latency_is_isolated_only_for_a_lone_trial_with_nothing_else_of_frugalra
         assert others_running() == []
 
 
+@pytest.mark.slow
 def test_dev_checkpoints_record_a_curve_and_leave_training_unchanged(tmp_path, tiny_model, ner_task_file):
     """Scoring dev during training changes nothing the model learns, and each checkpoint offers the row the
     trial would leave if an early-stopping scheduler stopped it there."""

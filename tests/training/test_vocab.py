@@ -35,6 +35,7 @@ def _trained(model, task, folder, **training):
     return row, trained.state_dict()
 
 
+@pytest.mark.slow
 def test_the_trimmed_vocabulary_trains_the_same_model_with_fewer_rows(tmp_path, roomy_model, ner_task_file):
     whole_row, whole = _trained(roomy_model, ner_task_file, tmp_path / "whole")
     trim_row, trim = _trained(roomy_model, ner_task_file, tmp_path / "trim", trim_vocabulary=True)
@@ -49,6 +50,7 @@ def test_the_trimmed_vocabulary_trains_the_same_model_with_fewer_rows(tmp_path, 
     assert trim_row["dev_f1"] == pytest.approx(whole_row["dev_f1"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_the_comparison_sees_rows_that_missed_their_decay(tmp_path, roomy_model, ner_task_file, monkeypatch):
     import frugalray.training.vocab
 

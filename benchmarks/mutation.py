@@ -1,0 +1,138 @@
+"""Mutation testing of the modules that decide results: how many mutants of each the fast tests kill.
+
+    pip install -e ".[test]" mutmut
+    python benchmarks/mutation.py                       # every module below (about an hour on 2 cores)
+    python benchmarks/mutation.py results/health.py     # some of them
+    python benchmarks/mutation.py --report              # the counts of the last run, mutating nothing
+
+mutmut (3.x) changes one thing at a time in a copy of a module (an operator, a constant, a comparison, a
+returned value...) and runs the tests that reach the changed function; a mutant that no test fails on
+*survived*. Each module is mutated in a scratch copy of this checkout (``--work``, kept between runs: mutmut
+resumes there) with the module's fast tests only (``-m "not slow"``: no Ray, no real model). The script prints
+mutants, killed and survivors per module and in all, and the survivors' names with ``--survivors``;
+``benchmarks/tables/mutation/survivors.md`` explains the survivors left (equivalent mutants, messages).
+
+Not part of CI: it takes far longer than the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# module (under frugalray/) -> its fast tests
+MODULES = {
+    "results/store.py": ["tests/results/test_store.py", "tests/results/test_health.py"],
+    "results/health.py": ["tests/results/test_health.py", "tests/test_cli.py"],
+    "results/aggregate.py": ["tests/results"],
+    "study/search.py": ["tests/study"],
+    "study/masks.py": ["tests/study"],
+    "study/plan.py": ["tests/study", "tests/test_sweep_files.py"],
+    "cluster/driver.py": ["tests/cluster/test_driver.py", "tests/cluster/test_placement.py"],
+    "deploy/variants.py": ["tests/deploy/test_export.py"],
+}
+# mutmut's statuses, by what they mean here: a mutant no test reaches ("no tests") counts as a survivor
+KILLED = {"killed", "timeout", "caught by type check"}
+SURVIVED = {"survived", "no tests"}
+
+
+def _workdir(base: Path, module: str) -> Path:
+    return base / module.replace("/", "_").removesuffix(".py")
+
+
+def _prepare(work: Path, module: str) -> None:
+    """A copy of the tracked files (once), its pyproject.toml telling mutmut what to mutate and which tests run."""
+    if not (work / "pyproject.toml").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+        for name in filter(None, files.decode().split("\0")):
+            target = work / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / name).is_file():
+                shutil.copy2(ROOT / name, target)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    tests = MODULES[module]
+    settings = {
+        "source_paths": ["frugalray"],
+        "only_mutate": [f"frugalray/{module}"],
+        "pytest_add_cli_args": ["-q", "-x", "-m", "not slow", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        "pytest_add_cli_args_test_selection": tests,
+        "also_copy": ["frugalray", "benchmarks", "sweeps", "cluster.yaml", "README.md"],
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    (work / "pyproject.toml").write_text(pyproject.split("\n[tool.mutmut]")[0].rstrip() + "\n" + "\n".join(lines) + "\n")
+
+
+def _counts(work: Path, module: str) -> dict:
+    """Mutants, killed, survivors (names) and those not run, from mutmut's record of the module."""
+    meta = work / "mutants" / "frugalray" / (module + ".meta")
+    if not meta.exists():
+        return {}
+    from mutmut.stats import status_by_exit_code
+
+    statuses = {name: status_by_exit_code[code]
+                for name, code in json.loads(meta.read_text()).get("exit_code_by_key", {}).items()}
+    survivors = sorted(name for name, status in statuses.items() if status in SURVIVED)
+    killed = sum(status in KILLED for status in statuses.values())
+    return {"mutants": len(statuses), "killed": killed, "survived": len(survivors),
+            "not_run": len(statuses) - killed - len(survivors), "survivors": survivors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", default=list(MODULES), help=f"of: {', '.join(MODULES)}")
+    parser.add_argument("--work", default="/tmp/frugalray-mutation", help="scratch copies (mutmut resumes in them)")
+    parser.add_argument("--report", action="store_true", help="print the last run's counts, mutating nothing")
+    parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants by name")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--save", help="write the counts as JSON here")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; known: {', '.join(MODULES)}")
+    base = Path(args.work)
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("CI", None)  # a test that would skip for a missing tool must not count as a kill
+    results = {}
+    for module in args.modules:
+        work = _workdir(base, module)
+        if not args.report:
+            _prepare(work, module)
+            print(f"== mutating frugalray/{module} with {' '.join(MODULES[module])}", flush=True)
+            done = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+                                  cwd=work, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
+        results[module] = _counts(work, module)
+    print("\n| module | mutants | killed | survived | not run | survivors of those run |\n|---|---|---|---|---|---|")
+    total = {"mutants": 0, "killed": 0, "survived": 0, "not_run": 0}
+    for module, counts in results.items():
+        if not counts:
+            print(f"| {module} | - | - | - | - | not run yet |")
+            continue
+        for key in total:
+            total[key] += counts[key]
+        run = counts["killed"] + counts["survived"]
+        print(f"| {module} | {counts['mutants']} | {counts['killed']} | {counts['survived']} | {counts['not_run']} | "
+              f"{100 * counts['survived'] / run if run else 0:.1f}% |")
+    run = total["killed"] + total["survived"]
+    print(f"| all | {total['mutants']} | {total['killed']} | {total['survived']} | {total['not_run']} | "
+          f"{100 * total['survived'] / run if run else 0:.1f}% |")
+    if args.survivors:
+        for module, counts in results.items():
+            for name in counts.get("survivors", []):
+                print(f"survived: {name}")
+    if args.save:
+        Path(args.save).write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
