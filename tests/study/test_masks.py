@@ -94,3 +94,148 @@ def test_dev_f1_then_loss_orders_by_f1_first_and_breaks_ties_by_the_lower_loss()
         assert f1_a - 1.000001e-6 <= a <= f1_a
 
     ranks()
+
+
+# -- fronts, rungs and the Optuna study, each with its values written out ----------------------------------
+from frugalray import ResultsStore  # noqa: E402
+from frugalray.config import SearchConfig, TrainingSettings  # noqa: E402
+from frugalray.study.masks import (grace_steps, mask_params, non_dominated, open_study, pareto_front,  # noqa: E402
+                                   rungs, study_attributes)
+
+ROWS = [{"id": "a", "f": 0.90, "n": 3}, {"id": "b", "f": 0.80, "n": 2}, {"id": "c", "f": 0.70, "n": 3},
+        {"id": "d", "f": 0.80, "n": 2}, {"id": "e", "f": 0.60, "n": 1}, {"id": "g", "f": 0.90, "n": 4}]
+
+
+def test_non_dominated_keeps_the_rows_nothing_beats_best_first():
+    front = non_dominated(ROWS, ("f", "n"), ("maximize", "minimize"))
+    # c is beaten by a (same n, lower f), g by a (same f, more layers); b and d are equal: neither beats the other
+    assert [r["id"] for r in front] == ["a", "b", "d", "e"]
+    # both maximized: more layers is better now, so g beats a
+    assert [r["id"] for r in non_dominated(ROWS, ("f", "n"), ("maximize", "maximize"))] == ["g"]
+    # both minimized: e has the fewest layers and the lowest f
+    assert [r["id"] for r in non_dominated(ROWS, ("f", "n"), ("minimize", "minimize"))] == ["e"]
+    # one column: every row with the best value, and only those
+    assert [r["id"] for r in non_dominated(ROWS, ("f",), ("maximize",))] == ["a", "g"]
+    assert non_dominated([], ("f",), ("maximize",)) == []
+
+
+def test_rungs_multiply_by_the_reduction_factor_until_the_end_of_training():
+    assert rungs(35, 3, 315) == [35, 105]
+    assert rungs(10, 2, 80) == [10, 20, 40]  # 80 is the end: not a rung
+    assert rungs(10, 2, 81) == [10, 20, 40, 80]
+    assert rungs(5, 4, 5) == [] and rungs(6, 4, 5) == []
+
+
+def _config(**values) -> SearchConfig:
+    return SearchConfig(**({"task": "demo_pos", "max_layers": 3} | values))
+
+
+def test_the_first_rung_defaults_to_the_training_over_the_factor_squared_and_never_before_warm_up():
+    no_warmup = TrainingSettings(warmup_ratio=0.0)
+    assert grace_steps(_config(training=no_warmup), 90) == 10  # 90 // 3**2
+    assert grace_steps(_config(training=no_warmup, reduction_factor=2), 90) == 22  # 90 // 2**2
+    assert grace_steps(_config(training=no_warmup), 5) == 1  # at least one step
+    assert grace_steps(_config(training=TrainingSettings(warmup_ratio=0.2)), 90) == 18  # after the 18 warm-up steps
+    assert grace_steps(_config(training=TrainingSettings(warmup_ratio=0.05)), 90) == 10  # warm-up (5) ends first
+    assert grace_steps(_config(training=no_warmup, grace_steps=7), 90) == 7  # as configured
+    with pytest.raises(FrugalrayError, match=r"grace_steps=7: the first rung must come after the 18 warm-up steps "
+                                             r"\(warmup_ratio 0.2 of 90 steps\)"):
+        grace_steps(_config(training=TrainingSettings(warmup_ratio=0.2), grace_steps=7), 90)
+    with pytest.raises(FrugalrayError, match=r"grace_steps=90: a trial trains 90 steps in all \(3 epochs\)"):
+        grace_steps(_config(training=TrainingSettings(warmup_ratio=0.0, epochs=3), grace_steps=90), 90)
+    with pytest.raises(FrugalrayError, match="grace_steps=95"):
+        grace_steps(_config(training=no_warmup, grace_steps=95), 90)
+
+
+def test_a_mask_is_one_keep_flag_per_layer():
+    assert mask_params((0, 2), 4) == {"keep_0": True, "keep_1": False, "keep_2": True, "keep_3": False}
+    assert mask_params((), 2) == {"keep_0": False, "keep_1": False}
+
+
+def test_the_study_records_every_setting_that_gives_its_values_their_meaning():
+    from frugalray._version import __version__
+    from frugalray.config import LoraSettings
+
+    config = _config(objective="f1_vs_layers", seed=3, data_dir="/data/x", sampler="random", startup_trials=4,
+                     halving=True, grace_steps=5, reduction_factor=2, rung_score="dev_f1", min_layers=2,
+                     lora=LoraSettings(r=4))
+    attributes = study_attributes(config)
+    assert attributes == {
+        "task": "demo_pos", "model": "minilm", "objective": "f1_vs_layers",
+        "constraint": {"min_layers": 2, "max_layers": 3, "exactly": None},
+        "training": config.training.to_dict(), "lora": config.lora.to_dict(), "seed": 3, "data_dir": "/data/x",
+        "frugalray_version": __version__, "sampler": "random", "startup_trials": 4,
+        "halving": {"on": True, "grace_steps": 5, "reduction_factor": 2, "rung_score": "dev_f1"}}
+    assert attributes["lora"]["r"] == 4 and study_attributes(_config())["lora"] is None
+
+
+def test_a_study_opens_with_its_metrics_and_attributes_and_fails_trials_a_killed_driver_left_running(tmp_path):
+    import optuna
+
+    store = ResultsStore(tmp_path)
+    study, _ = open_study(_config(name="s", objective="f1_vs_layers"), store)
+    assert (tmp_path / "optuna.db").is_file()  # the default storage: beside the results
+    assert study.metric_names == ["dev_f1", "n_kept_layers"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert study.user_attrs["task"] == "demo_pos" and study.user_attrs["halving"]["on"] is False
+    assert type(study.sampler).__name__ == "NSGAIISampler"
+    left = study.ask()  # a driver killed with this trial running
+    study.tell(study.ask(), [0.5, 2])
+    again, _ = open_study(_config(name="s", objective="f1_vs_layers", budget=3), store)  # the budget binds nothing
+    states = [t.state for t in again.get_trials(deepcopy=False)]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert again.trials[0].number == left.number
+
+
+@pytest.mark.parametrize("values,setting", [
+    ({"task": "demo_ner"}, "task"), ({"model": "other"}, "model"), ({"seed": 1}, "seed"),
+    ({"max_layers": 2}, "constraint"), ({"training": TrainingSettings(epochs=9)}, "training"),
+])
+def test_a_study_created_with_other_settings_is_refused(tmp_path, values, setting):
+    store = ResultsStore(tmp_path)
+    open_study(_config(name="s"), store)
+    with pytest.raises(FrugalrayError, match=rf"Optuna study 's' in sqlite:///{tmp_path}/optuna.db was created with "
+                                             rf"other settings \({setting}: .* there, .* here\); give this search"):
+        open_study(_config(name="s", **values), store)
+
+
+@pytest.mark.parametrize("values,sampler", [({}, "TPESampler"), ({"sampler": "random"}, "RandomSampler"),
+                                            ({"objective": "f1_vs_latency"}, "NSGAIISampler")])
+def test_the_sampler_follows_the_setting_and_the_objective(tmp_path, values, sampler):
+    study, _ = open_study(_config(name="s", **values), ResultsStore(tmp_path))
+    assert type(study.sampler).__name__ == sampler
+    if sampler == "TPESampler":
+        assert study.sampler._n_startup_trials == 10
+
+
+def test_a_remote_store_needs_an_explicit_storage_and_a_bad_one_is_named(tmp_path):
+    remote = ResultsStore(tmp_path)
+    remote.local = False  # as for s3://... (no file of the store is touched before the check)
+    with pytest.raises(FrugalrayError, match="A remote results location needs an explicit Optuna storage"):
+        open_study(_config(name="s"), remote)
+    with pytest.raises(FrugalrayError, match=r"Optuna storage 'sqlite:////nonexistent/dir/x.db' cannot be opened"):
+        open_study(_config(name="s", storage="sqlite:////nonexistent/dir/x.db"), ResultsStore(tmp_path))
+
+
+def test_the_front_of_a_study_holds_its_best_completed_trials_with_their_masks():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    multi = optuna.create_study(directions=["maximize", "minimize"])
+    for f1, n, state in [(0.9, 3, "COMPLETE"), (0.8, 2, "COMPLETE"), (0.7, 3, "COMPLETE"), (0.95, 3, "PRUNED")]:
+        trial = multi.ask()
+        trial.set_user_attr("kept_layers", list(range(n)))
+        if state == "COMPLETE":
+            multi.tell(trial, [f1, n])
+        else:
+            multi.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert pareto_front(multi, ("dev_f1", "n_kept_layers"), 6) == [
+        {"kept_layers": [0, 1, 2], "dev_f1": 0.9, "n_kept_layers": 3.0, "optuna_trial": 0},
+        {"kept_layers": [0, 1], "dev_f1": 0.8, "n_kept_layers": 2.0, "optuna_trial": 1}]
+    single = optuna.create_study(direction="maximize")
+    assert pareto_front(single, ("dev_f1",), 6) == []  # nothing completed yet
+    for f1, kept in [(0.6, [1]), (0.75, [0, 2])]:
+        trial = single.ask()
+        trial.set_user_attr("kept_layers", kept)
+        single.tell(trial, f1)
+    assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 1}]
