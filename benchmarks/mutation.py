@@ -86,6 +86,15 @@ def _counts(work: Path, module: str) -> dict:
             "survivors": survivors}
 
 
+def _testing_a_mutant(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and "mutmut" in " ".join(process.cmdline())
+    except psutil.Error:  # ended meanwhile
+        return False
+
+
 def _run_mutmut(work: Path, module: str, env: dict, children: int) -> None:
     """``mutmut run`` in ``work``, ended once every mutant has its verdict: a test that started a Ray in
     mutmut's own process can leave it hanging at exit (Ray's shutdown after fork)."""
@@ -99,9 +108,11 @@ def _run_mutmut(work: Path, module: str, env: dict, children: int) -> None:
     idle_since = None
     while run.poll() is None:
         time.sleep(10)
-        counts = _counts(work, module)
-        busy = any("mutmut" in " ".join(p.cmdline()) for p in psutil.Process(run.pid).children(recursive=True)
-                   if p.is_running())
+        try:
+            counts = _counts(work, module)
+        except ValueError:  # mutmut is rewriting its record
+            continue
+        busy = any(_testing_a_mutant(p) for p in psutil.Process(run.pid).children(recursive=True))
         finished = counts and counts["unchecked"] == 0
         idle_since = (idle_since or time.monotonic()) if finished and not busy else None
         if idle_since and time.monotonic() - idle_since > 60:

@@ -99,8 +99,8 @@ def test_dev_f1_then_loss_orders_by_f1_first_and_breaks_ties_by_the_lower_loss()
 # -- fronts, rungs and the Optuna study, each with its values written out ----------------------------------
 from frugalray import ResultsStore  # noqa: E402
 from frugalray.config import SearchConfig, TrainingSettings  # noqa: E402
-from frugalray.study.masks import (grace_steps, mask_params, non_dominated, open_study, pareto_front,  # noqa: E402
-                                   rungs, study_attributes)
+from frugalray.study.masks import (grace_steps, mask_params, mask_space, non_dominated, open_study,  # noqa: E402
+                                   pareto_front, rungs, study_attributes)
 
 ROWS = [{"id": "a", "f": 0.90, "n": 3}, {"id": "b", "f": 0.80, "n": 2}, {"id": "c", "f": 0.70, "n": 3},
         {"id": "d", "f": 0.80, "n": 2}, {"id": "e", "f": 0.60, "n": 1}, {"id": "g", "f": 0.90, "n": 4}]
@@ -202,10 +202,10 @@ def test_a_study_created_with_other_settings_is_refused(tmp_path, values, settin
 @pytest.mark.parametrize("values,sampler", [({}, "TPESampler"), ({"sampler": "random"}, "RandomSampler"),
                                             ({"objective": "f1_vs_latency"}, "NSGAIISampler")])
 def test_the_sampler_follows_the_setting_and_the_objective(tmp_path, values, sampler):
-    study, _ = open_study(_config(name="s", **values), ResultsStore(tmp_path))
+    study, _ = open_study(_config(name="s", startup_trials=4, **values), ResultsStore(tmp_path))
     assert type(study.sampler).__name__ == sampler
     if sampler == "TPESampler":
-        assert study.sampler._n_startup_trials == 10
+        assert study.sampler._n_startup_trials == 4  # Optuna's default is 10
 
 
 def test_a_remote_store_needs_an_explicit_storage_and_a_bad_one_is_named(tmp_path):
@@ -234,8 +234,54 @@ def test_the_front_of_a_study_holds_its_best_completed_trials_with_their_masks()
         {"kept_layers": [0, 1], "dev_f1": 0.8, "n_kept_layers": 2.0, "optuna_trial": 1}]
     single = optuna.create_study(direction="maximize")
     assert pareto_front(single, ("dev_f1",), 6) == []  # nothing completed yet
+    single.tell(single.ask(), state=optuna.trial.TrialState.PRUNED)
+    assert pareto_front(single, ("dev_f1",), 6) == []  # a stopped mask is no result
     for f1, kept in [(0.6, [1]), (0.75, [0, 2])]:
         trial = single.ask()
         trial.set_user_attr("kept_layers", kept)
         single.tell(trial, f1)
-    assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 1}]
+    assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
+
+
+class _Answers:
+    """An Optuna trial whose answers are given: keep_k -> True/False, in order; records what was asked."""
+
+    def __init__(self, answers: dict[str, bool]):
+        self.answers, self.asked = answers, []
+
+    def suggest_categorical(self, name, choices):
+        assert choices == [True, False]
+        self.asked.append(name)
+        return self.answers[name]
+
+
+@pytest.mark.parametrize("low,high,answers,kept,asked", [
+    (1, 3, {"keep_0": True, "keep_1": False, "keep_2": True, "keep_3": False}, [0, 2], 4),
+    (1, 2, {"keep_0": True, "keep_1": True}, [0, 1], 2),  # the maximum reached: layers 2 and 3 are left out unasked
+    (2, 3, {"keep_0": False, "keep_1": False}, [2, 3], 2),  # the rest is needed to reach the minimum: kept unasked
+    (3, 3, {"keep_0": False}, [1, 2, 3], 1),
+    (4, 4, {}, [0, 1, 2, 3], 0),  # every layer, nothing to ask
+])
+def test_the_mask_space_asks_only_what_the_bounds_leave_open(low, high, answers, kept, asked):
+    trial = _Answers(answers)
+    assert mask_space(4, low, high)(trial) == {"layers": kept}
+    assert trial.asked == [f"keep_{k}" for k in range(asked)]
+
+
+def test_a_study_with_several_other_settings_names_each(tmp_path):
+    store = ResultsStore(tmp_path)
+    open_study(_config(name="s"), store)
+    with pytest.raises(FrugalrayError) as refused:
+        open_study(_config(name="s", task="demo_ner", seed=2), store)
+    assert "(task: 'demo_pos' there, 'demo_ner' here; seed: 0 there, 2 here)" in str(refused.value)
+
+
+@pytest.mark.parametrize("sampler,objective", [("random", "f1"), ("tpe", "f1"), ("tpe", "f1_vs_layers")])
+def test_the_sampler_draws_the_same_masks_for_the_same_sampler_seed(tmp_path, sampler, objective):
+    def drawn(folder, seed) -> list:
+        config = _config(name="s", sampler=sampler, sampler_seed=seed, objective=objective)
+        study, _ = open_study(config, ResultsStore(folder).check_writable())
+        return [mask_space(6, 1, 3)(study.ask())["layers"] for _ in range(6)]
+
+    first = drawn(tmp_path / "a", 7)
+    assert drawn(tmp_path / "b", 7) == first and drawn(tmp_path / "c", 8) != first
