@@ -241,6 +241,10 @@ def test_the_front_of_a_study_holds_its_best_completed_trials_with_their_masks()
         trial.set_user_attr("kept_layers", kept)
         single.tell(trial, f1)
     assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
+    tied = single.ask()  # another mask as good: a single objective still has one best, the first found
+    tied.set_user_attr("kept_layers", [3])
+    single.tell(tied, 0.75)
+    assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
 
 
 class _Answers:
