@@ -189,3 +189,72 @@ def test_writers_in_several_processes_with_check_and_repair_meanwhile_lose_nothi
                for c in checks if c["command"] == "--check")  # a check saw the store half written
     if where == "folder":
         assert not list((tmp_path / "store" / ".staging").iterdir())
+
+
+# -- repair's paths and words, the stale threshold's edge, a local writer's signal ------------------------
+JUNK = b"not parquet"
+
+
+def test_a_bad_file_whose_name_is_taken_in_quarantine_goes_to_the_next_numbered_folder(tmp_path):
+    from frugalray.results.health import repair_store
+
+    store = ResultsStore(tmp_path).check_writable()
+    moved = []
+    for _ in range(3):  # the same name goes bad three times
+        (tmp_path / "trials" / "x.parquet").write_bytes(JUNK)
+        [line] = repair_store(store)
+        moved.append(line.split(" (", 1)[0])
+    assert moved == ["moved trials/x.parquet to quarantine/x.parquet",
+                     "moved trials/x.parquet to quarantine/1/x.parquet",
+                     "moved trials/x.parquet to quarantine/2/x.parquet"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "quarantine").rglob("*.parquet")) == [
+        "quarantine/1/x.parquet", "quarantine/2/x.parquet", "quarantine/x.parquet"]
+    assert all(p.read_bytes() == JUNK for p in (tmp_path / "quarantine").rglob("*.parquet"))
+    assert repair_store(store) == ["nothing to repair"]
+
+
+def test_the_check_text_says_what_needs_attention_and_only_then(tmp_path, monkeypatch):
+    from frugalray.results import files, health
+
+    store = ResultsStore(tmp_path).check_writable()
+    assert "Needs attention" not in health.check_store(store).text()
+    now = time.time()
+    monkeypatch.setattr(health, "clock", lambda: now)
+    stale = tmp_path / ".staging" / f"gpu-node-9_4242_{'c' * 32}"  # another machine's, not touched for long
+    stale.mkdir(parents=True)
+    os.utime(stale, (now - health.STALE_AFTER_S - files.HEARTBEAT_S,) * 2)
+    text = health.check_store(store).text()  # no bad file: the stale entry alone needs the repair
+    assert text.splitlines()[-1] == (f"Needs attention: `frugalray results {tmp_path} --repair` moves bad files "
+                                     f"to quarantine/ and removes stale staging files.")
+    assert health.repair_store(store) == [f"removed stale staging folder .staging/{stale.name}"]
+    (tmp_path / ".staging" / f"gpu-node-9_4243_{'d' * 32}.tmp").write_bytes(b"half")
+    os.utime(tmp_path / ".staging" / f"gpu-node-9_4243_{'d' * 32}.tmp", (now - 10 * health.STALE_AFTER_S,) * 2)
+    assert health.repair_store(store) == [f"removed stale staging file .staging/gpu-node-9_4243_{'d' * 32}.tmp"]
+
+
+def test_an_entry_exactly_at_the_threshold_is_not_yet_stale():
+    from frugalray.results.health import STALE_AFTER_S, _stale
+
+    other = f"gpu-node-9_4242_{'e' * 32}"
+    assert _stale(other, STALE_AFTER_S) is False and _stale(other, STALE_AFTER_S + 0.001) is True
+
+
+def test_a_local_writer_is_asked_whether_it_lives_and_left_running(tmp_path):
+    """This machine's entries name their writer's pid: a live one is never stale (however old), a dead one
+    always; asking must not signal the writer."""
+    import socket
+    import subprocess
+    import sys
+
+    from frugalray.results.health import _stale
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        name = f"{socket.gethostname()}_{writer.pid}_{'f' * 32}"
+        assert _stale(name, 10 ** 6) is False
+        time.sleep(0.2)
+        assert writer.poll() is None  # still running: nothing was sent to it
+    finally:
+        writer.kill()
+        writer.wait()
+    assert _stale(name, 0.0) is True  # its process is gone
