@@ -248,11 +248,13 @@ def test_a_local_writer_is_asked_whether_it_lives_and_left_running(tmp_path):
 
     from frugalray.results.health import _stale
 
-    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a writer that any signal but 0 would end (SIGHUP's default action restored, should its parent ignore it)
+    writer = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
+                               "signal.SIG_DFL); time.sleep(60)"])
     try:
         name = f"{socket.gethostname()}_{writer.pid}_{'f' * 32}"
         assert _stale(name, 10 ** 6) is False
-        time.sleep(0.2)
+        time.sleep(0.5)
         assert writer.poll() is None  # still running: nothing was sent to it
     finally:
         writer.kill()
