@@ -4,6 +4,7 @@ import os
 import sys
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from frugalray.study.plan import SweepConfig
@@ -38,3 +39,14 @@ def max_overlap(intervals) -> int:
         running += step
         best = max(best, running)
     return best
+
+
+def wait_for(condition, what: str, timeout: float, poll_s: float = 0.1):
+    """Poll ``condition()`` until it returns something true (returned); fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(poll_s)
+    raise AssertionError(f"waited {timeout} s for {what}")

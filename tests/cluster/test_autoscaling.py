@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
 
 from frugalray import ResultsStore
 from frugalray.config import ResourceRule
-from tests.cluster.sweeps import RAY_CLI, ROOT, short_temp_dir, sweep_config
+from tests.cluster.sweeps import RAY_CLI, ROOT, short_temp_dir, sweep_config, wait_for
 
 ray = pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
@@ -105,16 +104,6 @@ def simulated_cluster(tmp_path, monkeypatch):
         _kill(_started_by(temp))
 
 
-def _wait_for(condition, what: str, timeout: float = 180):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_gpu_sweep_makes_the_autoscaler_start_gpu_workers_and_runs_every_trial_on_one(simulated_cluster, tmp_path,
                                                                                        tiny_model, monkeypatch):
     import threading
@@ -138,7 +127,7 @@ def test_a_gpu_sweep_makes_the_autoscaler_start_gpu_workers_and_runs_every_trial
             named = (marks / "held").read_text() if (marks / "held").exists() else ""
             return [m for m in trial_marks(starts) if named and m["config_hash"] == named]
 
-        [held] = _wait_for(held_mark, "a trial held on an A10G worker", timeout=300)
+        [held] = wait_for(held_mark, "a trial held on an A10G worker", timeout=300, poll_s=0.5)
         raylet = psutil.Process(held["pid"]).parent()
         assert "raylet" in raylet.name()
         assert store.trained_row(held["config_hash"]) is None  # it runs: no row yet

@@ -29,7 +29,7 @@ from frugalray.study.plan import StudyPlan, SweepConfig
 from frugalray.cluster.session import start_local_ray
 from frugalray.config import ResourceRule
 from frugalray.cluster.runs import run_sweep
-from tests.cluster.sweeps import RAY_CLI, ROOT, device_fields, max_overlap, short_temp_dir, sweep_config
+from tests.cluster.sweeps import RAY_CLI, ROOT, device_fields, max_overlap, short_temp_dir, sweep_config, wait_for
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow  # a Ray (or a driver process) started per test
@@ -88,17 +88,6 @@ class _Background(threading.Thread):
         return self.result
 
 
-def _wait_for(condition, what: str, timeout: float = 240):
-    """Poll ``condition()`` until it returns something true (returned); fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"waited {timeout} s for {what}")
-
-
 def test_trials_spread_over_nodes_and_survive_a_lost_node(tmp_path, tiny_model, monkeypatch):
     from ray.cluster_utils import Cluster
 
@@ -128,8 +117,8 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(tmp_path, tiny_model, 
         store = ResultsStore(tmp_path / "r")
 
         def remove_the_victim_under_its_trial() -> dict:
-            [held] = _wait_for(lambda: [m for m in trial_marks(starts) if m["node"] == victim.node_id],
-                               "a trial to start on the victim node")
+            [held] = wait_for(lambda: [m for m in trial_marks(starts) if m["node"] == victim.node_id],
+                              "a trial to start on the victim node", timeout=240)
             assert store.trained_row(held["config_hash"]) is None  # it runs: no row yet
             assert psutil.pid_exists(held["pid"])
             cluster.remove_node(victim, allow_graceful=False)
@@ -142,8 +131,8 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(tmp_path, tiny_model, 
         held = remover.outcome(timeout=60)
 
         # The node is dead for Ray, and the trial's worker process died with it.
-        _wait_for(lambda: [n for n in ray.nodes() if n["NodeID"] == victim.node_id and not n["Alive"]],
-                  "Ray to see the removed node dead", timeout=120)
+        wait_for(lambda: [n for n in ray.nodes() if n["NodeID"] == victim.node_id and not n["Alive"]],
+                 "Ray to see the removed node dead", timeout=120)
         assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} == {cluster.head_node.node_id, survivor.node_id}
         assert not psutil.pid_exists(held["pid"])
         rows = store.table().to_pylist()
