@@ -1,7 +1,7 @@
 """Mutation testing of the modules that decide results: how many mutants of each the fast tests kill.
 
     pip install -e ".[test]" mutmut
-    python benchmarks/mutation.py                       # every module below (about an hour on 2 cores)
+    python benchmarks/mutation.py                       # every module below (long: not part of CI)
     python benchmarks/mutation.py results/health.py     # some of them
     python benchmarks/mutation.py --report              # the counts of the last run, mutating nothing
 
@@ -10,7 +10,7 @@ returned value...) and runs the tests that reach the changed function; a mutant 
 *survived*. Each module is mutated in a scratch copy of this checkout (``--work``, kept between runs: mutmut
 resumes there) with the module's fast tests only (``-m "not slow"``: no Ray, no real model). The script prints
 mutants, killed and survivors per module and in all, and the survivors' names with ``--survivors``;
-``benchmarks/tables/mutation/survivors.md`` explains the survivors left (equivalent mutants, messages).
+``benchmarks/tables/mutation/README.md`` has the counts so far and explains the survivors left.
 
 Not part of CI: it takes far longer than the suite.
 """
