@@ -10,13 +10,13 @@ The trials land in ``--results`` (default: ``benchmarks/tables/conll2003_small-m
 interrupted run resumes: a trial whose configuration has a row is not trained again. The order puts what the
 study needs first, so that a run cut short still answers the main question:
 
-1. seed 0: the full model (its weights kept: the teacher), the 12 single layers (the layer profile), the
-   study's strategies at N = half depth (first, last, even, odd, drop_middle, drop_ends, best, drop_worst,
-   drop_block);
-2. seed 0: recovery at the first half, from the fine-tuned full model: fine-tune, distillation from logits,
-   distillation with hidden states (student layer i of n mapped to teacher layer (i+1)L/n - 1, as TinyBERT), partial
-   fine-tuning of the last kept layers;
-3. seeds 1..4: the full model and the two recoveries with the best dev F1 on seed 0.
+1. seed 0: the full model (its weights kept: the teacher);
+2. seed 0: recovery at the first half, from the fine-tuned full model: fine-tune, distillation with hidden
+   states (student layer i of n mapped to teacher layer (i+1)L/n - 1, as TinyBERT), distillation from logits,
+   partial fine-tuning of the last kept layers;
+3. seeds 1..4: the full model and the two recoveries with the best dev F1 on seed 0 (the paired comparison);
+4. seed 0: the 12 single layers (the layer profile), then the study's strategies at N = half depth (first,
+   last, even, odd, drop_middle, drop_ends, best, drop_worst, drop_block).
 
 ``--threads`` caps torch's threads (the other core stays free for other work on a 2-core machine).
 """
@@ -36,7 +36,7 @@ from frugalray.config import RecoverySettings, TrainingSettings, TrialConfig  # 
 from frugalray.model.importance import proxy_of  # noqa: E402
 from frugalray.results.aggregate import mean_ci  # noqa: E402
 from frugalray.results.rows import recovery_label  # noqa: E402
-from frugalray.strategies import STRATEGIES, kept_layers  # noqa: E402
+from frugalray.strategies import STRATEGIES  # noqa: E402
 from frugalray.study.scores import scores_from_rows  # noqa: E402
 from frugalray.training.identity import recorded_hash  # noqa: E402
 from frugalray.training.prepared import layer_count, prepare_trial  # noqa: E402
@@ -50,9 +50,9 @@ def recoveries(partial_layers: int) -> dict[str, RecoverySettings]:
     """The recoveries tried at half depth on seed 0, by name."""
     return {
         "finetune": RecoverySettings(init="finetuned", method="finetune"),
-        "distill": RecoverySettings(init="finetuned", method="distill", temperature=2.0, alpha=0.5, beta=0.0),
         "distill_hidden": RecoverySettings(init="finetuned", method="distill", temperature=2.0, alpha=0.5, beta=1.0,
                                            hidden_map="uniform"),
+        "distill": RecoverySettings(init="finetuned", method="distill", temperature=2.0, alpha=0.5, beta=0.0),
         "partial": RecoverySettings(init="finetuned", method="partial", partial_layers=partial_layers),
     }
 
@@ -108,6 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; at most {args.epochs} epochs, "
           f"patience {args.patience}", flush=True)
     run(trial(first, "full", save_model=True), store, done)
+    kept = tuple(range(half))
+    options = recoveries(args.partial_layers)
+    for recovery in options.values():
+        run(trial(first, "mask", layers=kept, recovery=recovery), store, done)
+    ranked = sorted(options, key=lambda name: -_dev_f1(store, kept, options[name], first))
+    best_two = ranked[:2]
+    print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
+    for seed in seeds[1:]:
+        run(trial(seed, "full", save_model=True), store, done)
+        for name in best_two:
+            run(trial(seed, "mask", layers=kept, recovery=options[name]), store, done)
     for k in range(count):
         run(trial(first, "single", n=k), store, done)
     singles = _ok(store, strategy="single", seed=first)
@@ -121,17 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         elif strategy.scores_from:
             values["scores"] = proxy_of(strategy.scores_from, args.task, args.model)
         run(trial(first, name, **values), store, done)
-    kept = tuple(range(half))
-    options = recoveries(args.partial_layers)
-    for recovery in options.values():
-        run(trial(first, "mask", layers=kept, recovery=recovery), store, done)
-    ranked = sorted(options, key=lambda name: -_dev_f1(store, kept, options[name], first))
-    best_two = ranked[:2]
-    print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
-    for seed in seeds[1:]:
-        run(trial(seed, "full", save_model=True), store, done)
-        for name in best_two:
-            run(trial(seed, "mask", layers=kept, recovery=options[name]), store, done)
     return report(store)
 
 
