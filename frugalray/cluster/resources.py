@@ -13,6 +13,10 @@ trial (and is retried) instead of its neighbours.
 
 from __future__ import annotations
 
+import time
+
+from frugalray._registry import FrugalrayError
+
 # camembert-base / bert-base sizes, for examples and defaults
 BERT_BASE = {"vocab_size": 32005, "hidden_size": 768, "intermediate_size": 3072, "max_position_embeddings": 514,
              "num_attention_heads": 12}
@@ -55,3 +59,36 @@ def estimate_memory_gib(model_config: dict, kept_layers: int, batch_size: int, s
 def fits(demand: dict[str, float], nodes: list[dict[str, float]]) -> bool:
     """Whether some node has the total resources one trial needs."""
     return any(all(node.get(key, 0) >= amount for key, amount in demand.items()) for node in nodes)
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Resources of each live node of the connected cluster."""
+    import ray
+
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+
+
+def check_fit(demands: list[dict[str, float]], wait_s: float = 0, *, nodes=alive_nodes, clock=time.monotonic,
+              sleep=time.sleep, poll_s: float = 5) -> None:
+    """Fail before scheduling when no node can hold a trial (after asking the autoscaler, if allowed).
+
+    ``nodes()`` gives the live nodes' resources; ``clock`` and ``sleep`` time the wait (a test's own)."""
+    found = nodes()
+    missing = [d for d in {tuple(sorted(d.items())): d for d in demands}.values() if not fits(d, found)]
+    if not missing:
+        return
+    if wait_s > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=missing)
+        deadline = clock() + wait_s
+        while clock() < deadline:
+            sleep(poll_s)
+            found = nodes()
+            if all(fits(d, found) for d in missing):
+                return
+    shown = [{k: v for k, v in n.items() if k in ("CPU", "GPU")} for n in found]
+    raise FrugalrayError(
+        f"No node of the cluster fits a trial: trials need {missing}, nodes have {shown}. Lower "
+        f"resources.cpus_per_trial or the GPU share, add nodes, or set autoscale_wait_s for an autoscaling cluster"
+    )

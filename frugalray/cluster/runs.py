@@ -13,10 +13,10 @@ import dataclasses
 import os
 import sys
 
-from frugalray.cluster.driver import DEFAULT_RUNNER, check_fit, run_planner
+from frugalray.cluster.driver import DEFAULT_RUNNER, run_planner
 from frugalray.cluster.placement import CpuPlacer, placer_for
 from frugalray.cluster.progress import Progress
-from frugalray.cluster.resources import estimate_memory_gib
+from frugalray.cluster.resources import check_fit, estimate_memory_gib
 from frugalray.cluster.session import ensure_ray
 from frugalray.config import OBJECTIVES, ResourceRule, SearchConfig, SweepConfig
 from frugalray.results.metadata import record_run
@@ -86,9 +86,12 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
 
 
 def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dict | None = None,
-               connect=None, stream=None) -> dict:
+               connect=None, stream=None, executor=None) -> dict:
     """Train up to ``budget`` new masks; returns the study (the last one, with halving per kept-layer count),
     the Pareto front, the rows of its masks and how many masks the store told.
+
+    ``executor`` replaces Ray Tune's run (``driver.run_planner``, same signature), e.g. a virtual clock that
+    replays a recorded table (``frugalray.cluster.simulated.VirtualRun``): Ray is then not started.
 
     With ``halving`` and a front objective (f1_vs_layers, f1_vs_latency), one single-objective search per
     kept-layer count: a rung then compares masks of one depth only, where a deeper mask would otherwise win
@@ -106,12 +109,15 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     scores = proxy_scores(config.task, config.model, config.data_dir) if config.prior == "proxy" else None
     per_depth = config.halving and len(OBJECTIVES[config.objective][0]) > 1
     parts = _depth_searches(config, low, high) if per_depth else [config]
-    ensure_ray(ray_init, connect)
-    demand = trial_placer(config.resources, config.model, stream)
+    if executor is None:
+        ensure_ray(ray_init, connect)
+        demand = trial_placer(config.resources, config.model, stream)
+    else:
+        demand = None
     searches = []
     for part in parts:
         prior = proxy_prior(scores, *part.bounds(layer_count(config.model)), part.prior_masks) if scores else []
-        search = _run_one(part, store, prior, runner, demand, stream)
+        search = _run_one(part, store, prior, runner, demand, stream, executor)
         searches.append(search)
     front = _front(config, searches)
     write_front(store, config.name, config.objective, front)
@@ -137,12 +143,17 @@ def _depth_searches(config: SearchConfig, low: int, high: int) -> list[SearchCon
     return parts
 
 
-def _run_one(config: SearchConfig, store: ResultsStore, prior, runner: str, demand, stream):
+def _run_one(config: SearchConfig, store: ResultsStore, prior, runner: str, demand, stream, executor=None):
     from frugalray.cluster.halving import halving_scheduler
     from frugalray.study.search import MaskSearch
 
     search = MaskSearch(config, store, prior)
     scheduler = halving_scheduler(config, search.max_steps) if config.halving else None
+    if executor is not None:
+        executor(search, name=config.name, results=config.results, demand=lambda planned: {"CPU": 1},
+                 runner=runner, max_concurrent=config.max_concurrent, scheduler=scheduler,
+                 rung_score=config.rung_score)
+        return search
     largest = search.planned(tuple(range(search.high)))  # the largest mask the space allows
     demand.check([largest])
     if isinstance(demand, CpuPlacer):

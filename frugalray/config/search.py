@@ -51,7 +51,7 @@ class SearchConfig(Settings):
         "help": "LoRA. On: the pruned model is fine-tuned with LoRA adapters. Off: full fine-tuning."})
     data_dir: str | None = field(default=None, metadata={"help": "Where the task's files are (overrides)."})
     results: str = field(default="results", metadata={"help": "Results location."})
-    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file)."})
+    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: SQLite file in the results); 'memory': Optuna's in-memory storage, gone when the run ends (replays)."})
     warm_start: bool = field(default=True, metadata={
         "help": "Warm start. On: every stored result of this space is handed to Optuna before it samples. Off: "
                 "Optuna starts empty (a mask it samples that has a stored result is still not retrained)."})

@@ -122,6 +122,10 @@ class TrialResult:
     checkpoint_dev_f1: list[float] | None = column(pa.list_(_FLOAT), "dev F1 at those steps (the final one is dev_f1)")
     checkpoint_dev_loss: list[float] | None = column(pa.list_(_FLOAT), "dev loss at those steps: it moves while "
                                                                        "dev F1 is still 0 everywhere")
+    resumed_from_step: int | None = column(_INT64, "a stopped mask a search promoted: the step it went on from "
+                                                   "(its earlier steps trained before; energy is this run's only)")
+    checkpoint_eval_seconds: list[float] | None = column(pa.list_(_FLOAT), "seconds each of those dev evaluations "
+                                                                           "took (not in train_seconds)")
     seconds_per_epoch: float | None = column(_FLOAT)
     eval_seconds: float | None = column(_FLOAT)
     total_seconds: float | None = column(_FLOAT)

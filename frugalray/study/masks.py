@@ -77,7 +77,7 @@ def open_study(config: SearchConfig, store: ResultsStore):
 
     url = config.storage or _default_storage(store)
     try:
-        storage = optuna.storages.RDBStorage(url)
+        storage = optuna.storages.InMemoryStorage() if url == "memory" else optuna.storages.RDBStorage(url)
     except Exception as error:
         raise FrugalrayError(f"Optuna storage {url!r} cannot be opened or written: {error}") from None
     columns, directions = OBJECTIVES[config.objective]

@@ -123,12 +123,13 @@ class DevCurve:
     the row it leaves if an early-stopping search stops it there)."""
 
     def __init__(self, planned_steps: int):
-        self.planned_steps, self.steps, self.dev_f1, self.dev_loss = planned_steps, [], [], []
+        self.planned_steps, self.steps, self.dev_f1, self.dev_loss, self.seconds = planned_steps, [], [], [], []
         self.latest: dict = {}
         self.train_seconds = 0.0
 
-    def add(self, step: int, metrics: dict, train_seconds: float) -> None:
+    def add(self, step: int, metrics: dict, train_seconds: float, eval_seconds: float) -> None:
         self.steps.append(step)
+        self.seconds.append(eval_seconds)
         self.dev_f1.append(metrics["f1"])
         self.dev_loss.append(metrics["eval_loss"])
         self.latest, self.train_seconds = metrics, train_seconds
@@ -138,7 +139,17 @@ class DevCurve:
         if not self.steps:
             return {}
         return {"checkpoint_steps": list(self.steps), "checkpoint_dev_f1": list(self.dev_f1),
-                "checkpoint_dev_loss": list(self.dev_loss)}
+                "checkpoint_dev_loss": list(self.dev_loss), "checkpoint_eval_seconds": list(self.seconds)}
+
+    def state(self) -> dict:
+        """What ``restore`` needs to go on with this curve (a resumed trial's)."""
+        return {"steps": list(self.steps), "dev_f1": list(self.dev_f1), "dev_loss": list(self.dev_loss),
+                "seconds": list(self.seconds), "train_seconds": self.train_seconds,
+                "latest": {key: float(self.latest[key]) for key in ("f1", "accuracy", "eval_loss")}}
+
+    def restore(self, state: dict) -> None:
+        self.steps, self.dev_f1, self.dev_loss = list(state["steps"]), list(state["dev_f1"]), list(state["dev_loss"])
+        self.seconds, self.train_seconds, self.latest = list(state["seconds"]), state["train_seconds"], dict(state["latest"])
 
     def progress(self) -> dict:
         return {"train_steps": self.steps[-1], "planned_steps": self.planned_steps, **self.columns(),

@@ -12,6 +12,7 @@ over seeds, on a real corpus, that they cost no quality.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import statistics
 import time
@@ -25,6 +26,7 @@ from frugalray.data.encoding import IGNORE, Encoded, collate, length_grouped_bat
 from frugalray.data.readers import Example
 from frugalray.data.metrics import METRICS
 from frugalray.config import TrainingSettings
+from frugalray.training import resume
 
 __all__ = ["TrainingSettings", "TrainStats", "train", "predict", "evaluate", "measure_latency"]
 
@@ -123,15 +125,17 @@ def epoch_batches(lengths: list[int], settings: TrainingSettings, seed: int, epo
 def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate: float, pad_id: int,
           device: torch.device, seed: int, *, objective: Objective = model_loss,
           batches: Callable[[int], list[list[int]]] | None = None,
-          checkpoint: Callable[[int, float], None] | None = None, checkpoint_every: int = 0,
-          after_epoch: Callable[[int], bool] | None = None) -> TrainStats:
+          checkpoint: Callable[[int, float, Callable[[], dict]], None] | None = None, checkpoint_every: int = 0,
+          after_epoch: Callable[[int], bool] | None = None, resume_from: dict | None = None) -> TrainStats:
     """Fine-tune ``model`` on ``data`` in place; training seconds exclude everything but the steps.
 
     ``objective(model, batch, indices)`` gives the loss (the model's own by default; distillation passes
     its own). ``batches(epoch)`` replaces the shuffling, e.g. to replay another trainer's batch order.
-    With ``checkpoint_every``, ``checkpoint(step)`` is called after every that many optimizer steps but the last, with the
-    training seconds so far (e.g. to evaluate dev); its time is not training time, and it must leave the model as it found it (train mode
-    included). ``after_epoch(epoch)`` is called after every epoch, outside the training time (e.g. to score dev); training
+    With ``checkpoint_every``, ``checkpoint(step, seconds, state)`` is called after every that many optimizer steps
+    but the last, with the training seconds so far (e.g. to evaluate dev) and ``state()``, which gives the loop's
+    state there (``frugalray.training.resume``); its time is not training time, and it must leave the model as it
+    found it (train mode included). ``resume_from``: such a state, to go on from (the weights included).
+    ``after_epoch(epoch)`` is called after every epoch, outside the training time (e.g. to score dev); training
     stops when it returns True. A loss that turns NaN or infinite stops training with a FrugalrayError naming the step.
     """
     optimizer = make_optimizer(model, settings, learning_rate)
@@ -139,35 +143,37 @@ def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate:
     plan = batches or (lambda epoch: epoch_batches(lengths, settings, seed, epoch))
     total_steps = settings.planned_steps(len(data))
     scheduler = make_scheduler(optimizer, settings, total_steps)
-    amp = autocast_dtype(settings.dtype, device)
+    amp = (device, autocast_dtype(settings.dtype, device))
     params = [p for group in optimizer.param_groups for p in group["params"]]
     step_model = torch.compile(model) if settings.compile else model
     model.train()
-    epoch_seconds, losses, tokens, padded = [], [], 0, 0
+    epoch_seconds, losses, tokens, padded, skip, carried = [], [], 0, 0, 0, 0.0
+    if resume_from is not None:
+        skip, carried, epoch_seconds, losses, tokens, padded = resume.restore_loop(
+            resume_from, model, optimizer, scheduler, device)
     for epoch in range(settings.epochs):
         order = plan(epoch)
+        if skip >= len(order):  # done before the resume
+            skip -= len(order)
+            continue
+        order, skip = order[skip:], 0
         _sync(device)
-        start = time.perf_counter()
+        start, carried = time.perf_counter() - carried, 0.0
         for indices in order:
             batch = _to(collate([data[i] for i in indices], pad_id, settings.pad_to_multiple_of), device)
             tokens += sum(lengths[i] for i in indices)
             padded += batch["input_ids"].numel()
-            with _autocast(device, amp):
-                loss = objective(step_model, batch, indices)
-            loss.backward()
-            if settings.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
+            losses.append(_step(step_model, objective, batch, indices, optimizer, scheduler, params, settings, amp))
             if len(losses) % DIVERGENCE_CHECK_EVERY == 0:
                 _check_finite(losses, len(losses) - DIVERGENCE_CHECK_EVERY)
             if checkpoint_every and len(losses) % checkpoint_every == 0 and len(losses) < total_steps:
                 _check_finite(losses, 0)  # a diverged model is never scored
                 _sync(device)
                 paused = time.perf_counter()
-                checkpoint(len(losses), sum(epoch_seconds) + paused - start)
+                rng = resume.random_state(device)  # before dev is scored: the training's own random state
+                state = functools.partial(resume.loop_state, model, optimizer, scheduler, losses, epoch_seconds,
+                                          paused - start, tokens, padded, rng)
+                checkpoint(len(losses), sum(epoch_seconds) + paused - start, state)
                 start += time.perf_counter() - paused
         _check_finite(losses, 0)
         _sync(device)
@@ -175,6 +181,20 @@ def train(model, data: list[Encoded], settings: TrainingSettings, learning_rate:
         if after_epoch is not None and after_epoch(epoch):
             break
     return TrainStats(sum(epoch_seconds), epoch_seconds, tokens, padded, torch.stack(losses).float().tolist())
+
+
+def _step(model, objective: Objective, batch: dict, indices: list[int], optimizer, scheduler, params, settings,
+          amp) -> torch.Tensor:
+    """One optimizer step; returns its loss (on the device, not synchronised)."""
+    with _autocast(*amp):
+        loss = objective(model, batch, indices)
+    loss.backward()
+    if settings.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def _check_finite(losses: list[torch.Tensor], start: int) -> None:

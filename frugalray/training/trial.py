@@ -63,7 +63,8 @@ def encoded_task(task, model: str, max_length: int) -> Encoded:
 
 
 def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fraction: float | None = None,
-              save_to: str | None = None, alone: bool = False, teacher=None, report=None) -> dict:
+              save_to: str | None = None, alone: bool = False, teacher=None, report=None, snapshot=None,
+              resume: dict | None = None) -> dict:
     """Train and evaluate one prepared trial; returns its result row (raises on failure).
 
     With ``save_to`` the trained model is saved there for ``frugalray export`` (see ``frugalray.model.saved``).
@@ -72,7 +73,8 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     ``teacher`` (``frugalray.training.recovery.Teacher``): the fine-tuned full model a recovering student
     starts from or learns from.
     ``report(progress)``: called at every dev checkpoint (``training.eval_every_steps``) with the row's progress
-    columns so far (steps, the dev curve, dev F1 and training seconds at that step)."""
+    columns so far. ``snapshot(step, state)``: called there first, ``state()`` giving the trial's state;
+    ``resume``: such a state to go on from (``frugalray.training.resume``)."""
     from transformers import set_seed
 
     from frugalray.data.labels import majority_baseline
@@ -84,7 +86,7 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
     set_seed(config.seed)
     data = encoded_task(task, config.model, training.max_length)
     model = _model(prepared, teacher, target)
-    stats, curve, train_energy, fitted = _fit(prepared, model, data, teacher, target, report)
+    stats, curve, train_energy, fitted = _fit(prepared, model, data, teacher, target, report, snapshot, resume)
     score = functools.partial(_score, model, task, data, target, training)
     meter = functools.partial(measured_energy, training.energy, training.energy_country, str(target))
     eval_start = time.perf_counter()
@@ -105,13 +107,13 @@ def run_trial(prepared: PreparedTrial, device: str | None = None, gpu_memory_fra
         **fitted,
         **_size_columns(model, target), **latency,
         **energy_columns(train_energy, eval_energy, training.energy_country),
-        "variant": "fp32", "device": device_name(target),
+        "variant": "fp32", "device": device_name(target), "resumed_from_step": resume["step"] if resume else None,
         **({"teacher_trial_id": teacher.trial_id, "teacher_seconds": teacher.train_seconds,
             "teacher_logits_seconds": teacher.logits_seconds} if teacher else {}),
     }
 
 
-def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report):
+def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report, snapshot=None, resume=None):
     """Train ``model`` in place, on the task's own embedding rows where asked (``frugalray.training.vocab``),
     scoring dev at the checkpoints and stopping early on it where asked; returns (training stats, dev curve, training
     energy, the columns this adds to the row)."""
@@ -127,9 +129,16 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
     embedding = model.get_input_embeddings().weight
     rows_trained = embedding.shape[0] if embedding.requires_grad else 0
 
-    def checkpoint(step: int, train_seconds: float) -> None:
-        curve.add(step, score_dev(), train_seconds)
+    if resume:
+        curve.restore(resume["curve"])
+
+    def checkpoint(step: int, train_seconds: float, state) -> None:
+        scoring = time.perf_counter()
+        metrics = score_dev()
+        curve.add(step, metrics, train_seconds, time.perf_counter() - scoring)
         model.train()
+        if snapshot:  # before the report, which does not return when a scheduler stops the trial there
+            snapshot(step, lambda: state() | {"curve": curve.state()})
         if report:
             report(curve.progress())
 
@@ -139,7 +148,7 @@ def _fit(prepared: PreparedTrial, model, data: Encoded, teacher, target, report)
         objective = _objective(prepared, teacher, data, target)  # the teacher's logits, on the task's own ids
         stats = train(model, during.train, training, config.learning_rate, during.pad_id, target, config.seed,
                       objective=objective, checkpoint=checkpoint, checkpoint_every=training.eval_every_steps,
-                      after_epoch=stopper)
+                      after_epoch=stopper, resume_from=resume)
     if stopper:
         stopper.restore()
     if trimmed:  # the rows it left out decayed for as many steps as the weights it keeps trained
@@ -226,7 +235,7 @@ def _size_columns(model, target) -> dict:
 def execute_trial(config: TrialConfig, store: ResultsStore | None = None, *, prepared: PreparedTrial | None = None,
                   raise_input_errors: bool = False, device: str | None = None,
                   gpu_memory_fraction: float | None = None, runner=None, append: bool = True, alone: bool = False,
-                  report=None) -> TrialResult:
+                  report=None, snapshot=None, resume: dict | None = None) -> TrialResult:
     """Prepare, run and record one trial. Any failure becomes a 'failed' row with its error and error_kind.
 
     With a ``store``, the row is appended to it (unless ``append`` is False: the caller appends it, e.g.
@@ -236,13 +245,14 @@ def execute_trial(config: TrialConfig, store: ResultsStore | None = None, *, pre
     ``runner`` replaces ``run_trial`` (same signature), e.g. the simulated trials of ``frugalray.testing``.
     ``alone``: nothing else runs in the caller (``frugalray trial``, not a sweep), see ``run_trial``.
     ``report(result)``: called at every dev checkpoint with the row this trial would leave if it stopped there
-    (status ``stopped``), for an early-stopping scheduler; the row is the caller's to store.
-    """
+    (status ``stopped``), for an early-stopping scheduler; the row is the caller's to store (``snapshot``,
+    ``resume``: ``run_trial``'s)."""
     started_at = datetime.now(timezone.utc)
     saving = store.staging_folder() if config.save_model and store is not None else None
     try:
         prepared = prepared or prepare_trial(config)
-        extra = _run_options(config, prepared, store, started_at, saving, alone, report)
+        resumption = {k: v for k, v in (("snapshot", snapshot), ("resume", resume)) if v is not None}
+        extra = _run_options(config, prepared, store, started_at, saving, alone, report, resumption)
         with running("trial"):  # a latency measured elsewhere on the machine meanwhile is not isolated
             row = base_row(config, prepared) | (runner or run_trial)(prepared, device, gpu_memory_fraction, **extra)
         row |= {"status": "ok", "error": None}
@@ -264,9 +274,9 @@ def execute_trial(config: TrialConfig, store: ResultsStore | None = None, *, pre
     return result
 
 
-def _run_options(config, prepared, store, started_at, saving, alone, report) -> dict:
-    """``run_trial``'s keyword arguments beyond the device: where to save, the teacher, the checkpoint hook."""
-    extra = ({"save_to": saving} if saving else {}) | ({"alone": True} if alone else {})
+def _run_options(config, prepared, store, started_at, saving, alone, report, resumption) -> dict:
+    """``run_trial``'s keyword arguments beyond the device: where to save, the teacher, the checkpoint hooks."""
+    extra = ({"save_to": saving} if saving else {}) | ({"alone": True} if alone else {}) | resumption
     if report:
         stopped = base_row(config, prepared) | {"trial_id": make_trial_id(prepared.config_hash, started_at),
                                                 "status": "stopped", "started_at": started_at}

@@ -4,7 +4,8 @@ import pytest
 from pyarrow import fs as pafs
 
 from frugalray import FrugalrayError
-from frugalray.cluster.driver import _tune_storage, check_fit
+from frugalray.cluster.driver import _tune_storage
+from frugalray.cluster.resources import check_fit
 
 pytest.importorskip("ray")
 
@@ -78,3 +79,39 @@ def test_check_fit_without_wait_fails_at_once_and_asks_nobody(monkeypatch):
         check_fit([{"CPU": 8.0}], nodes=cluster.nodes, clock=cluster.clock, sleep=cluster.sleep)
     assert asked == [] and cluster.slept == 0
     check_fit([{"CPU": 4.0}], nodes=cluster.nodes, clock=cluster.clock, sleep=cluster.sleep)  # fits: no error
+
+
+@pytest.mark.parametrize("max_steps", [315, 300, 90, 1000, 28])
+def test_a_search_keeps_state_exactly_at_the_steps_where_asha_may_stop_it(max_steps):
+    from frugalray.cluster.halving import halving_scheduler
+    from frugalray.config import SearchConfig
+
+    scheduler = halving_scheduler(SearchConfig(task="demo_pos", halving=True), max_steps)
+    milestones = sorted(step for step, _ in scheduler._brackets[0]._rungs)  # ASHA's own bookkeeping
+    assert scheduler.rungs() == [step for step in milestones if step < max_steps]
+
+
+def _search_trial(tmp_path, full_fidelity, **training):
+    from frugalray import TrainingSettings, TrialConfig
+
+    trial = TrialConfig(task="demo_pos", model="minilm", training=TrainingSettings(eval_every_steps=5, **training))
+    return {"config_hash": "h1", "keep_state_at": [10, 30], "full_fidelity": full_fidelity}, trial
+
+
+def test_a_search_trial_keeps_its_state_at_rungs_only_and_a_promoted_one_goes_on_from_it(tmp_path):
+    from frugalray import ResultsStore
+    from frugalray.cluster.driver import _resumption
+    from frugalray.training import resume
+
+    store = ResultsStore(tmp_path)
+    config, trial = _search_trial(tmp_path, full_fidelity=False)
+    options = _resumption(config, trial, store)
+    assert "resume" not in options
+    for step in (5, 10, 15):
+        options["snapshot"](step, lambda step=step: {"step": step})
+    assert resume.kept(store, "h1") == {"step": 10}  # the rung's, not the later checkpoint's
+    config, trial = _search_trial(tmp_path, full_fidelity=True)
+    assert _resumption(config, trial, store)["resume"] == {"step": 10}
+    assert _resumption({"config_hash": "h1", "full_fidelity": True}, trial, store) == {}  # no halving, no state
+    config, trial = _search_trial(tmp_path, full_fidelity=True, early_stopping_patience=2)
+    assert _resumption(config, trial, store) == {}  # early stopping on dev: never stopped, never resumed

@@ -444,3 +444,58 @@ def test_rungs_compare_the_chosen_score_where_dev_f1_ties(tmp_path, tiny_model, 
         expected = {"dev_loss": -recorded, "dev_f1_then_loss": -1e-9 * recorded}[score]
         assert trial.intermediate_values and all(value == pytest.approx(expected, rel=1e-9, abs=0)
                                                  for value in trial.intermediate_values.values())
+
+
+def _decisions(rows):
+    return [(list(r["kept_layers"]), r["status"], r["train_steps"]) for r in rows]
+
+
+@pytest.mark.slow
+def test_a_search_on_the_virtual_clock_decides_as_on_ray_and_reprints_itself(tmp_path, tiny_model, local_ray):
+    """One trial at a time, Ray Tune and the virtual clock (``frugalray.cluster.simulated``) hand out, stop and
+    finish the same masks in the same order; with two at once the clock's run is the same run every time."""
+    import dataclasses
+
+    from frugalray.cluster.simulated import VirtualRun
+
+    config = _search(tmp_path, tiny_model, budget=8, min_layers=1, max_layers=3, halving=True, grace_steps=3,
+                     reduction_factor=2, max_concurrent=1, training={"epochs": 2})
+    run_search(config, runner=RUNNER)
+    on_ray = _decisions(sorted(ResultsStore(tmp_path / "r").table().to_pylist(), key=lambda r: r["finished_at"]))
+    assert {status for _, status, _ in on_ray} == {"ok", "stopped"}
+    clock = VirtualRun(slots=1)
+    run_search(dataclasses.replace(config, results=str(tmp_path / "v")), runner=RUNNER, executor=clock)
+    assert _decisions(clock.runs) == on_ray
+    assert _decisions(sorted(ResultsStore(tmp_path / "v").table().to_pylist(), key=lambda r: r["finished_at"])) == on_ray
+    runs = []
+    for attempt in range(2):
+        clock = VirtualRun(slots=2)
+        run_search(dataclasses.replace(config, results=str(tmp_path / f"two{attempt}"), max_concurrent=2),
+                   runner=RUNNER, executor=clock)
+        runs.append(clock.runs)
+    assert runs[0] == runs[1] and len(runs[0]) >= 8
+
+
+def test_on_the_virtual_clock_a_promoted_mask_goes_on_from_where_it_stopped(tmp_path, tiny_model):
+    """A search run twice on one store promotes masks it stopped; with resume they train only the steps they had
+    left, and the clock counts those alone."""
+    from frugalray.cluster.simulated import VirtualRun
+    from frugalray.study.masks import rungs
+
+    config = _search(tmp_path, tiny_model, budget=8, min_layers=1, max_layers=3, halving=True, grace_steps=3,
+                     reduction_factor=2, max_concurrent=1, training={"epochs": 2})
+    first = VirtualRun(slots=1, resume=True)
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+        run_search(config, runner=RUNNER, executor=first)
+        second = VirtualRun(slots=1, resume=True)
+        run_search(config, runner=RUNNER, executor=second)
+    stopped = {tuple(r["kept_layers"]): r["train_steps"] for r in first.runs + second.runs if r["status"] == "stopped"}
+    promoted = [r for r in second.runs if r["resumed_from"]]
+    assert promoted, _decisions(second.runs)
+    planned = ResultsStore(tmp_path / "r").table().to_pylist()[0]["planned_steps"]
+    for run in promoted:
+        assert run["resumed_from"] == stopped[tuple(run["kept_layers"])] in rungs(3, 2, planned)
+        assert run["status"] == "ok" and run["train_steps"] == planned - run["resumed_from"]
+        assert run["timeline"][0][1] == 0 and run["timeline"][-1][1] > run["train_steps"]  # dev scores cost too
+    assert all(r["resumed_from"] == 0 for r in first.runs)

@@ -355,6 +355,8 @@ def test_dev_checkpoints_record_a_curve_and_leave_training_unchanged(tmp_path, t
     losses = row["checkpoint_dev_loss"]
     assert len(losses) == len(expected) and all(loss > 0 for loss in losses)
     assert len(set(losses)) > 1  # the loss of each checkpoint, not one value repeated
+    seconds = row["checkpoint_eval_seconds"]
+    assert len(seconds) == len(expected) and all(0 < value < row["total_seconds"] for value in seconds)
     assert plain["checkpoint_steps"] is None and plain["checkpoint_dev_loss"] is None
     assert [s["train_steps"] for s in stops] == expected
     last = stops[-1]
