@@ -230,6 +230,14 @@ def test_halving_stops_masks_early_and_a_stopped_mask_is_never_a_result(tmp_path
     store = ResultsStore(tmp_path / "r")
     rows = store.table().to_pylist()
     planned = rows[0]["planned_steps"]
+    # one trial at a time, the virtual clock of the replays (frugalray.cluster.simulated) decides as Ray Tune did
+    import dataclasses
+
+    from frugalray.cluster.simulated import VirtualRun
+
+    clock = VirtualRun(slots=1)
+    run_search(dataclasses.replace(config, results=str(tmp_path / "virtual")), runner=RUNNER, executor=clock)
+    assert _decisions(clock.runs) == _decisions(sorted(rows, key=lambda r: r["finished_at"]))
     stopped = [r for r in rows if r["status"] == "stopped"]
     finished = [r for r in rows if r["status"] == "ok"]
     assert stopped and finished, [(r["status"], r["train_steps"]) for r in rows]
@@ -450,30 +458,25 @@ def _decisions(rows):
     return [(list(r["kept_layers"]), r["status"], r["train_steps"]) for r in rows]
 
 
-@pytest.mark.slow
-def test_a_search_on_the_virtual_clock_decides_as_on_ray_and_reprints_itself(tmp_path, tiny_model, local_ray):
-    """One trial at a time, Ray Tune and the virtual clock (``frugalray.cluster.simulated``) hand out, stop and
-    finish the same masks in the same order; with two at once the clock's run is the same run every time."""
+def test_a_search_on_the_virtual_clock_reprints_itself(tmp_path, tiny_model, monkeypatch):
+    """Two trials at once, the virtual clock's run (``frugalray.cluster.simulated``) is the same run every time:
+    the same masks handed out, stopped and finished in the same order, at the same virtual times."""
     import dataclasses
 
     from frugalray.cluster.simulated import VirtualRun
 
+    monkeypatch.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
     config = _search(tmp_path, tiny_model, budget=8, min_layers=1, max_layers=3, halving=True, grace_steps=3,
-                     reduction_factor=2, max_concurrent=1, training={"epochs": 2})
-    run_search(config, runner=RUNNER)
-    on_ray = _decisions(sorted(ResultsStore(tmp_path / "r").table().to_pylist(), key=lambda r: r["finished_at"]))
-    assert {status for _, status, _ in on_ray} == {"ok", "stopped"}
-    clock = VirtualRun(slots=1)
-    run_search(dataclasses.replace(config, results=str(tmp_path / "v")), runner=RUNNER, executor=clock)
-    assert _decisions(clock.runs) == on_ray
-    assert _decisions(sorted(ResultsStore(tmp_path / "v").table().to_pylist(), key=lambda r: r["finished_at"])) == on_ray
+                     reduction_factor=2, max_concurrent=2, training={"epochs": 2})
     runs = []
     for attempt in range(2):
         clock = VirtualRun(slots=2)
-        run_search(dataclasses.replace(config, results=str(tmp_path / f"two{attempt}"), max_concurrent=2),
-                   runner=RUNNER, executor=clock)
+        run_search(dataclasses.replace(config, results=str(tmp_path / f"run{attempt}")), runner=RUNNER, executor=clock)
         runs.append(clock.runs)
     assert runs[0] == runs[1] and len(runs[0]) >= 8
+    assert {r["status"] for r in runs[0]} == {"ok", "stopped"}
+    overlapping = [(a, b) for a, b in zip(runs[0], runs[0][1:]) if b["start"] < a["end"]]
+    assert overlapping  # two at once: some trial started before the one before it ended
 
 
 def test_on_the_virtual_clock_a_promoted_mask_goes_on_from_where_it_stopped(tmp_path, tiny_model):
