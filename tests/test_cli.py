@@ -491,7 +491,7 @@ def test_full_model_epochs_out_of_range_or_combined_wrongly_is_refused_on_the_co
 @pytest.mark.parametrize("argv,message", [
     (["--rung-score", "dev_los"], "Unknown rung_score 'dev_los'. Did you mean 'dev_loss'?"),
     (["--rung-score", "f1"], "Unknown rung_score 'f1'"),
-    (["--halving", "--rung-score", "loss"], "Did you mean 'dev_loss'? Available: dev_f1, dev_f1_then_loss, dev_loss"),
+    (["--rung-score", "loss"], "Did you mean 'dev_loss'? Available: dev_f1, dev_f1_then_loss, dev_loss"),
 ])
 def test_an_unknown_rung_score_is_refused_on_the_command_line(tmp_path, capsys, argv, message):
     results = tmp_path / "r"

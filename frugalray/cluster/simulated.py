@@ -22,6 +22,7 @@ steps of that mask) for counting the compute of trials still running at any mome
 from __future__ import annotations
 
 import dataclasses
+import functools
 import heapq
 import itertools
 from types import SimpleNamespace
@@ -33,6 +34,7 @@ from frugalray.cluster.driver import PlannerSearcher, to_report
 from frugalray.results.schema import TrialResult
 from frugalray.results.store import ResultsStore
 from frugalray.study.planned import Planned
+from frugalray.training.prepared import prepare_trial
 from frugalray.training.trial import execute_trial
 
 
@@ -51,10 +53,15 @@ class Timing:
 
 def recorded_timing(row: TrialResult, planned: Planned) -> Timing:
     """A replayed trial's timing from its recorded row (``timing_of``, dev's share from the task's splits)."""
+    return timing_of(row, _dev_share(planned.config.task, planned.config.data_dir))
+
+
+@functools.lru_cache(maxsize=16)
+def _dev_share(task: str, data_dir: str | None) -> float:
     from frugalray.data.tasks import load_task
 
-    task = load_task(planned.config.task, planned.config.data_dir)
-    return timing_of(row, len(task.dev) / max(1, len(task.dev) + len(task.test)))
+    loaded = load_task(task, data_dir)
+    return len(loaded.dev) / max(1, len(loaded.dev) + len(loaded.test))
 
 
 def timing_of(row, dev_share: float) -> Timing:
@@ -122,7 +129,9 @@ class _Clock:
     def _start(self, trial_id: str, config: dict) -> None:
         planned: Planned = self.searcher.running[trial_id]
         reports: list[TrialResult] = []
-        result = execute_trial(planned.config, None, append=False, runner=self.runner, report=reports.append)
+        prepared = prepare_trial(planned.config, getattr(self.planner, "task", None))  # the search's loaded task
+        result = execute_trial(planned.config, None, prepared=prepared, append=False, runner=self.runner,
+                               report=reports.append)
         result = result.replace(config_hash=planned.config_hash)
         timing = self.owner.timing(result, planned) if result.status == "ok" else Timing(0.0, 0.0)
         start_step = self._resumed_from(planned)

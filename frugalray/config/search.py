@@ -55,7 +55,9 @@ class SearchConfig(Settings):
     warm_start: bool = field(default=True, metadata={
         "help": "Warm start. On: every stored result of this space is handed to Optuna before it samples. Off: "
                 "Optuna starts empty (a mask it samples that has a stored result is still not retrained)."})
-    prior: str = field(default="proxy", metadata={"help": "'proxy': first try masks ranked by layer importance."})
+    prior: str = field(default="none", metadata={
+        "help": "'proxy': first try masks ranked by layer importance (on wnut16 a poor first guess: see the search "
+                "cost benchmark); 'none': the sampler from the start."})
     prior_masks: int = field(default=3, metadata={
         "help": "How many masks per kept-layer count the proxy puts first (best by summed layer importance)."})
     sampler: str = field(default="tpe", metadata={"help": "Optuna sampler once the prior's masks are tried: tpe "
@@ -63,8 +65,8 @@ class SearchConfig(Settings):
     startup_trials: int = field(default=10, metadata={
         "help": "tpe: masks drawn at random before TPE models the results (Optuna's n_startup_trials; trials told "
                 "from the store and stopped masks count)."})
-    halving: bool = field(default=False, metadata={
-        "help": "Early stopping of unpromising masks. On: asynchronous successive halving (Ray Tune's "
+    halving: bool = field(default=True, metadata={
+        "help": "Early stopping of unpromising masks (the default). On: asynchronous successive halving (Ray Tune's "
                 "ASHAScheduler, on rung_score at rungs counted in training steps); only trials trained to the end "
                 "are results, and a front objective runs one search per kept-layer count. Off: every mask trains "
                 "to the end."})

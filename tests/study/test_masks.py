@@ -173,7 +173,7 @@ def test_a_study_opens_with_its_metrics_and_attributes_and_fails_trials_a_killed
     import optuna
 
     store = ResultsStore(tmp_path)
-    study, _ = open_study(_config(name="s", objective="f1_vs_layers"), store)
+    study, _ = open_study(_config(name="s", objective="f1_vs_layers", halving=False), store)
     assert (tmp_path / "optuna.db").is_file()  # the default storage: beside the results
     assert study.metric_names == ["dev_f1", "n_kept_layers"]
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]

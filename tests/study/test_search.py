@@ -37,7 +37,7 @@ def local_ray(tmp_path_factory):
 
 def _search(tmp_path, model, **values):
     defaults = dict(task="demo_pos", model=model, budget=4, results=str(tmp_path / "r"), prior="none",
-                    resources={"cpus_per_trial": 0.5}, name="s")
+                    halving=False, resources={"cpus_per_trial": 0.5}, name="s")
     return SearchConfig(**(defaults | values))
 
 
