@@ -17,7 +17,8 @@ an interrupted run resumes.
 ASHA scheduler) with trials that replay the recorded table instead of training (``frugalray.testing.replayed_trial``:
 the same dev curve at the same checkpoints, the same final scores) on a virtual clock
 (``frugalray.cluster.simulated.VirtualRun``, --slots trials at once): a trial's checkpoints come at its recorded
-seconds per step and per dev evaluation, so a given sampler seed reprints the same figures. A stopped mask the
+seconds per step and per dev evaluation (the median of the masks of its depth, so that one trial recorded while
+the machine was busy does not move the clock), so a given sampler seed reprints the same figures. A stopped mask the
 search promotes goes on from the step where it stopped, as frugalray's trials do (--no-resume: from step 0).
 Each method runs --repeats times (sampler seed = repeat), each in a store of its own: random search and TPE at
 full fidelity, the proxy's order alone, successive halving without and with the proxy's order first, halving
@@ -132,7 +133,8 @@ def replay(args) -> None:
 
     from frugalray import SearchConfig
     from frugalray.cluster.runs import run_search
-    from frugalray.cluster.simulated import VirtualRun
+    from frugalray.cluster.simulated import VirtualRun, depth_timing
+    from frugalray.data.tasks import load_task
 
     os.environ["FRUGALRAY_REPLAY_TABLE"] = os.path.abspath(args.results)
     os.environ["FRUGALRAY_REPLAY_SECONDS"] = "0"  # the clock is virtual
@@ -141,7 +143,10 @@ def replay(args) -> None:
     unknown = set(args.method or ()) - set(METHODS)
     if unknown:
         sys.exit(f"--method {sorted(unknown)}: not a method; choose from {sorted(METHODS)}")
-    planned = next(r["planned_steps"] for r in ResultsStore(args.results).table().to_pylist() if r["status"] == "ok")
+    table = ResultsStore(args.results).table().to_pylist()
+    planned = next(r["planned_steps"] for r in table if r["status"] == "ok")
+    task = load_task(args.task)
+    timing = depth_timing(table, len(task.dev) / (len(task.dev) + len(task.test)))  # the clock: medians by depth
     for repeat in range(args.repeats):
         for method, settings in METHODS.items():
             if settings.get("grace_steps") == NINTH:
@@ -150,7 +155,7 @@ def replay(args) -> None:
                 continue
             if (method, repeat) in done or (method == "proxy order alone" and repeat > 0):  # deterministic
                 continue
-            clock = VirtualRun(slots=args.slots, resume=args.resume)
+            clock = VirtualRun(slots=args.slots, resume=args.resume, timing=timing)
             with tempfile.TemporaryDirectory() as scratch:
                 config = SearchConfig(task=args.task, model=args.model, max_layers=args.max_layers, budget=10_000,
                                       sampler_seed=repeat, warm_start=False, results=scratch, name="replay",

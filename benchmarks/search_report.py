@@ -16,9 +16,10 @@ import math
 import random
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 from frugalray import ResultsStore
-from frugalray.cluster.simulated import timing_of
+from frugalray.cluster.simulated import depth_timing
 from frugalray.data.tasks import load_task
 from frugalray.study.masks import rung_score
 
@@ -125,7 +126,8 @@ def report(args) -> None:
     planned = next(iter(space.values()))["planned_steps"]
     task = load_task(args.task)
     share = len(task.dev) / (len(task.dev) + len(task.test))
-    evals = sum(timing_of(row, share).eval_steps for row in space.values())
+    timing = depth_timing([r for seeds in by_seed.values() for r in seeds.values()], share)  # as the replays' clock
+    evals = sum(timing(row, SimpleNamespace(kept_layers=kept)).eval_steps for kept, row in space.items())
     exhaustive = planned * len(space) + evals  # every mask trained to the end and its dev scored once
     answer = max(space.values(), key=lambda r: r["dev_f1"])
     floor, masks = _noise_floor(by_seed, args.max_layers)

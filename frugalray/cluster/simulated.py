@@ -75,6 +75,25 @@ def timing_of(row, dev_share: float) -> Timing:
     return Timing(step, (row.get("eval_seconds") or 0.0) * dev_share)
 
 
+def depth_timing(rows: list[dict], dev_share: float):
+    """A timing by depth: each kept-layer count's median seconds per step and per dev evaluation over ``rows``
+    (a recorded table), so that one trial recorded while the machine was busy does not move the clock."""
+    import statistics
+
+    by_depth: dict[int, list[Timing]] = {}
+    for row in rows:
+        if row["status"] == "ok" and row.get("train_steps"):
+            by_depth.setdefault(len(row["kept_layers"]), []).append(timing_of(row, dev_share))
+    medians = {depth: Timing(statistics.median(t.step_seconds for t in timings),
+                             statistics.median(t.dev_eval_seconds for t in timings))
+               for depth, timings in by_depth.items()}
+
+    def timing(row, planned: Planned) -> Timing:
+        return medians.get(len(planned.kept_layers)) or timing_of(row, dev_share)
+
+    return timing
+
+
 class VirtualRun:
     """Runs a planner like ``driver.run_planner`` (same signature), on a virtual clock with ``slots`` trials at
     once; afterwards ``runs`` holds every trial run (see the module's doc)."""
