@@ -6,7 +6,7 @@
     python benchmarks/search_efficiency.py report
     # the recording and replays behind the README's table ship in benchmarks/tables/wnut16-minilm:
     python benchmarks/search_efficiency.py report --results benchmarks/tables/wnut16-minilm \
-        --log benchmarks/tables/wnut16-minilm/replays.jsonl
+        --log benchmarks/tables/wnut16-minilm/replays.jsonl.gz
 
 ``record`` trains every mask of the encoder once to the end (63 for MiniLM's 6 layers) on a real corpus,
 scoring dev every ``--eval-every`` optimizer steps (the row's ``checkpoint_dev_f1``), then the best masks of
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
+import json
 import itertools
 import os
 import sys
@@ -127,7 +129,6 @@ def replay(args) -> None:
     frugalray's own (``run_search``: MaskSearch, the Tune searcher, ASHA), its trials replayed from the table on a
     virtual clock (``frugalray.cluster.simulated.VirtualRun``, --slots trials at once): a repeat reprints the
     same figures."""
-    import json
     import tempfile
     from pathlib import Path
 
@@ -139,7 +140,7 @@ def replay(args) -> None:
     os.environ["FRUGALRAY_REPLAY_TABLE"] = os.path.abspath(args.results)
     os.environ["FRUGALRAY_REPLAY_SECONDS"] = "0"  # the clock is virtual
     log = Path(args.log)
-    done = {(r["method"], r["repeat"]) for r in map(json.loads, log.read_text().splitlines())} if log.exists() else set()
+    done = {(r["method"], r["repeat"]) for r in read_log(log)}
     unknown = set(args.method or ()) - set(METHODS)
     if unknown:
         sys.exit(f"--method {sorted(unknown)}: not a method; choose from {sorted(METHODS)}")
@@ -163,13 +164,24 @@ def replay(args) -> None:
                                       **settings)
                 with open(os.devnull, "w") as quiet:
                     run_search(config, runner="frugalray.testing:replayed_trial", stream=quiet, executor=clock)
-            with log.open("a") as handle:
+            with (gzip.open(log, "at") if log.suffix == ".gz" else log.open("a")) as handle:
                 handle.write(json.dumps({"method": method, "repeat": repeat, "slots": args.slots,
                                          "resume": args.resume, "events": clock.runs}) + "\n")
             runs = clock.runs
             print(f"  {method:34} repeat {repeat:2}: {sum(e['status'] == 'ok' for e in runs)} trained to the end, "
                   f"{sum(e['status'] == 'stopped' for e in runs)} stopped, {sum(e['train_steps'] for e in runs)} steps, "
                   f"{sum(e['resumed_from'] for e in runs)} not retrained by resuming", flush=True)
+
+
+def read_log(path) -> list[dict]:
+    """The replays of a log (JSON lines; gzip-compressed when it ends in .gz), none when there is no such file."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def pack(args) -> None:
@@ -209,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="replay: a promoted mask goes on from the step where it stopped (as frugalray's do)")
     parser.add_argument("--method", action="append", help="replay only this method (repeatable; default: all)")
-    parser.add_argument("--log", default="results/search_replays.jsonl", help="JSONL of every replayed search")
+    parser.add_argument("--log", default="results/search_replays.jsonl",
+                        help="JSON lines of every replayed search (gzip-compressed when the name ends in .gz)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the intervals")
     parser.add_argument("--to", help="pack: the store to write the recorded table to, as one file")
     args = parser.parse_args(argv)

@@ -11,11 +11,9 @@ interval; a search that never got there counts as infinite.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import statistics
-from pathlib import Path
 from types import SimpleNamespace
 
 from frugalray import ResultsStore
@@ -141,7 +139,9 @@ def report(args) -> None:
           f"{margin:.4f} of the answer's test F1 ({'the floor, wider than 0.005' if margin > 0.005 else '0.5 point'})")
     print(f"masks within the target: {sum(r['f1'] >= target for r in space.values())} of {len(space)}")
     _ranks(space)
-    runs = [json.loads(line) for line in Path(args.log).read_text().splitlines()] if Path(args.log).exists() else []
+    from search_efficiency import read_log
+
+    runs = read_log(args.log)
     costs: dict[str, list[float]] = {}
     totals: dict[str, list[float]] = {}
     saved: dict[str, list[float]] = {}
