@@ -156,7 +156,8 @@ def report(store: ResultsStore) -> int:
         return 1
     fulls = {r["seed"]: r for r in rows if r["strategy"] == "full" and not r["lora"]}
     model, task = rows[0]["model"], rows[0]["task"]
-    print(f"{task}, {model} ({rows[0]['num_layers']} layers); trials in {store.location}")
+    where = store.location if "://" in str(store.location) else os.path.relpath(store.location)
+    print(f"{task}, {model} ({rows[0]['num_layers']} layers); trials in {where}")
     print("\n## The full model, trained until dev F1 stops improving\n")
     print("| seed | test F1 | dev F1 | epochs trained | best epoch | train s |\n|---|---|---|---|---|---|")
     for seed, r in sorted(fulls.items()):
