@@ -134,8 +134,7 @@ def replay(args) -> None:
 
     from frugalray import SearchConfig
     from frugalray.cluster.runs import run_search
-    from frugalray.cluster.simulated import VirtualRun, depth_timing
-    from frugalray.data.tasks import load_task
+    from frugalray.cluster.simulated import VirtualRun, depth_timing, dev_share
 
     os.environ["FRUGALRAY_REPLAY_TABLE"] = os.path.abspath(args.results)
     os.environ["FRUGALRAY_REPLAY_SECONDS"] = "0"  # the clock is virtual
@@ -146,8 +145,7 @@ def replay(args) -> None:
         sys.exit(f"--method {sorted(unknown)}: not a method; choose from {sorted(METHODS)}")
     table = ResultsStore(args.results).table().to_pylist()
     planned = next(r["planned_steps"] for r in table if r["status"] == "ok")
-    task = load_task(args.task)
-    timing = depth_timing(table, len(task.dev) / (len(task.dev) + len(task.test)))  # the clock: medians by depth
+    timing = depth_timing(table, dev_share(args.task))  # the clock: medians by depth
     for repeat in range(args.repeats):
         for method, settings in METHODS.items():
             if settings.get("grace_steps") == NINTH:

@@ -17,8 +17,7 @@ import statistics
 from types import SimpleNamespace
 
 from frugalray import ResultsStore
-from frugalray.cluster.simulated import depth_timing
-from frugalray.data.tasks import load_task
+from frugalray.cluster.simulated import depth_timing, dev_share
 from frugalray.study.masks import rung_score
 
 # the goal: within the target at <= 12% of exhaustive compute in >= 90% of repeats (the interval's upper end
@@ -122,9 +121,7 @@ def report(args) -> None:
     if not space:
         raise SystemExit(f"{args.results} holds no recorded masks: run `record` first")
     planned = next(iter(space.values()))["planned_steps"]
-    task = load_task(args.task)
-    share = len(task.dev) / (len(task.dev) + len(task.test))
-    timing = depth_timing([r for seeds in by_seed.values() for r in seeds.values()], share)  # as the replays' clock
+    timing = depth_timing([r for seeds in by_seed.values() for r in seeds.values()], dev_share(args.task))  # as the replays' clock
     evals = sum(timing(row, SimpleNamespace(kept_layers=kept)).eval_steps for kept, row in space.items())
     exhaustive = planned * len(space) + evals  # every mask trained to the end and its dev scored once
     answer = max(space.values(), key=lambda r: r["dev_f1"])

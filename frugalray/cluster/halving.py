@@ -13,12 +13,10 @@ A trial planned at full fidelity (a stopped mask the search promoted) is never s
 
 from __future__ import annotations
 
-import math
-
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from frugalray.config import SearchConfig
-from frugalray.study.masks import grace_steps
+from frugalray.study.masks import grace_steps, rungs
 
 TIME_ATTR, METRIC = "train_steps", "rung_score"  # every trial reports its rung score (``driver.to_report``)
 
@@ -31,18 +29,17 @@ class Halving(ASHAScheduler):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)
 
+    def __init__(self, **options):
+        super().__init__(**options)
+        self._rung_options = (options["grace_period"], options["reduction_factor"], options["max_t"])
+
     def rungs(self) -> list[int]:
-        """The steps below the whole training where a trial may be stopped (ASHA's milestones, as its bracket
-        counts them): a search trial keeps its state there, to go on from if the search promotes it."""
-        return list(self.rung_steps)
+        """The steps below the whole training where a trial may be stopped (ASHA's milestones): a search trial
+        keeps its state there, to go on from if the search promotes it."""
+        return rungs(*self._rung_options)
 
 
 def halving_scheduler(config: SearchConfig, max_steps: int) -> Halving:
     """The scheduler of a halving search whose trials train ``max_steps`` steps."""
-    grace = grace_steps(config, max_steps)
-    scheduler = Halving(time_attr=TIME_ATTR, metric=METRIC, mode="max", grace_period=grace,
-                        reduction_factor=config.reduction_factor, max_t=max_steps, brackets=1)
-    count = int(math.log(max_steps / grace) / math.log(config.reduction_factor) + 1)  # as ray.tune's _Bracket
-    scheduler.rung_steps = [grace * config.reduction_factor**k for k in range(count)
-                            if grace * config.reduction_factor**k < max_steps]
-    return scheduler
+    return Halving(time_attr=TIME_ATTR, metric=METRIC, mode="max", grace_period=grace_steps(config, max_steps),
+                   reduction_factor=config.reduction_factor, max_t=max_steps, brackets=1)

@@ -53,11 +53,12 @@ class Timing:
 
 def recorded_timing(row: TrialResult, planned: Planned) -> Timing:
     """A replayed trial's timing from its recorded row (``timing_of``, dev's share from the task's splits)."""
-    return timing_of(row, _dev_share(planned.config.task, planned.config.data_dir))
+    return timing_of(row, dev_share(planned.config.task, planned.config.data_dir))
 
 
 @functools.lru_cache(maxsize=16)
-def _dev_share(task: str, data_dir: str | None) -> float:
+def dev_share(task: str, data_dir: str | None = None) -> float:
+    """Dev's share of a task's dev and test examples (what scoring dev costs of a final evaluation)."""
     from frugalray.data.tasks import load_task
 
     loaded = load_task(task, data_dir)
