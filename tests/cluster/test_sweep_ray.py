@@ -129,10 +129,7 @@ def test_a_sweep_on_an_s3_store_keeps_rows_and_tunes_files_under_its_prefix(tmp_
 
 
 @pytest.mark.slow
-def test_tune_prints_no_experiment_box_unless_asked(tmp_path, tiny_model, local_ray, capfd):
-    run_sweep(sweep_config(tmp_path, tiny_model, results=str(tmp_path / "quiet")), runner=RUNNER)
-    quiet = capfd.readouterr().out
-    assert "Number of trials" not in quiet and "9223372036854775807" not in quiet
+def test_tune_prints_its_experiment_box_when_asked(tmp_path, tiny_model, local_ray, capfd):
     run_sweep(sweep_config(tmp_path, tiny_model, results=str(tmp_path / "verbose"), verbose=1), runner=RUNNER)
     assert "Configuration for experiment" in capfd.readouterr().out  # Tune's output, when asked for
 
@@ -231,7 +228,7 @@ def test_progress_on_a_terminal_is_a_live_bar_per_task():
 
 @pytest.mark.slow
 def test_a_sweep_shows_its_progress_and_records_its_settings_for_later_readers(tmp_path, tiny_model, local_ray,
-                                                                              capsys):
+                                                                              capfd):
     from io import StringIO
 
     from frugalray.cli import main
@@ -243,9 +240,11 @@ def test_a_sweep_shows_its_progress_and_records_its_settings_for_later_readers(t
     out = stream.getvalue()
     assert "[frugalray" in out and "\x1b[" not in out  # not a terminal: plain lines
     assert "demo_pos 5/5: 0 running, 0 failed, finished, best dev F1" in out
+    printed = capfd.readouterr().out  # and nothing of Tune's own: its experiment box comes only when asked for
+    assert "Number of trials" not in printed and "9223372036854775807" not in printed
     metadata = read_metadata(ResultsStore(tmp_path / "r"))
     assert metadata["sweeps"]["t"]["reference_tasks"] == {"demo_pos": "FTB_POS"}
     assert metadata["sweeps"]["t"]["settings"]["stages"] == ["single"]
     # a later reader pairs demo_pos with FTB_POS without being told
     assert main(["results", str(tmp_path / "r"), "--view", "baselines", "--format", "csv"]) == 0
-    assert "FTB_POS full, study: 12/12 layers" in capsys.readouterr().out
+    assert "FTB_POS full, study: 12/12 layers" in capfd.readouterr().out
