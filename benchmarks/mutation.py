@@ -3,14 +3,15 @@
     pip install -e ".[test]" mutmut
     python benchmarks/mutation.py                       # every module below (long: not part of CI)
     python benchmarks/mutation.py results/health.py     # some of them
-    python benchmarks/mutation.py --report              # the counts of the last run, mutating nothing
+    python benchmarks/mutation.py --report              # the counts so far, mutating nothing
 
 mutmut (3.x) changes one thing at a time in a copy of a module (an operator, a constant, a comparison, a
 returned value...) and runs the tests that reach the changed function; a mutant that no test fails on
 *survived*. Each module is mutated in a scratch copy of this checkout (``--work``, kept between runs: mutmut
 resumes there) with the module's fast tests only (``-m "not slow"``: no Ray, no real model). The script prints
-mutants, killed and survivors per module and in all, and the survivors' names with ``--survivors``;
-``benchmarks/tables/mutation/README.md`` has the counts so far and explains the survivors left.
+mutants, killed and survivors per module and in all, and the survivors' names with ``--survivors``. Each
+module's last counts and survivors are kept in ``benchmarks/tables/mutation/counts.json`` (shipped: ``--report``
+prints from it where the scratch copy is gone); ``benchmarks/tables/mutation/README.md`` explains the survivors.
 
 Not part of CI: it takes far longer than the suite.
 """
@@ -26,10 +27,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "benchmarks" / "tables" / "mutation" / "counts.json"
 
 # module (under frugalray/) -> its fast tests
 MODULES = {
-    "results/store.py": ["tests/results/test_store.py", "tests/results/test_health.py"],
+    "results/store.py": ["tests/results"],
     "results/health.py": ["tests/results/test_health.py", "tests/test_cli.py"],
     "results/aggregate.py": ["tests/results"],
     "study/search.py": ["tests/study"],
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the last run's counts, mutating nothing")
     parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants by name")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
-    parser.add_argument("--save", help="write the counts as JSON here")
+    parser.add_argument("--save", default=str(SHIPPED), help="the counts per module, as JSON (a module run replaces its "
+                                                             "entry; --report reads it for modules without a scratch copy)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.work)
     env = os.environ | {"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("CI", None)  # a test that would skip for a missing tool must not count as a kill
+    saved = Path(args.save)
+    kept = json.loads(saved.read_text()) if saved.exists() else {}
     results = {}
     for module in args.modules:
         work = _workdir(base, module)
@@ -146,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             _prepare(work, module)
             print(f"== mutating frugalray/{module} with {' '.join(MODULES[module])}", flush=True)
             _run_mutmut(work, module, env, args.max_children)
-        results[module] = _counts(work, module)
+        results[module] = _counts(work, module) or kept.get(module, {})
+        if results[module] and not args.report:
+            kept[module] = results[module] | {"tests": MODULES[module]}
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            saved.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")
     print("\n| module | mutants | killed | survived | not run | survivors of those run |\n|---|---|---|---|---|---|")
     total = {"mutants": 0, "killed": 0, "survived": 0, "not_run": 0}
     for module, counts in results.items():
@@ -165,8 +174,6 @@ def main(argv: list[str] | None = None) -> int:
         for module, counts in results.items():
             for name in counts.get("survivors", []):
                 print(f"survived: {name}")
-    if args.save:
-        Path(args.save).write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

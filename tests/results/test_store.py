@@ -77,6 +77,75 @@ def test_the_trained_row_of_a_config_hash_is_found_by_its_file_name(tmp_path):
     assert (found.trial_id, found.f1, found.reused_from) == ("t1", 0.7, None)
 
 
+def test_a_trained_row_with_kept_weights_is_preferred_and_only_its_hashs_files_are_read(tmp_path, monkeypatch):
+    """A hash trained twice (a rerun that kept its weights) answers with the row whose weights exist, whatever the
+    order; the lookup opens the files named after the hash, never the rest of the store."""
+    for order in (["t-without", "t-with"], ["t-with", "t-without"]):
+        store = ResultsStore(tmp_path / order[0]).check_writable()
+        for trial in order:
+            store.append(_row(config_hash="h1", trial_id=trial, model_path="models/x" if trial == "t-with" else None))
+        store.append(_row(config_hash="h2", trial_id="t2", model_path="models/y"))
+        read = []
+        dataset = store.dataset
+        monkeypatch.setattr(store, "dataset", lambda **kwargs: read.append(kwargs.get("files")) or dataset(**kwargs))
+        found = store.trained_row("h1")
+        assert (found.trial_id, found.model_path) == ("t-with", "models/x")
+        [files] = read
+        assert len(files) == 2 and all(Path(f).name.startswith("h1-") for f in files)
+
+
+@pytest.mark.parametrize("where", ["folder", "s3"])
+def test_folders_and_files_put_in_the_store_come_back_whole(where, tmp_path, request):
+    """Saved weights (a folder) and small files go into a local or S3 store and come back byte for byte; a
+    missing folder is named with the store."""
+    location = str(tmp_path / "store") if where == "folder" else request.getfixturevalue("s3_results")
+    store = ResultsStore(location).check_writable()
+    content = {"config.json": b'{"a": 1}', "sub/weights.bin": bytes(range(256)) * 8}
+    relatives = ["archive/2026/t1", "archive/2026/t2"]  # parents to create, then a parent that exists
+    for relative in relatives:
+        staged = Path(store.staging_folder())
+        for name, data in content.items():
+            (staged / name).parent.mkdir(parents=True, exist_ok=True)
+            (staged / name).write_bytes(data)
+        assert store.put_folder(staged, relative) == relative
+    for relative in relatives:
+        scratch = tmp_path / "fetched" / relative.rsplit("/", 1)[-1]  # a parent that does not exist yet
+        for _ in range(2):  # and again, into the scratch folder the first copy made
+            fetched = Path(store.fetch_folder(relative, scratch))
+            assert {p.relative_to(fetched).as_posix(): p.read_bytes()
+                    for p in fetched.rglob("*") if p.is_file()} == content
+        assert (fetched == scratch) == (where == "s3")  # a local store's folder is used in place
+    with pytest.raises(FrugalrayError, match=r"Saved weights 'models/none' are missing from '.*'"):
+        store.fetch_folder("models/none", tmp_path / "none")
+    for folder in ("", "notes", "notes/deeper"):
+        written = store.write_bytes(b"hello " + folder.encode(), folder, "note.txt")
+        relative = f"{folder}/note.txt".lstrip("/")
+        assert written == store.path(relative) and store.read_bytes(relative) == b"hello " + folder.encode()
+    assert store.read_bytes("notes/absent.txt") is None
+
+
+def test_the_sql_view_types_every_column_and_reads_files_whose_path_has_a_quote(tmp_path):
+    """DuckDB's view over a local store: a column no file has is NULL of its SCHEMA type, and a store folder with
+    a quote in its name is read (the file list is SQL-quoted)."""
+    store = ResultsStore(tmp_path / "it's results").check_writable()
+    # a file of an older version, alone at first: the required columns and f1, nothing else
+    pq.write_table(pa.table({"trial_id": ["t-b"], "config_hash": ["b"], "status": ["ok"], "f1": [0.5]}),
+                   Path(store.trials_dir) / "b-old.parquet")
+    assert store.query(sql="SELECT f1, model, teacher_seconds FROM trials").to_pylist() == [
+        {"f1": 0.5, "model": None, "teacher_seconds": None}]  # columns no file has
+    store.append(_row(config_hash="a", f1=0.75))
+    rows = store.query(sql="SELECT config_hash, f1, teacher_seconds, model FROM trials ORDER BY 1").to_pylist()
+    assert rows == [{"config_hash": "a", "f1": 0.75, "teacher_seconds": None, "model": "m"},
+                    {"config_hash": "b", "f1": 0.5, "teacher_seconds": None, "model": None}]
+    kinds = store.query(sql="SELECT DISTINCT typeof(teacher_seconds) AS t, typeof(model) AS m FROM trials").to_pylist()
+    assert kinds == [{"t": "DOUBLE", "m": "VARCHAR"}]
+    import duckdb
+
+    connection = duckdb.connect()
+    store.register(connection, "mine")
+    assert connection.execute('SELECT count(*) FROM "mine"').fetchone() == (2,)
+
+
 def test_unknown_columns_are_refused(tmp_path):
     with pytest.raises(FrugalrayError, match="unknown columns"):
         ResultsStore(tmp_path).append(_row(f1_score=1.0))
