@@ -36,6 +36,31 @@ def test_seeds_aggregate_to_mean_std_and_student_interval(store):
     assert (row["f1_ci_low"], row["f1_ci_high"]) == pytest.approx((0.6875 - HALF_CI, 0.6875 + HALF_CI))
 
 
+def test_mean_ci_is_the_mean_and_the_student_t_half_width_written_out():
+    from frugalray.results.aggregate import mean_ci
+
+    # std of 1, 2, 3, 4 = sqrt(5/3); t(0.975, 3 d.f.) = 3.182446; half-width = t * std / sqrt(4)
+    assert mean_ci([1.0, 2.0, 3.0, 4.0]) == pytest.approx((2.5, 3.182446 * math.sqrt(5 / 3) / 2), rel=1e-6)
+    assert mean_ci([1.0, 3.0]) == pytest.approx((2.0, 12.706205), rel=1e-6)  # t(0.975, 1) * sqrt(2) / sqrt(2)
+    mean, half = mean_ci([0.7])
+    assert mean == 0.7 and math.isnan(half)  # one value: no interval
+
+
+def test_two_seeds_get_an_interval_and_one_seed_a_typed_null(tmp_path):
+    table = synthetic_table(synthetic_catalog(), seeds=2)
+    store = ResultsStore(tmp_path / "two")
+    store.write_table(table, "trials", "synthetic.parquet")
+    rows = aggregate(store).to_pylist()
+    assert rows and all(r["seeds"] == 2 and r["f1_ci_low"] < r["f1"] < r["f1_ci_high"] for r in rows)
+    row = rows[0]
+    assert row["f1_ci_high"] - row["f1"] == pytest.approx(12.706205 * row["f1_std"] / math.sqrt(2), rel=1e-6)
+    single = ResultsStore(tmp_path / "one")
+    single.write_table(synthetic_table(synthetic_catalog(), seeds=1), "trials", "synthetic.parquet")
+    one = aggregate(single)
+    assert one.schema.field("f1_ci_low").type == pa.float64() == one.schema.field("f1_ci_high").type
+    assert set(one.column("f1_ci_low").to_pylist()) == {None}
+
+
 def test_a_rerun_trial_counts_once_with_its_latest_result_and_failures_are_ignored(store):
     table = store.table()
     first = table.filter(pa.compute.equal(table.column("trial_id"), "t0")).to_pylist()[0]  # pos, full, seed 0
