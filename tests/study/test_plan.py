@@ -182,6 +182,43 @@ def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_
     assert any("missing for layer(s) [1]" in note for note in plan.notes)  # best/drop_worst need every layer
 
 
+def test_as_the_clusters_planner_it_hands_out_waits_for_inputs_counts_and_says_done(tmp_path, tiny_model, data_dir):
+    """``next()`` / ``finish()``, as the driver calls them: every queued trial is handed out once; with the queue
+    empty it answers None while a running trial's row may plan more (the strategies need every single layer),
+    DONE once nothing runs and nothing is left; ``counts()`` per stage: planned, done, failed."""
+    from frugalray.study.planned import DONE
+
+    task = tmp_path / "task.json"
+    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
+                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
+                    '"test": "ner_test.conll"}')  # layer set [1] fails (a simulated CUDA OOM)
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, tasks=(str(task),), stages=("single", "strategies")),
+                     ResultsStore(tmp_path / "r"))
+    handed = []
+    while (planned := plan.next()) not in (None, DONE):
+        handed.append(planned)
+    assert [(p.stage, p.config.strategy, p.config.n) for p in handed] == [("single", "full", None)] + [
+        ("single", "single", k) for k in range(4)]
+    assert plan.running == {p.config_hash for p in handed}
+    assert plan.counts() == {(str(task), "single"): {"planned": 5, "done": 0, "failed": 0}}  # the task as named
+    for index, planned in enumerate(handed):
+        assert plan.next() is None  # the strategies wait for the last single layer
+        plan.finish(planned, execute_trial(planned.config, plan.store, runner=simulated_trial))
+        assert planned.config_hash not in plan.running and len(plan.running) == len(handed) - index - 1
+    assert plan.counts()[(str(task), "single")] == {"planned": 5, "done": 4, "failed": 1}
+    strategies = []
+    while (planned := plan.next()) not in (None, DONE):
+        strategies.append(planned)
+    assert strategies and {p.stage for p in strategies} == {"strategies"}
+    assert plan.next() is None  # they run: not done yet
+    for planned in strategies:
+        plan.finish(planned, execute_trial(planned.config, plan.store, runner=simulated_trial))
+    assert plan.next() == DONE and plan.running == set()
+    counted = plan.counts()[(str(task), "strategies")]
+    assert counted["planned"] > len(strategies)  # strategies sharing a layer set (or a stage-one run) share a trial
+    assert counted == {"planned": counted["planned"], "done": counted["planned"], "failed": 0}  # only [1] fails
+
+
 def test_an_unknown_task_fails_before_any_data_is_read(tmp_path, tiny_model):
     with pytest.raises(FrugalrayError, match="Unknown task 'wikiner_ner'. Did you mean 'wikiner'"):
         StudyPlan(_sweep(tmp_path, tiny_model, tasks=("wikiner_ner",)), ResultsStore(tmp_path / "r"))
