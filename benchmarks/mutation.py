@@ -37,7 +37,8 @@ MODULES = {
     "study/search.py": ["tests/study"],
     "study/masks.py": ["tests/study/test_masks.py", "tests/study/test_strategies.py"],
     "study/plan.py": ["tests/study/test_plan.py", "tests/test_sweep_files.py"],
-    "cluster/driver.py": ["tests/cluster/test_driver.py", "tests/cluster/test_placement.py"],
+    "cluster/driver.py": ["tests/cluster/test_driver.py", "tests/cluster/test_driver_worker.py",
+                          "tests/cluster/test_placement.py"],
     "deploy/variants.py": ["tests/deploy/test_export.py"],
 }
 # mutmut's statuses, by what they mean here: a mutant no test reaches ("no tests") counts as a survivor
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== mutating frugalray/{module} with {' '.join(MODULES[module])}", flush=True)
             _run_mutmut(work, module, env, args.max_children)
         results[module] = _counts(work, module) or kept.get(module, {})
-        if results[module] and not args.report:
+        if results[module] and not args.report:  # read again: another run may have saved a module meanwhile
+            kept = json.loads(saved.read_text()) if saved.exists() else {}
             kept[module] = results[module] | {"tests": MODULES[module]}
             saved.parent.mkdir(parents=True, exist_ok=True)
             saved.write_text(json.dumps(kept, indent=1, sort_keys=True) + "\n")

@@ -8,6 +8,7 @@ likely (whatever the machine's load). Their settings come from the environment, 
 - ``dies_keeping_layer_1``: the worker of the trial that keeps layer 1 alone dies every time it runs it.
 - ``held_once_on_card``: the first trial placed on the card FRUGALRAY_TEST_HOLD_CARD never ends; the test removes
   its node under it.
+- ``recorded``: the simulated trial, each call recorded (runs.jsonl in FRUGALRAY_TEST_MARKS).
 
 Marks go to FRUGALRAY_TEST_MARKS (a folder), start marks of the simulated trial to FRUGALRAY_SIMULATED_MARKS.
 """
@@ -84,3 +85,14 @@ def held_once_on_card(prepared, *args, **kwargs) -> dict:
             time.sleep(PATIENCE_S)
             raise RuntimeError(f"node {node} was to be removed while this trial ran on it; it was not")
     return simulated_trial(prepared, *args, **kwargs)
+
+
+def recorded(prepared, device=None, gpu_memory_fraction=None, **kwargs) -> dict:
+    """The simulated trial, each call recorded as a JSON line in FRUGALRAY_TEST_MARKS/runs.jsonl: the kept
+    layers, the GPU memory fraction the trial was capped at, the options it was given."""
+    import json
+
+    with open(Path(os.environ["FRUGALRAY_TEST_MARKS"], "runs.jsonl"), "a") as runs:
+        runs.write(json.dumps({"kept_layers": list(prepared.kept_layers), "gpu_memory_fraction": gpu_memory_fraction,
+                               "options": sorted(kwargs)}) + "\n")
+    return simulated_trial(prepared, device, gpu_memory_fraction, **kwargs)
