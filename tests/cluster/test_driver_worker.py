@@ -69,7 +69,7 @@ def _suggest_all(searcher) -> dict:
 
 def test_a_plan_runs_through_the_searcher_and_the_tune_function(tmp_path, tiny_model, data_dir, worker):
     reports, runs, _ = worker
-    plan, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"))
+    plan, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"), retries=1)
     configs = _suggest_all(searcher)
     queued = {p.config_hash: p for p in plan.queue} or None
     assert queued is None and len(configs) == 5  # every queued trial handed out once
@@ -81,14 +81,14 @@ def test_a_plan_runs_through_the_searcher_and_the_tune_function(tmp_path, tiny_m
     assert first["resources"] == {"CPU": 1.0}
     assert first["placement"] == {"node_type": None, "accelerator_type": None, "gpu_memory_gib": None}
     assert {k: first[k] for k in ("results", "retries", "runner", "rung_score")} == {
-        "results": str(tmp_path / "r"), "retries": 0, "runner": "tests.runners:recorded", "rung_score": "dev_loss"}
+        "results": str(tmp_path / "r"), "retries": 1, "runner": "tests.runners:recorded", "rung_score": "dev_loss"}
     assert searcher.suggest("waiting") is None  # nothing queued, trials running: wait for their results
     for trial_id, config in configs.items():
         driver.tune_trial(config)
         searcher.on_trial_complete(trial_id, reports[-1])
     assert searcher.suggest("after") == Searcher.FINISHED and searcher.running == {}
     rows = ResultsStore(tmp_path / "r").table().to_pylist()
-    assert len(rows) == 5 and {r["status"] for r in rows} == {"ok"}
+    assert len(rows) == 5 and {(r["status"], r["error"]) for r in rows} == {("ok", None)}  # retries unused
     assert all((r["node_id"], r["node_host"], r["gpu_share"], r["gpu_ids"]) == ("node-1", "host-1", 0.25, ["0"])
                for r in rows)
     assert [run["gpu_memory_fraction"] for run in runs()] == [0.25] * 5  # the share caps the trial's memory
@@ -114,7 +114,7 @@ def test_a_whole_gpu_is_not_capped_and_a_stored_trial_is_reported_not_run_again(
     assert len(runs()) == 2
 
 
-@pytest.mark.parametrize("retries", [0, 2])
+@pytest.mark.parametrize("retries", [0, 1, 2])
 def test_a_failing_trial_is_tried_retries_plus_one_times_then_recorded_once(tmp_path, tiny_model, data_dir, worker,
                                                                            retries):
     reports, runs, _ = worker
@@ -201,6 +201,7 @@ def test_the_searcher_records_a_stopped_trial_and_a_lost_one_and_frees_their_sha
     searcher.on_trial_complete("t0", checkpoint)  # the scheduler stopped it there
     searcher.on_trial_complete("t1", None, error=True)  # its worker died more often than max_failures allows
     searcher.on_trial_complete("t1")  # told twice: once only
+    assert demand.released == [planned[0].config_hash, planned[1].config_hash]
     searcher.on_trial_complete("unknown", checkpoint)
     assert planner.finished == [(planned[0].config_hash, "stopped", None), (planned[1].config_hash, "failed", "lost")]
     assert demand.released == [planned[0].config_hash, planned[1].config_hash]
@@ -216,6 +217,64 @@ def test_the_searcher_records_a_stopped_trial_and_a_lost_one_and_frees_their_sha
     searcher.on_trial_complete("t2", driver.to_report(finished))
     assert planner.finished[-1] == (planned[2].config_hash, "ok", None)
     assert len(ResultsStore(results).table()) == 2  # the worker appended a finished trial's row, not the searcher
+
+
+@pytest.mark.parametrize("result,error", [
+    ({"config_hash": "x", "ok": False}, False),  # a result that carries no row
+    ({"row_json": TrialResult.from_row({"config_hash": "x", "status": "ok"}).to_json()}, True),  # then it died
+])
+def test_a_trial_tune_ends_without_its_final_row_is_recorded_lost(tmp_path, tiny_model, data_dir, result, error):
+    planned = _planned(tmp_path, tiny_model, data_dir)
+    planner = _Planner(planned)
+    searcher = driver.PlannerSearcher(planner, {"results": str(tmp_path / "s")}, lambda p: {"CPU": 1.0})
+    searcher.suggest("t0")
+    searcher.on_trial_complete("t0", result, error=error)
+    assert planner.finished == [(planned[0].config_hash, "failed", "lost")]
+    assert [r["error_kind"] for r in ResultsStore(tmp_path / "s").table().to_pylist()] == ["lost"]
+
+
+def test_a_search_trial_reports_each_checkpoint_keeps_state_and_forgets_it_once_trained(tmp_path, tiny_model,
+                                                                                      data_dir, worker):
+    from frugalray import TrainingSettings
+    from frugalray.training import resume
+
+    reports, runs, _ = worker
+    training = TrainingSettings(epochs=2, batch_size=2, eval_every_steps=2)
+    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"), demand=_Demand(),
+                            training=training)
+    config = searcher.suggest("t0") | {"keep_state_at": [2], "full_fidelity": True}
+    store = ResultsStore(tmp_path / "r")
+    resume.keep(store, config["config_hash"], {"step": 2})  # kept when the scheduler stopped it at its rung
+    driver.tune_trial(config)
+    [run] = runs()
+    assert run["options"] == ["report", "resume", "snapshot"]  # checkpoints reported, state kept, and resumed
+    *checkpoints, final = reports
+    assert checkpoints and all("stopped_row_json" in r and "row_json" not in r for r in checkpoints)
+    assert [r["train_steps"] for r in checkpoints] == [2.0 * (i + 1) for i in range(len(checkpoints))]
+    assert all(r["rung_score"] == pytest.approx(-r["dev_eval_loss"]) for r in checkpoints)  # rungs on dev loss
+    assert "row_json" in final and final["ok"] is True
+    assert resume.kept(store, config["config_hash"]) is None  # trained to the end: nothing left to go on from
+    [row] = store.table().to_pylist()
+    assert (row["accelerator_type"], row["node_type"], row["gpu_memory_gib"]) == ("A10G", "gpu_a10g", 24.0)
+    del config["rung_score"]  # a config from before the setting: rungs on dev F1
+    config["trial"]["seed"] = 1
+    driver.tune_trial(config)
+    assert reports[-1]["rung_score"] == pytest.approx(reports[-1]["dev_f1"])
+
+
+def test_a_failed_search_trial_keeps_the_state_it_would_resume_from(tmp_path, tiny_model, data_dir, worker):
+    from frugalray import TrainingSettings
+    from frugalray.training import resume
+
+    reports, runs, _ = worker
+    training = TrainingSettings(epochs=2, batch_size=2, eval_every_steps=2)
+    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir), training=training)
+    [config] = [c for c in _suggest_all(searcher).values() if c["trial"]["n"] == 1 and c["trial"]["strategy"] == "single"]
+    config |= {"keep_state_at": [2], "full_fidelity": True}
+    resume.keep(ResultsStore(tmp_path / "r"), config["config_hash"], {"step": 2})
+    driver.tune_trial(config)  # fails (simulated CUDA OOM)
+    assert reports[-1]["ok"] is False
+    assert resume.kept(ResultsStore(tmp_path / "r"), config["config_hash"]) == {"step": 2}  # a later run resumes
 
 
 def test_a_planner_without_progress_is_not_told_checkpoints(tmp_path, tiny_model, data_dir):
@@ -257,13 +316,18 @@ def test_run_planner_asks_tune_for_the_plan_as_configured(tmp_path, monkeypatch,
         def rungs(self):
             return [10, 30]
 
+    wrapped = {}
     monkeypatch.setattr("ray.tune.Tuner", Tuner)
+    monkeypatch.setattr("ray.tune.with_resources", lambda fn, resources: wrapped.update(fn=fn, resources=resources)
+                        or "wrapped")
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")
     planner, scheduler, callback = _Planner([]), Scheduler(), object()
     driver.run_planner(planner, name="sweep", results="s3://bucket/p?region=x", demand=lambda p: {"CPU": 1.0},
                        runner="pkg.mod:fn", retries=2, max_failures=5, max_concurrent=3, verbose=verbose,
                        callbacks=[callback], scheduler=scheduler, rung_score="dev_loss")
     tune, run = captured["tune"], captured["run"]
+    assert captured["trainable"] == "wrapped" and wrapped["fn"] is driver.tune_trial
+    assert wrapped["resources"]({"resources": {"CPU": 2.0, "GPU": 0.5}}).bundles == [{"CPU": 2.0, "GPU": 0.5}]
     assert (tune.num_samples, tune.max_concurrent_trials, tune.reuse_actors, tune.scheduler) == (-1, 3, True, scheduler)
     assert tune.search_alg.planner is planner and tune.search_alg.extra == {
         "results": "s3://bucket/p?region=x", "retries": 2, "runner": "pkg.mod:fn", "rung_score": "dev_loss",
@@ -273,7 +337,11 @@ def test_run_planner_asks_tune_for_the_plan_as_configured(tmp_path, monkeypatch,
     assert captured["output"] == ("0" if verbose == 0 else "1")  # Tune's legacy output: silent at verbose 0
     assert os.environ["RAY_AIR_NEW_OUTPUT"] == "1"  # as it was
     monkeypatch.delenv("RAY_AIR_NEW_OUTPUT")
-    driver.run_planner(planner, name="s", results=str(tmp_path), demand=lambda p: {"CPU": 1.0})
-    assert captured["tune"].search_alg.extra["keep_state_at"] == [] and "RAY_AIR_NEW_OUTPUT" not in os.environ
+    demand = _Demand()
+    driver.run_planner(planner, name="s", results=str(tmp_path), demand=demand)
+    assert captured["tune"].search_alg.demand is demand and captured["run"].verbose == 0
+    assert captured["tune"].search_alg.extra == {"results": str(tmp_path), "retries": 0, "rung_score": "dev_f1",
+                                                 "runner": "frugalray.training.trial:run_trial", "keep_state_at": []}
+    assert "RAY_AIR_NEW_OUTPUT" not in os.environ
     assert captured["run"].storage_path.endswith("frugalray-tune") and captured["run"].callbacks == []
     assert captured["tune"].max_concurrent_trials is None and captured["run"].failure_config.max_failures == 2
