@@ -230,6 +230,36 @@ def test_the_check_text_says_what_needs_attention_and_only_then(tmp_path, monkey
     (tmp_path / ".staging" / f"gpu-node-9_4243_{'d' * 32}.tmp").write_bytes(b"half")
     os.utime(tmp_path / ".staging" / f"gpu-node-9_4243_{'d' * 32}.tmp", (now - 10 * health.STALE_AFTER_S,) * 2)
     assert health.repair_store(store) == [f"removed stale staging file .staging/gpu-node-9_4243_{'d' * 32}.tmp"]
+    row = {"config_hash": "h", "status": "ok", "trial_id": "t1", "task": "demo_pos", "seed": 0}
+    store.append(row), store.append(row | {"trial_id": "t2"})  # one configuration trained twice, nothing else
+    checked = health.check_store(store)
+    assert checked.duplicates == [("h", 2)] and not checked.healthy
+    assert checked.text().splitlines()[-3:] == [
+        "Config hashes trained more than once (1; views use the latest row):", "  h: 2 successful rows",
+        "Needs attention: configurations were trained more than once (compute spent twice); their rows are kept."]
+
+
+def test_a_store_written_by_hand_or_by_an_older_version_is_checked_without_error(tmp_path, monkeypatch):
+    """No .staging/ folder (a store copied by hand), a file at the store's root, and the ``.staging-*`` file an
+    older version left beside the trial files: checked, the old leftover found and stale."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from frugalray.results import health
+
+    (tmp_path / "trials").mkdir()
+    pq.write_table(pa.table({"trial_id": ["t"], "config_hash": ["h"], "status": ["ok"]}), tmp_path / "trials" / "h-1.parquet")
+    (tmp_path / "metadata.json").write_text("{}")
+    old = tmp_path / "trials" / ".staging-1234.parquet"
+    old.write_bytes(b"half")
+    now = time.time()
+    monkeypatch.setattr(health, "clock", lambda: now)
+    os.utime(old, (now - 2 * health.STALE_AFTER_S,) * 2)
+    checked = health.check_store(ResultsStore(tmp_path))
+    assert (checked.files, checked.rows, checked.bad) == (1, 1, [])
+    assert [(left.path, left.stale, left.folder) for left in checked.leftovers] == [("trials/.staging-1234.parquet",
+                                                                                     True, False)]
+    assert checked.leftovers[0].age_s == pytest.approx(2 * health.STALE_AFTER_S)
 
 
 def test_an_entry_exactly_at_the_threshold_is_not_yet_stale():
@@ -250,8 +280,9 @@ def test_a_local_writer_is_asked_whether_it_lives_and_left_running(tmp_path):
 
     # a writer that any signal but 0 would end (SIGHUP's default action restored, should its parent ignore it)
     writer = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
-                               "signal.SIG_DFL); time.sleep(60)"])
+                               "signal.SIG_DFL); print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE)
     try:
+        assert writer.stdout.readline() == b"ready\n"  # its SIGHUP handler is the default from here on
         name = f"{socket.gethostname()}_{writer.pid}_{'f' * 32}"
         assert _stale(name, 10 ** 6) is False
         time.sleep(0.5)
