@@ -1,6 +1,6 @@
 """Mutation testing of the modules that decide results: how many mutants of each the fast tests kill.
 
-    pip install -e ".[test]" mutmut
+    pip install -e ".[test]" mutmut pytest-timeout
     python benchmarks/mutation.py                       # every module below (long: not part of CI)
     python benchmarks/mutation.py results/health.py     # some of them
     python benchmarks/mutation.py --report              # the counts so far, mutating nothing
@@ -65,7 +65,10 @@ def _prepare(work: Path, module: str) -> None:
     settings = {
         "source_paths": ["frugalray"],
         "only_mutate": [f"frugalray/{module}"],
-        "pytest_add_cli_args": ["-q", "-x", "-m", "not slow", "-p", "no:randomly", "-p", "no:cacheprovider"],
+        # --timeout: a mutant that makes a loop endless fails its test within a minute (mutmut's own limit scales
+        # with the whole selection's duration: minutes per such mutant)
+        "pytest_add_cli_args": ["-q", "-x", "-m", "not slow", "-p", "no:randomly", "-p", "no:cacheprovider",
+                                "--timeout", "60"],
         "pytest_add_cli_args_test_selection": tests,
         "also_copy": ["frugalray", "benchmarks", "sweeps", "cluster.yaml", "README.md"],
     }
