@@ -502,3 +502,65 @@ def test_on_the_virtual_clock_a_promoted_mask_goes_on_from_where_it_stopped(tmp_
         assert run["status"] == "ok" and run["train_steps"] == planned - run["resumed_from"]
         assert run["timeline"][0][1] == 0 and run["timeline"][-1][1] > run["train_steps"]  # dev scores cost too
     assert all(r["resumed_from"] == 0 for r in first.runs)
+
+
+def _virtual(config, slots=1):
+    """Run ``config`` on the virtual clock (no Ray, no sleep): its result and the clock's runs."""
+    from frugalray.cluster.simulated import VirtualRun
+
+    clock = VirtualRun(slots=slots)
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("FRUGALRAY_SIMULATED_SECONDS", "0")
+        result = run_search(config, runner=RUNNER, executor=clock)
+    return result, clock.runs
+
+
+def test_a_budget_as_large_as_a_small_space_tries_each_mask_once(tmp_path, tiny_model):
+    """Four masks of one layer, a budget of four: TPE soon proposes masks it has tried; each is replaced by an
+    untried one, so every mask trains exactly once, and the progress counts say so."""
+    config = _search(tmp_path, tiny_model, budget=4, min_layers=1, max_layers=1, startup_trials=1)
+    result, runs = _virtual(config)
+    assert sorted(tuple(r["kept_layers"]) for r in runs) == [(0,), (1,), (2,), (3,)]
+    [search] = result["searches"]
+    assert search.counts() == {("demo_pos", "search"): {"planned": 4, "done": 4, "failed": 0}}
+    assert search._untried() is None  # nothing left to try
+
+
+def test_halving_counts_stopped_masks_as_done_and_failed_ones_apart(tmp_path, tiny_model, data_dir):
+    task = tmp_path / "tiny_oom.json"
+    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
+                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
+                    '"test": "ner_test.conll"}')  # layer set [1] fails
+    config = _search(tmp_path, tiny_model, task=str(task), budget=4, min_layers=1, max_layers=1, halving=True,
+                     grace_steps=2, reduction_factor=2, training={"epochs": 4, "batch_size": 1})
+    result, runs = _virtual(config)
+    statuses = Counter(r["status"] for r in runs)
+    assert statuses["failed"] == 1 and statuses["stopped"] >= 1
+    [search] = result["searches"]
+    assert search.counts() == {(str(task), "search"): {"planned": 4, "done": statuses["ok"] + statuses["stopped"],
+                                                       "failed": 1}}
+
+
+def test_a_front_objective_with_halving_combines_each_depths_best_into_one_front(tmp_path, tiny_model):
+    """One search per kept-layer count; the front is the non-dominated set of their best rows, each the row a
+    finished mask left (its kept layers, its F1, the layers it kept), never a stopped one."""
+    config = _search(tmp_path, tiny_model, budget=9, min_layers=1, max_layers=3, halving=True, grace_steps=3,
+                     reduction_factor=2, objective="f1_vs_layers", training={"epochs": 2})
+    result, runs = _virtual(config)
+    searches = result["searches"]
+    assert [s.config.exactly for s in searches] == [3, 2, 1]
+    finished = {tuple(r["kept_layers"]) for r in runs if r["status"] == "ok"}
+    for search in searches:
+        rows = search.best_rows()
+        assert rows and all(len(r["kept_layers"]) == search.config.exactly for r in rows)
+        assert all(tuple(r["kept_layers"]) in finished and r["status"] == "ok" for r in rows)
+        assert all(r["n_kept_layers"] == search.config.exactly and "f1" in r for r in rows)
+    best = [row for search in searches for row in search.best_rows()]
+    front = result["front"]
+    assert front and all(row in best for row in front)
+    for row in best:  # each row off the front is dominated by one on it
+        if row not in front:
+            assert any(f["dev_f1"] >= row["dev_f1"] and f["n_kept_layers"] <= row["n_kept_layers"] for f in front)
+    for a in front:  # and none on the front dominates another
+        assert not any(b is not a and b["dev_f1"] >= a["dev_f1"] and b["n_kept_layers"] <= a["n_kept_layers"]
+                       and (b["dev_f1"], b["n_kept_layers"]) != (a["dev_f1"], a["n_kept_layers"]) for b in front)
