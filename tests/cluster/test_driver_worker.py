@@ -5,6 +5,8 @@ the planner their results (``PlannerSearcher``); the wire between them; what ``r
 import json
 import math
 import os
+import re
+import tempfile
 
 import pytest
 
@@ -166,9 +168,10 @@ class _Demand:
     """A placer sizing every trial for a quarter of an A10G, told when a trial's share is free again."""
 
     def __init__(self):
-        self.released = []
+        self.released, self.asked = [], []
 
     def __call__(self, planned):
+        self.asked.append(planned.config_hash)
         return Placement({"CPU": 1.0, "GPU": 0.25}, Card("A10G", 24.0, 1.0, 2.0, ("gpu_a10g",)))
 
     def release(self, planned):
@@ -189,6 +192,7 @@ def test_the_searcher_records_a_stopped_trial_and_a_lost_one_and_frees_their_sha
     searcher = driver.PlannerSearcher(planner, {"results": results}, demand)
     configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(3)}
     assert searcher.suggest("t3") == Searcher.FINISHED
+    assert demand.asked == [p.config_hash for p in planned]  # each trial sized for itself
     assert configs["t0"]["resources"] == {"CPU": 1.0, "GPU": 0.25}
     assert configs["t0"]["placement"] == {"node_type": "gpu_a10g", "accelerator_type": "A10G", "gpu_memory_gib": 24.0}
     stopped = TrialResult.from_row({"config_hash": planned[0].config_hash, "trial_id": "s", "status": "stopped",
@@ -211,8 +215,9 @@ def test_the_searcher_records_a_stopped_trial_and_a_lost_one_and_frees_their_sha
     lost = rows[planned[1].config_hash]
     assert (lost["status"], lost["error_kind"], lost["kept_layers"], lost["n_kept_layers"]) == (
         "failed", "lost", list(planned[1].kept_layers), len(planned[1].kept_layers))
-    assert lost["task_fingerprint"] == planned[1].task_fingerprint and "lost" in lost["trial_id"]
-    assert "more often than max_failures allows" in lost["error"]
+    assert lost["task_fingerprint"] == planned[1].task_fingerprint
+    assert re.fullmatch(rf"{planned[1].config_hash}-lost-20\d{{6}}T\d{{12}}", lost["trial_id"])  # now, in UTC
+    assert lost["error"] == "trial process died (worker or node lost) more often than max_failures allows"
     finished = TrialResult.from_row({"config_hash": planned[2].config_hash, "trial_id": "f", "status": "ok", "f1": 0.5})
     searcher.on_trial_complete("t2", driver.to_report(finished))
     assert planner.finished[-1] == (planned[2].config_hash, "ok", None)
@@ -343,5 +348,6 @@ def test_run_planner_asks_tune_for_the_plan_as_configured(tmp_path, monkeypatch,
     assert captured["tune"].search_alg.extra == {"results": str(tmp_path), "retries": 0, "rung_score": "dev_f1",
                                                  "runner": "frugalray.training.trial:run_trial", "keep_state_at": []}
     assert "RAY_AIR_NEW_OUTPUT" not in os.environ
-    assert captured["run"].storage_path.endswith("frugalray-tune") and captured["run"].callbacks == []
+    assert captured["run"].storage_path == os.path.join(tempfile.gettempdir(), "frugalray-tune")
+    assert captured["run"].callbacks == []
     assert captured["tune"].max_concurrent_trials is None and captured["run"].failure_config.max_failures == 2
