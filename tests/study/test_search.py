@@ -564,3 +564,50 @@ def test_a_front_objective_with_halving_combines_each_depths_best_into_one_front
     for a in front:  # and none on the front dominates another
         assert not any(b is not a and b["dev_f1"] >= a["dev_f1"] and b["n_kept_layers"] <= a["n_kept_layers"]
                        and (b["dev_f1"], b["n_kept_layers"]) != (a["dev_f1"], a["n_kept_layers"]) for b in front)
+
+
+def test_a_planned_mask_is_the_searchs_trial_configuration(tmp_path, tiny_model, ner_task_file):
+    """Every setting of the search reaches the trial it plans (model, LoRA, training, seed, data, name), under
+    the stage 'search', and the trial's identity says which data it was planned on."""
+    from frugalray import LoraSettings
+    from frugalray.data.tasks import load_task
+    from frugalray.study.search import MaskSearch
+    from frugalray.training.prepared import prepare_trial
+
+    config = _search(tmp_path, tiny_model, task=ner_task_file, seed=3, lora=LoraSettings(r=4), name="named",
+                     halving=True, grace_steps=1, training={"epochs": 2, "batch_size": 1})
+    search = MaskSearch(config, ResultsStore(tmp_path / "r").check_writable())
+    planned = search.planned((0, 2), full_fidelity=True)
+    trial = planned.config
+    assert (trial.task, trial.model, trial.strategy, trial.layers, trial.seed) == (ner_task_file, tiny_model, "mask",
+                                                                                  (0, 2), 3)
+    assert (trial.lora, trial.data_dir, trial.sweep, trial.stage) == (LoraSettings(r=4), None, "named", "search")
+    assert trial.training.epochs == 2 and trial.training.eval_every_steps == search.eval_every_steps > 0
+    assert (planned.task, planned.stage, planned.kept_layers, planned.full_fidelity) == (ner_task_file, "search",
+                                                                                         (0, 2), True)
+    assert planned.task_fingerprint == load_task(ner_task_file).fingerprint
+    assert planned.config_hash == prepare_trial(trial).config_hash
+
+
+def test_in_a_large_space_an_untried_mask_is_drawn_at_random_within_the_bounds(tmp_path, tiny_model, monkeypatch):
+    """Past 50,000 masks the untried one is drawn, not listed: within the kept-layer bounds, never a settled mask,
+    the same draw for the same seed and count handed out, None when a thousand draws find only settled masks."""
+    from frugalray.study.search import MaskSearch
+
+    search = MaskSearch(_search(tmp_path, tiny_model, min_layers=2, max_layers=3),
+                        ResultsStore(tmp_path / "r").check_writable())
+    monkeypatch.setattr(search, "space_size", 10 ** 6)
+    settled = {(0, 1), (0, 1, 2)}
+    monkeypatch.setattr(search, "_settled", lambda: settled)
+    draws = []
+    for handed_out in range(40):
+        search.handed_out = handed_out
+        mask = search._untried()
+        assert mask == search._untried()  # the same state draws the same mask
+        draws.append(mask)
+    assert all(2 <= len(m) <= 3 and list(m) == sorted(set(m)) and set(m) <= {0, 1, 2, 3} for m in draws)
+    assert not settled & set(draws) and len(set(draws)) >= 4  # varied draws, never a settled mask
+    assert {len(m) for m in draws} == {2, 3}
+    every = {m for n in (2, 3) for m in __import__("itertools").combinations(range(4), n)}
+    monkeypatch.setattr(search, "_settled", lambda: every)
+    assert search._untried() is None
