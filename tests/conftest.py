@@ -88,6 +88,12 @@ def ner_task_file() -> str:
 
 
 @pytest.fixture(scope="session")
+def oom_task_file() -> str:
+    """The NER fixture task named ``tiny_oom``: the simulated trial raises a CUDA OOM for layer set [1] alone."""
+    return str(DATA / "ner_oom_task.json")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 4-layer CamemBERT-architecture model (hidden 32) whose tokenizer knows the fixture words."""
     words = conll_words(*DATA.glob("ner_*.conll")) | {"un", "une", "film", "histoire", "magnifique",

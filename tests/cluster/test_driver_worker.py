@@ -45,14 +45,6 @@ def worker(tmp_path, monkeypatch):
     return reports, runs, share
 
 
-def _task(tmp_path, data_dir, name="tiny_oom"):
-    task = tmp_path / f"{name}.json"
-    task.write_text(f'{{"name": "{name}", "head": "token", "metric": "ner", "format": "conll", '
-                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
-                    '"test": "ner_test.conll"}')  # a task named *_oom: layer set [1] fails (simulated CUDA OOM)
-    return str(task)
-
-
 def _searcher(tmp_path, tiny_model, task, demand=None, retries=0, **sweep):
     results = str(tmp_path / "r")
     plan = StudyPlan(SweepConfig(**({"name": "t", "tasks": (task,), "model": tiny_model, "seeds": (0,),
@@ -69,12 +61,11 @@ def _suggest_all(searcher) -> dict:
     return configs
 
 
-def test_a_plan_runs_through_the_searcher_and_the_tune_function(tmp_path, tiny_model, data_dir, worker):
+def test_a_plan_runs_through_the_searcher_and_the_tune_function(tmp_path, tiny_model, ner_task_file, worker):
     reports, runs, _ = worker
-    plan, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"), retries=1)
+    plan, searcher = _searcher(tmp_path, tiny_model, ner_task_file, retries=1)
     configs = _suggest_all(searcher)
-    queued = {p.config_hash: p for p in plan.queue} or None
-    assert queued is None and len(configs) == 5  # every queued trial handed out once
+    assert plan.queue == [] and len(configs) == 5  # every queued trial handed out once
     first = configs["t0"]
     planned = searcher.running["t0"]
     assert first["trial"] == planned.config.to_dict() and first["config_hash"] == planned.config_hash
@@ -100,11 +91,11 @@ def test_a_plan_runs_through_the_searcher_and_the_tune_function(tmp_path, tiny_m
     assert plan.counts()[(configs["t0"]["task"], "single")] == {"planned": 5, "done": 5, "failed": 0}
 
 
-def test_a_whole_gpu_is_not_capped_and_a_stored_trial_is_reported_not_run_again(tmp_path, tiny_model, data_dir,
+def test_a_whole_gpu_is_not_capped_and_a_stored_trial_is_reported_not_run_again(tmp_path, tiny_model, ner_task_file,
                                                                               worker):
     reports, runs, share = worker
     share["gpu_share"] = 1.0
-    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"))
+    _, searcher = _searcher(tmp_path, tiny_model, ner_task_file)
     config = searcher.suggest("t0")
     driver.tune_trial(config)
     assert [run["gpu_memory_fraction"] for run in runs()] == [None]  # a whole card: no memory cap
@@ -117,10 +108,10 @@ def test_a_whole_gpu_is_not_capped_and_a_stored_trial_is_reported_not_run_again(
 
 
 @pytest.mark.parametrize("retries", [0, 1, 2])
-def test_a_failing_trial_is_tried_retries_plus_one_times_then_recorded_once(tmp_path, tiny_model, data_dir, worker,
+def test_a_failing_trial_is_tried_retries_plus_one_times_then_recorded_once(tmp_path, tiny_model, oom_task_file, worker,
                                                                            retries):
     reports, runs, _ = worker
-    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir), retries=retries)
+    _, searcher = _searcher(tmp_path, tiny_model, oom_task_file, retries=retries)
     [config] = [c for c in _suggest_all(searcher).values() if c["trial"]["strategy"] == "single"
                 and c["trial"]["n"] == 1]  # layer set [1]: fails every time
     driver.tune_trial(config)
@@ -131,9 +122,9 @@ def test_a_failing_trial_is_tried_retries_plus_one_times_then_recorded_once(tmp_
     assert row["config_hash"] == config["config_hash"] and reports[-1]["ok"] is False
 
 
-def test_a_node_computing_another_hash_fails_the_trial_at_once_naming_both(tmp_path, tiny_model, data_dir, worker):
+def test_a_node_computing_another_hash_fails_the_trial_at_once_naming_both(tmp_path, tiny_model, ner_task_file, worker):
     reports, runs, _ = worker
-    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"), retries=2)
+    _, searcher = _searcher(tmp_path, tiny_model, ner_task_file, retries=2)
     config = searcher.suggest("t0")
     planned_hash = config["config_hash"]
     config["config_hash"] = "0123456789abcdef"  # what a driver with another model or version planned
@@ -178,15 +169,15 @@ class _Demand:
         self.released.append(planned.config_hash)
 
 
-def _planned(tmp_path, tiny_model, data_dir):
-    plan, _ = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"))
+def _planned(tmp_path, tiny_model, task):
+    plan, _ = _searcher(tmp_path, tiny_model, task)
     plan.expand()
     return plan.queue[:3]
 
 
 def test_the_searcher_records_a_stopped_trial_and_a_lost_one_and_frees_their_shares(tmp_path, tiny_model,
-                                                                                   data_dir):
-    planned = _planned(tmp_path, tiny_model, data_dir)
+                                                                                   ner_task_file):
+    planned = _planned(tmp_path, tiny_model, ner_task_file)
     planner, demand = _Planner(planned), _Demand()
     results = str(tmp_path / "searched")
     searcher = driver.PlannerSearcher(planner, {"results": results}, demand)
@@ -228,8 +219,9 @@ def test_the_searcher_records_a_stopped_trial_and_a_lost_one_and_frees_their_sha
     ({"config_hash": "x", "ok": False}, False),  # a result that carries no row
     ({"row_json": TrialResult.from_row({"config_hash": "x", "status": "ok"}).to_json()}, True),  # then it died
 ])
-def test_a_trial_tune_ends_without_its_final_row_is_recorded_lost(tmp_path, tiny_model, data_dir, result, error):
-    planned = _planned(tmp_path, tiny_model, data_dir)
+def test_a_trial_tune_ends_without_its_final_row_is_recorded_lost(tmp_path, tiny_model, ner_task_file, result,
+                                                                  error):
+    planned = _planned(tmp_path, tiny_model, ner_task_file)
     planner = _Planner(planned)
     searcher = driver.PlannerSearcher(planner, {"results": str(tmp_path / "s")}, lambda p: {"CPU": 1.0})
     searcher.suggest("t0")
@@ -239,13 +231,13 @@ def test_a_trial_tune_ends_without_its_final_row_is_recorded_lost(tmp_path, tiny
 
 
 def test_a_search_trial_reports_each_checkpoint_keeps_state_and_forgets_it_once_trained(tmp_path, tiny_model,
-                                                                                      data_dir, worker):
+                                                                                      ner_task_file, worker):
     from frugalray import TrainingSettings
     from frugalray.training import resume
 
     reports, runs, _ = worker
     training = TrainingSettings(epochs=2, batch_size=2, eval_every_steps=2)
-    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir, "tiny_ner"), demand=_Demand(),
+    _, searcher = _searcher(tmp_path, tiny_model, ner_task_file, demand=_Demand(),
                             training=training)
     config = searcher.suggest("t0") | {"keep_state_at": [2], "full_fidelity": True}
     store = ResultsStore(tmp_path / "r")
@@ -267,13 +259,13 @@ def test_a_search_trial_reports_each_checkpoint_keeps_state_and_forgets_it_once_
     assert reports[-1]["rung_score"] == pytest.approx(reports[-1]["dev_f1"])
 
 
-def test_a_failed_search_trial_keeps_the_state_it_would_resume_from(tmp_path, tiny_model, data_dir, worker):
+def test_a_failed_search_trial_keeps_the_state_it_would_resume_from(tmp_path, tiny_model, oom_task_file, worker):
     from frugalray import TrainingSettings
     from frugalray.training import resume
 
     reports, runs, _ = worker
     training = TrainingSettings(epochs=2, batch_size=2, eval_every_steps=2)
-    _, searcher = _searcher(tmp_path, tiny_model, _task(tmp_path, data_dir), training=training)
+    _, searcher = _searcher(tmp_path, tiny_model, oom_task_file, training=training)
     [config] = [c for c in _suggest_all(searcher).values() if c["trial"]["n"] == 1 and c["trial"]["strategy"] == "single"]
     config |= {"keep_state_at": [2], "full_fidelity": True}
     resume.keep(ResultsStore(tmp_path / "r"), config["config_hash"], {"step": 2})
@@ -282,8 +274,8 @@ def test_a_failed_search_trial_keeps_the_state_it_would_resume_from(tmp_path, ti
     assert resume.kept(ResultsStore(tmp_path / "r"), config["config_hash"]) == {"step": 2}  # a later run resumes
 
 
-def test_a_planner_without_progress_is_not_told_checkpoints(tmp_path, tiny_model, data_dir):
-    planned = _planned(tmp_path, tiny_model, data_dir)
+def test_a_planner_without_progress_is_not_told_checkpoints(tmp_path, tiny_model, ner_task_file):
+    planned = _planned(tmp_path, tiny_model, ner_task_file)
     planner = _Planner(planned, progress=False)
     searcher = driver.PlannerSearcher(planner, {"results": str(tmp_path / "s")}, lambda p: {"CPU": 1.0})
     searcher.suggest("t0")

@@ -85,11 +85,8 @@ def test_a_sweep_with_autoscale_wait_s_asks_the_autoscaler_and_waits_that_long_b
 
 
 @pytest.mark.slow
-def test_failing_trial_is_retried_then_recorded_and_the_sweep_completes(tmp_path, tiny_model, data_dir, local_ray):
-    task = tmp_path / "task.json"
-    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
-                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
-                    '"test": "ner_test.conll"}')
+def test_failing_trial_is_retried_then_recorded_and_the_sweep_completes(tmp_path, tiny_model, oom_task_file, local_ray):
+    task = oom_task_file  # layer set [1] fails
     sweep = sweep_config(tmp_path, tiny_model, tasks=(str(task),), retries=1,
                          resources=ResourceRule(cpus_per_trial=0.5), save_models=("single",))
     run_sweep(sweep, runner=RUNNER)

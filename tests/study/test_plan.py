@@ -167,11 +167,8 @@ def test_summary_counts_configurations_whose_latest_run_failed(tmp_path, tiny_mo
     assert "failed trials: 1" in out.getvalue()
 
 
-def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_dir):
-    task = tmp_path / "task.json"
-    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
-                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
-                    '"test": "ner_test.conll"}')
+def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, oom_task_file):
+    task = oom_task_file  # layer set [1] fails
     plan = StudyPlan(_sweep(tmp_path, tiny_model, tasks=(str(task),)), ResultsStore(tmp_path / "r"))
     _run(plan)
     rows = _rows(plan.store)
@@ -182,16 +179,13 @@ def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, data_
     assert any("missing for layer(s) [1]" in note for note in plan.notes)  # best/drop_worst need every layer
 
 
-def test_as_the_clusters_planner_it_hands_out_waits_for_inputs_counts_and_says_done(tmp_path, tiny_model, data_dir):
+def test_as_the_clusters_planner_it_hands_out_waits_for_inputs_counts_and_says_done(tmp_path, tiny_model, oom_task_file):
     """``next()`` / ``finish()``, as the driver calls them: every queued trial is handed out once; with the queue
     empty it answers None while a running trial's row may plan more (the strategies need every single layer),
     DONE once nothing runs and nothing is left; ``counts()`` per stage: planned, done, failed."""
     from frugalray.study.planned import DONE
 
-    task = tmp_path / "task.json"
-    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
-                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
-                    '"test": "ner_test.conll"}')  # layer set [1] fails (a simulated CUDA OOM)
+    task = oom_task_file  # layer set [1] fails
     plan = StudyPlan(_sweep(tmp_path, tiny_model, tasks=(str(task),), stages=("single", "strategies")),
                      ResultsStore(tmp_path / "r"))
     handed = []

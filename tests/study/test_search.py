@@ -1,5 +1,6 @@
 """Layer-mask search through Ray Tune's OptunaSearch, with simulated trials (scheduling is under test)."""
 
+import itertools
 import os
 from collections import Counter
 
@@ -526,11 +527,8 @@ def test_a_budget_as_large_as_a_small_space_tries_each_mask_once(tmp_path, tiny_
     assert search._untried() is None  # nothing left to try
 
 
-def test_halving_counts_stopped_masks_as_done_and_failed_ones_apart(tmp_path, tiny_model, data_dir):
-    task = tmp_path / "tiny_oom.json"
-    task.write_text('{"name": "tiny_oom", "head": "token", "metric": "ner", "format": "conll", '
-                    f'"data_dir": "{data_dir}", "train": "ner_train.conll", "dev": "ner_dev.conll", '
-                    '"test": "ner_test.conll"}')  # layer set [1] fails
+def test_halving_counts_stopped_masks_as_done_and_failed_ones_apart(tmp_path, tiny_model, oom_task_file):
+    task = oom_task_file  # layer set [1] fails
     config = _search(tmp_path, tiny_model, task=str(task), budget=4, min_layers=1, max_layers=1, halving=True,
                      grace_steps=2, reduction_factor=2, training={"epochs": 4, "batch_size": 1})
     result, runs = _virtual(config)
@@ -608,6 +606,6 @@ def test_in_a_large_space_an_untried_mask_is_drawn_at_random_within_the_bounds(t
     assert all(2 <= len(m) <= 3 and list(m) == sorted(set(m)) and set(m) <= {0, 1, 2, 3} for m in draws)
     assert not settled & set(draws) and len(set(draws)) >= 4  # varied draws, never a settled mask
     assert {len(m) for m in draws} == {2, 3}
-    every = {m for n in (2, 3) for m in __import__("itertools").combinations(range(4), n)}
+    every = {m for n in (2, 3) for m in itertools.combinations(range(4), n)}
     monkeypatch.setattr(search, "_settled", lambda: every)
     assert search._untried() is None
