@@ -101,6 +101,18 @@ def tiny_model(tmp_path_factory) -> str:
     return str(tiny_model_dir(tmp_path_factory.mktemp("tiny_camembert"), words, "camembert", num_layers=4))
 
 
+@pytest.fixture(autouse=True)
+def no_ray_left_running():
+    """A test that starts Ray in this process shuts it down: a Ray left initialized would be the one every later
+    test's ``ray.init`` finds (and fails on). The test that leaves one is failed by name, and the Ray stopped."""
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    ray = sys.modules.get("ray")
+    if not before and ray is not None and ray.is_initialized():
+        ray.shutdown()
+        pytest.fail("the test left Ray initialized in the test process (shut it down, or patch what starts it)")
+
+
 @pytest.fixture()
 def activity(tmp_path, monkeypatch):
     """A private activity folder (``frugalray.training.environment``: where frugalray processes mark the work they

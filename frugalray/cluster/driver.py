@@ -222,10 +222,11 @@ def lost_row(planned: Planned) -> TrialResult:
 
 def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned], dict], runner: str = DEFAULT_RUNNER,
                 retries: int = 0, max_failures: int = 2, max_concurrent: int | None = None, verbose: int = 0,
-                callbacks: list | None = None, scheduler=None, rung_score: str = "dev_f1") -> None:
+                callbacks: list | None = None, scheduler=None, rung_score: str = "dev_f1",
+                max_pending: int | None = None) -> None:
     """Run every trial ``planner`` hands out until it says DONE (Ray must be initialized); ``scheduler``: a Tune
     scheduler that may stop trials early (``frugalray.cluster.halving``) on the trials' ``rung_score``, FIFO
-    without one."""
+    without one; ``max_pending``: how many trials may wait for resources at once (see :func:`_tune_settings`)."""
     from ray import tune
     from ray.tune import PlacementGroupFactory
 
@@ -243,29 +244,40 @@ def run_planner(planner, *, name: str, results: str, demand: Callable[[Planned],
             callbacks=callbacks or [],
         ),
     )
-    with _tune_output(verbose):
+    with _environment(_tune_settings(verbose, max_pending, max_concurrent)):
         tuner.fit()
 
 
-@contextlib.contextmanager
-def _tune_output(verbose: int):
-    """Tune's output at ``verbose``; at 0, none at all.
+def _tune_settings(verbose: int, max_pending: int | None, max_concurrent: int | None) -> dict[str, str]:
+    """The environment Tune reads when it starts, for this run.
 
-    Tune's default output engine prints its experiment box at every verbosity, where a plan that grows as
-    results arrive (num_samples=-1) shows as "Number of trials 9223372036854775807". Its legacy engine,
-    chosen by RAY_AIR_NEW_OUTPUT=0 when Tune starts, prints nothing at verbose=0."""
-    if verbose:
-        yield
-        return
-    before = os.environ.get("RAY_AIR_NEW_OUTPUT")
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    - Output: Tune's default output engine prints its experiment box at every verbosity, where a plan that grows
+      as results arrive (num_samples=-1) shows as "Number of trials 9223372036854775807". Its legacy engine
+      (RAY_AIR_NEW_OUTPUT=0) prints nothing at verbose=0.
+    - Pending trials: with a searcher, Tune lets one trial at a time wait for resources unless
+      max_concurrent_trials is set. An autoscaler then sees the demand of one trial more than is running and
+      starts nodes one by one, and a short trial that ends before the next is placed hands its worker on to it,
+      whatever other nodes are idle. A plan known up front (a sweep) lets ``max_pending`` wait, as Tune lets a
+      grid search; a TUNE_MAX_PENDING_TRIALS_PG of the user's own is kept."""
+    settings = {} if verbose else {"RAY_AIR_NEW_OUTPUT": "0"}
+    if max_pending and not max_concurrent and "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ:
+        settings["TUNE_MAX_PENDING_TRIALS_PG"] = str(max_pending)
+    return settings
+
+
+@contextlib.contextmanager
+def _environment(settings: dict[str, str]):
+    """``settings`` in os.environ for the block, each variable as it was afterwards."""
+    before = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     try:
         yield
     finally:
-        if before is None:
-            del os.environ["RAY_AIR_NEW_OUTPUT"]
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = before
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _tune_storage(results: str) -> str:

@@ -27,6 +27,11 @@ from frugalray.study.planned import Planned
 from frugalray.training.prepared import layer_count
 
 
+# Trials of a sweep that may wait for resources at once (Tune's floor for a grid search): its whole demand
+# reaches the autoscaler, and idle nodes take trials while others run (``driver._tune_settings``).
+SWEEP_PENDING = 200
+
+
 def trial_estimate(model: str):
     """The resident training memory (GiB) of a planned trial of ``model``: a function of the planned trial."""
     from frugalray.model.loading import load_model_config
@@ -79,7 +84,8 @@ def run_sweep(sweep: SweepConfig, *, runner: str = DEFAULT_RUNNER, ray_init: dic
         check_fit([placer(p).resources for p in plan.queue], sweep.autoscale_wait_s)
     run_planner(plan, name=sweep.name, results=sweep.results, demand=placer, runner=runner, retries=sweep.retries,
                 max_failures=sweep.max_failures, max_concurrent=sweep.max_concurrent, verbose=sweep.verbose,
-                callbacks=[Progress(plan.counts, stream=stream, live=False if sweep.verbose else None)])
+                callbacks=[Progress(plan.counts, stream=stream, live=False if sweep.verbose else None)],
+                max_pending=SWEEP_PENDING)
     for note in plan.notes:
         print(f"note: {note}", file=stream)
     return plan
@@ -97,7 +103,9 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     kept-layer count: a rung then compares masks of one depth only, where a deeper mask would otherwise win
     every rung and the front's shallow end would never train to the end. The front is the best mask of each
     depth that trained to the end, less the dominated ones."""
+    from frugalray.cluster.halving import halving_scheduler
     from frugalray.model.importance import proxy_prior, proxy_scores
+    from frugalray.study.search import MaskSearch
 
     stream = stream or sys.stdout
     config = dataclasses.replace(config, results=_absolute(config.results),  # workers run in folders of their own
@@ -109,16 +117,18 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
     scores = proxy_scores(config.task, config.model, config.data_dir) if config.prior == "proxy" else None
     per_depth = config.halving and len(OBJECTIVES[config.objective][0]) > 1
     parts = _depth_searches(config, low, high) if per_depth else [config]
+    searches = [MaskSearch(part, store, proxy_prior(scores, *part.bounds(layer_count(config.model)),
+                                                    part.prior_masks) if scores else [])
+                for part in parts]  # bad settings and tasks fail here, before a Ray starts
+    schedulers = [halving_scheduler(s.config, s.max_steps) if s.config.halving else None for s in searches]
+    largest = [s.planned(tuple(range(s.high))) for s in searches]  # the largest mask each space allows
     if executor is None:
         ensure_ray(ray_init, connect)
         demand = trial_placer(config.resources, config.model, stream)
     else:
         demand = None
-    searches = []
-    for part in parts:
-        prior = proxy_prior(scores, *part.bounds(layer_count(config.model)), part.prior_masks) if scores else []
-        search = _run_one(part, store, prior, runner, demand, stream, executor)
-        searches.append(search)
+    for search, scheduler, mask in zip(searches, schedulers, largest):
+        _run_one(search, scheduler, mask, runner, demand, stream, executor)
     front = _front(config, searches)
     write_front(store, config.name, config.objective, front)
     told = sum(s.told_from_store for s in searches)
@@ -143,25 +153,19 @@ def _depth_searches(config: SearchConfig, low: int, high: int) -> list[SearchCon
     return parts
 
 
-def _run_one(config: SearchConfig, store: ResultsStore, prior, runner: str, demand, stream, executor=None):
-    from frugalray.cluster.halving import halving_scheduler
-    from frugalray.study.search import MaskSearch
-
-    search = MaskSearch(config, store, prior)
-    scheduler = halving_scheduler(config, search.max_steps) if config.halving else None
+def _run_one(search, scheduler, largest: Planned, runner: str, demand, stream, executor=None) -> None:
+    config = search.config
     if executor is not None:
         executor(search, name=config.name, results=config.results, demand=lambda planned: {"CPU": 1},
                  runner=runner, max_concurrent=config.max_concurrent, scheduler=scheduler,
                  rung_score=config.rung_score)
-        return search
-    largest = search.planned(tuple(range(search.high)))  # the largest mask the space allows
+        return
     demand.check([largest])
     if isinstance(demand, CpuPlacer):
         check_fit([demand(largest).resources])
     run_planner(search, name=config.name, results=config.results, demand=demand, runner=runner,
                 max_concurrent=config.max_concurrent, callbacks=[Progress(search.counts, stream=stream)],
                 scheduler=scheduler, rung_score=config.rung_score)
-    return search
 
 
 def _front(config: SearchConfig, searches) -> list[dict]:

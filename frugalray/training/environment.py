@@ -53,16 +53,19 @@ def device_name(device) -> str:
 
 @functools.cache
 def environment() -> dict:
-    import peft
+    """Where a row was computed: hardware, library versions, code version. The versions come from the installed
+    packages' metadata, not from importing them: peft pulls in much of transformers' model code, seconds of every
+    fresh Ray worker's first trial that needs neither."""
+    from importlib.metadata import version
+
     import torch
-    import transformers
 
     return {
         "hardware": f"{_cpu_name()}, {os.cpu_count()} cpus"
         + (f", {torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""),
         "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "peft_version": peft.__version__,
+        "transformers_version": version("transformers"),
+        "peft_version": version("peft"),
         "frugalray_version": __version__,
         "code_version": _code_version(),
     }

@@ -2,6 +2,7 @@
 ``report`` and the worker's whereabouts replaced) and the searcher that hands Tune the planner's trials and gives
 the planner their results (``PlannerSearcher``); the wire between them; what ``run_planner`` asks of Tune."""
 
+import functools
 import json
 import math
 import os
@@ -308,6 +309,7 @@ def test_run_planner_asks_tune_for_the_plan_as_configured(tmp_path, monkeypatch,
 
         def fit(self):
             captured["output"] = os.environ.get("RAY_AIR_NEW_OUTPUT")
+            captured["pending"] = os.environ.get("TUNE_MAX_PENDING_TRIALS_PG")
 
     class Scheduler:
         def rungs(self):
@@ -343,3 +345,31 @@ def test_run_planner_asks_tune_for_the_plan_as_configured(tmp_path, monkeypatch,
     assert captured["run"].storage_path == os.path.join(tempfile.gettempdir(), "frugalray-tune")
     assert captured["run"].callbacks == []
     assert captured["tune"].max_concurrent_trials is None and captured["run"].failure_config.max_failures == 2
+    assert captured["pending"] is None  # a search: Tune's own limit
+
+
+def test_a_sweep_lets_its_trials_wait_for_resources_together_unless_told_otherwise(monkeypatch):
+    """Tune lets one trial at a time wait when it has a searcher: a sweep's plan is known up front, and its
+    whole demand is to reach the autoscaler. max_concurrent (Tune's own limit then) and the user's setting win."""
+    seen = []
+
+    class Tuner:
+        def __init__(self, trainable, tune_config, run_config):
+            pass
+
+        def fit(self):
+            seen.append(os.environ.get("TUNE_MAX_PENDING_TRIALS_PG"))
+
+    monkeypatch.setattr("ray.tune.Tuner", Tuner)
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    run = functools.partial(driver.run_planner, _Planner([]), name="s", results="/tmp/r", demand=_Demand())
+    run(max_pending=200)
+    run(max_pending=200, max_concurrent=4)
+    run()
+    monkeypatch.setenv("TUNE_MAX_PENDING_TRIALS_PG", "7")
+    run(max_pending=200)
+    assert seen == ["200", None, None, "7"]
+    assert os.environ["TUNE_MAX_PENDING_TRIALS_PG"] == "7"
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG")
+    run(max_pending=200)
+    assert "TUNE_MAX_PENDING_TRIALS_PG" not in os.environ  # as it was

@@ -95,10 +95,9 @@ def test_trials_spread_over_nodes_and_survive_a_lost_node(tmp_path, tiny_model, 
 
     starts = tmp_path / "starts"
     starts.mkdir()
-    # Trials of 2 s: Tune places one pending trial at a time (it has a searcher), and a trial that ended before the
-    # next one was placed would hand its worker on the same node to it: while the first runs, the second can only
-    # go to the other node.
-    _test_runners(monkeypatch, tmp_path / "marks", FRUGALRAY_SIMULATED_SECONDS=2.0, FRUGALRAY_SIMULATED_MARKS=starts,
+    # A sweep lets its trials wait for resources together (``driver._tune_settings``): the second trial goes to
+    # the other node while the first runs, instead of waiting for the first one's worker.
+    _test_runners(monkeypatch, tmp_path / "marks", FRUGALRAY_SIMULATED_SECONDS=0.3, FRUGALRAY_SIMULATED_MARKS=starts,
                   FRUGALRAY_TEST_PATIENCE_S=240)
     temp = short_temp_dir()
     # Cluster records its address in $RAY_TMPDIR/ray/ray_current_cluster (else /tmp/ray, shared by every

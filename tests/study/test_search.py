@@ -132,6 +132,7 @@ def test_unwritable_storage_fails_before_any_trial(tmp_path, tiny_model):
     (tmp_path / "file").write_text("x")
     with pytest.raises(FrugalrayError, match="storage .* cannot be opened or written"):
         run_search(_search(tmp_path, tiny_model, storage=f"sqlite:///{tmp_path}/file/db.sqlite3"), runner=RUNNER)
+    assert not ray.is_initialized()  # nor started a Ray
 
 
 def test_proxy_prior_and_strategy_agree():
@@ -302,6 +303,7 @@ def test_halving_with_a_front_objective_searches_each_depth_apart(tmp_path, tiny
 def test_bad_halving_settings_fail_before_any_trial(tmp_path, tiny_model, values, message):
     with pytest.raises(FrugalrayError, match=message):
         run_search(_search(tmp_path, tiny_model, halving=True, **values), runner=RUNNER)
+    assert not ray.is_initialized()  # nor started a Ray
 
 
 @pytest.mark.slow

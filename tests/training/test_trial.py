@@ -403,3 +403,15 @@ def test_autocast_resolves_each_dtype_on_each_device(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert not cpu_has_native_bf16()  # a torch without the probes: fp32
 
+
+def test_a_rows_environment_names_library_versions_without_importing_them():
+    """Every trial's row names its libraries' versions; reading them must not import peft (seconds in each fresh
+    Ray worker, whose simulated or non-LoRA trial never needs it)."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    probe = ("import json, sys; from frugalray.training.environment import environment; e = environment(); "
+             "print(json.dumps([e['peft_version'], e['transformers_version'], 'peft' in sys.modules]))")
+    printed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(printed.strip().splitlines()[-1]) == [version("peft"), version("transformers"), False]
