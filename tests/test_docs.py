@@ -38,7 +38,7 @@ def test_the_reference_groups_every_column_once_in_schema_order():
 
 def test_the_committed_column_reference_is_the_schema_rendered():
     page = render_markdown()
-    assert f"| `kept_layers` | `list<int32>` | original indices of the kept layers |" in page
+    assert "| `kept_layers` | `list<int32>` | original indices of the kept layers |" in page
     assert COLUMNS_PAGE.read_text() == page, f"docs/reference/columns.md is out of date: run {REGENERATE}"
 
 

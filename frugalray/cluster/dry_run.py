@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from pathlib import Path
 from frugalray._registry import FrugalrayError
 from frugalray.cluster.cost import SUBWORDS_PER_WORD, Card, layer_params, training_flops
 from frugalray.cluster.placement import KNOWN_GPU_MEMORY_GIB
-from frugalray.cluster.resources import estimate_memory_gib, parameter_estimate
+from frugalray.cluster.resources import estimate_memory_gib
 from frugalray.config import SweepConfig
 from frugalray.data.spec import TaskData
 from frugalray.data.tasks import load_task, resolve_task
@@ -101,7 +100,7 @@ class DryRun:
                    f"{sweep.model} ({self.model_source}), on {self.card.name} ({memory:g} GiB, "
                    f"{self.card.peak_tflops:g} TFLOP/s bf16 x utilisation {self.card.utilisation:g})")
         out.append("")
-        out.append(f"| stage | task | trials | done | GPU share per trial | GPU-hours | CPU-hours |")
+        out.append("| stage | task | trials | done | GPU share per trial | GPU-hours | CPU-hours |")
         out.append("|---|---|---|---|---|---|---|")
         for (stage, task), line in self.lines.items():
             out.append(f"| {stage} | {task} | {line.trials} | {line.done} | {_shares(line.shares)} | "
@@ -149,8 +148,8 @@ def dry_run(sweep: SweepConfig, card: Card, store: str | None = None,
         trials = plan.simulate()
     measured = _measured(store, notes) if plan_model == sweep.model else {}
     if store and plan_model != sweep.model:
-        notes.append(f"the store's rows were not matched: the model's config is not here to hash trials as "
-                     f"the sweep will")
+        notes.append("the store's rows were not matched: the model's config is not here to hash trials as "
+                     "the sweep will")
     layer = layer_params(model_config)
     full_params = layer * model_config["num_hidden_layers"]
     memory = KNOWN_GPU_MEMORY_GIB.get(card.name, sweep.resources.gpu_memory_gib)

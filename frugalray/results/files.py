@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
