@@ -167,5 +167,16 @@ def test_a_skipped_file_is_named_with_its_problem_and_the_repair_command(tmp_pat
     with caplog.at_level(logging.WARNING):
         assert store.table().num_rows == 1
     [message] = [r.getMessage() for r in caplog.records if str(bad) in r.getMessage()]
-    assert re.fullmatch(rf"Skipping {re.escape(str(bad))}: .+\. `frugalray results {re.escape(str(tmp_path))} "
-                        r"--repair` moves it to quarantine/", message)
+    [problem] = [c.problem for c in store.checked_files() if c.path == str(bad)]
+    assert problem and message == (f"Skipping {bad}: {problem}. `frugalray results {tmp_path} --repair` moves it to "
+                                   "quarantine/")
+
+
+def test_a_store_whose_filesystem_cannot_say_whether_it_exists_is_reported_missing(tmp_path):
+    class Unreachable:
+        def get_file_info(self, path):
+            raise OSError("connection refused")
+
+    store = ResultsStore(tmp_path)
+    store.fs = Unreachable()
+    assert "it does not exist;" in store._empty_message()
