@@ -124,3 +124,114 @@ def test_a_stopped_mask_earns_promotion_by_its_rung_among_its_peers(tmp_path, ti
     search.stopped = {"x": {"train_steps": 15, "checkpoint_steps": [10], "checkpoint_dev_f1": [0.0],
                             "dev_f1": value, "dev_eval_loss": None}}
     assert search._earns_promotion("x") is earns
+
+
+def test_a_stopped_mask_asked_for_again_without_a_claim_is_told_pruned_again(tmp_path, tiny_model):
+    search = _search(tmp_path, tiny_model, halving=True, reduction_factor=2, rung_score="dev_f1", grace_steps=1)
+    _enqueue(search, (0,))
+    planned = search.next()
+    search.finish(planned, _result(planned, "stopped", train_steps=10, checkpoint_steps=[10],
+                                   checkpoint_dev_f1=[0.125], dev_f1=0.125))
+    _enqueue(search, (0,), (1,))
+    assert search.next().kept_layers == (1,)  # (0,) has no peers to rank among: told, not trained again
+    again = search.study.trials[1]
+    assert again.state == TrialState.PRUNED and again.intermediate_values == {10: 0.125}
+
+
+def test_a_promoted_mask_trains_to_the_end_once_and_then_leaves_the_stopped_ones(tmp_path, tiny_model):
+    search = _search(tmp_path, tiny_model, halving=True, reduction_factor=2, rung_score="dev_f1", grace_steps=1,
+                     budget=6)
+    curve = dict(train_steps=10, checkpoint_steps=[10])
+    _enqueue(search, (0,), (1,), (2,))
+    first, second, third = search.next(), search.next(), search.next()
+    search.finish(first, _result(first, "stopped", checkpoint_dev_f1=[0.75], dev_f1=0.75, **curve))
+    search.finish(second, _result(second, "stopped", checkpoint_dev_f1=[0.25], dev_f1=0.25, **curve))
+    search.finish(third, _result(third, "failed", error="RuntimeError: boom"))
+    assert search.outcomes == {"done": 0, "failed": 1, "stopped": 2}
+    _enqueue(search, (0,))
+    promoted = search.next()  # the best of its rung: trained on, to the end
+    assert promoted.kept_layers == (0,) and promoted.full_fidelity and search.promoted == {first.config_hash}
+    search.finish(promoted, _result(promoted, "stopped", checkpoint_dev_f1=[0.75], dev_f1=0.75, **curve))
+    assert search.outcomes["stopped"] == 3
+    _enqueue(search, (0,), (3,))
+    assert search.next().kept_layers == (3,)  # promoted once only: (0,) is told pruned
+    _enqueue(search, (1,), (2,))
+    fourth = search.planned((3,))
+    search.finish(fourth, _result(fourth, "failed", error="RuntimeError: again"))
+    assert search.outcomes["failed"] == 2
+
+
+def test_a_stopped_mask_trained_to_the_end_is_no_longer_counted_stopped(tmp_path, tiny_model):
+    search = _search(tmp_path, tiny_model, halving=True, reduction_factor=2, rung_score="dev_f1", grace_steps=1)
+    _enqueue(search, (0,), (1,))
+    first, second = search.next(), search.next()
+    curve = dict(train_steps=10, checkpoint_steps=[10])
+    search.finish(first, _result(first, "stopped", checkpoint_dev_f1=[0.75], dev_f1=0.75, **curve))
+    search.finish(second, _result(second, "ok", checkpoint_dev_f1=[0.25], dev_f1=0.25, **curve))
+    _enqueue(search, (0,))
+    promoted = search.next()
+    search.finish(promoted, _result(promoted, "ok", checkpoint_dev_f1=[0.75], dev_f1=0.8, **curve))
+    assert search.stopped == {} and first.config_hash in search.known
+
+
+def test_the_search_waits_for_running_masks_when_its_budget_or_space_is_used_up(tmp_path, tiny_model):
+    search = _search(tmp_path, tiny_model, budget=1)
+    planned = search.next()
+    assert search.next() is None  # the budget is handed out, one still runs: wait for it
+    search.finish(planned, _result(planned, dev_f1=0.5))
+    assert search.next() is DONE
+    small = _search(tmp_path / "small", tiny_model, budget=10, min_layers=1, max_layers=1)
+    running = [small.next() for _ in range(4)]  # every mask of one layer
+    assert len({p.kept_layers for p in running}) == 4 and small.next() is None  # the space is used up: wait
+    for planned in running:
+        small.finish(planned, _result(planned, dev_f1=0.5))
+    assert small.next() is DONE
+
+
+def test_masks_enqueued_twice_by_warm_start_and_the_prior_wait_once(tmp_path, tiny_model):
+    earlier = _search(tmp_path, tiny_model)
+    earlier.store.append(_result(earlier.planned((0,)), dev_f1=0.5))
+    search = MaskSearch(earlier.config, earlier.store, prior=[(0,), (1,)])
+    waiting = search.study.get_trials(states=[TrialState.WAITING])
+    assert sorted(tuple(sorted(t.system_attrs["fixed_params"].items())) for t in waiting) == sorted(
+        tuple(sorted(mask_params(kept, search.num_layers).items())) for kept in [(0,), (1,)])
+
+
+def test_dev_is_scored_during_training_only_with_halving(tmp_path, tiny_model):
+    assert _search(tmp_path, tiny_model).planned((0,)).config.training.eval_every_steps == 0
+    halving = _search(tmp_path / "h", tiny_model, halving=True, grace_steps=3)
+    assert halving.planned((0,)).config.training.eval_every_steps == 3
+
+
+def test_a_search_on_another_copy_of_the_data_plans_its_trials_on_that_copy(tmp_path, tiny_model):
+    import shutil
+
+    from frugalray.data.tasks import load_task
+
+    copy = tmp_path / "pos"
+    shutil.copytree(load_task("demo_pos").spec.data_dir, copy)
+    with open(copy / "pos_train.conll", "a") as train:
+        train.write("\nun\tDET\nfilm\tNOUN\n")
+    search = _search(tmp_path, tiny_model, data_dir=str(copy))
+    planned = search.planned((0, 1))
+    assert planned.config.data_dir == str(copy) and len(search.task.train) == len(load_task("demo_pos").train) + 1
+    assert planned.task_fingerprint == search.task.fingerprint != load_task("demo_pos").fingerprint
+    assert planned.config_hash != _search(tmp_path / "default", tiny_model).planned((0, 1)).config_hash
+
+
+def test_rungs_on_dev_loss_rank_a_mask_stopped_between_checkpoints_by_its_last_loss(tmp_path, tiny_model):
+    search = _search(tmp_path, tiny_model, halving=True, reduction_factor=2, rung_score="dev_loss")
+    search.known = {f"k{i}": {"checkpoint_steps": [15], "checkpoint_dev_f1": [0.0], "checkpoint_dev_loss": [loss]}
+                    for i, loss in enumerate([1.0, 2.0])}
+    stopped = {"train_steps": 15, "checkpoint_steps": [10], "checkpoint_dev_f1": [0.0], "dev_f1": 0.0}
+    search.stopped = {"good": stopped | {"dev_eval_loss": 0.5}, "bad": stopped | {"dev_eval_loss": 3.0}}
+    assert search._earns_promotion("good") and not search._earns_promotion("bad")
+
+
+def test_a_two_objective_front_names_each_masks_layers(tmp_path, tiny_model):
+    search = _search(tmp_path, tiny_model, objective="f1_vs_layers")
+    _enqueue(search, (0,), (0, 1))
+    for f1 in (0.5, 0.75):
+        planned = search.next()
+        search.finish(planned, _result(planned, dev_f1=f1))
+    assert sorted(tuple(entry["kept_layers"]) for entry in search.front()) == [(0,), (0, 1)]
