@@ -95,9 +95,10 @@ def test_a_trained_row_with_kept_weights_is_preferred_and_only_its_hashs_files_a
 
 
 @pytest.mark.parametrize("where", ["folder", "s3"])
-def test_folders_and_files_put_in_the_store_come_back_whole(where, tmp_path, request):
+def test_folders_and_files_put_in_the_store_come_back_whole(where, tmp_path, request, monkeypatch):
     """Saved weights (a folder) and small files go into a local or S3 store and come back byte for byte; a
     missing folder is named with the store."""
+    monkeypatch.chdir(tmp_path)  # a folder read by a wrong relative path is found in no earlier test's leftovers
     location = str(tmp_path / "store") if where == "folder" else request.getfixturevalue("s3_results")
     store = ResultsStore(location).check_writable()
     content = {"config.json": b'{"a": 1}', "sub/weights.bin": bytes(range(256)) * 8}
