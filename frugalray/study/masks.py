@@ -109,7 +109,7 @@ def _default_storage(store: ResultsStore) -> str:
     return f"sqlite:///{store.root}/optuna.db"
 
 
-def pareto_front(study, columns, num_layers: int) -> list[dict]:
+def pareto_front(study, columns) -> list[dict]:
     """Non-dominated completed trials (the best one for a single objective), with their masks."""
     from optuna.trial import TrialState
 

@@ -233,7 +233,7 @@ class MaskSearch:
         return values[0] if len(values) == 1 else values
 
     def front(self) -> list[dict]:
-        return pareto_front(self.study, self.columns, self.num_layers)
+        return pareto_front(self.study, self.columns)
 
     def best_rows(self) -> list[dict]:
         """The front's masks as rows: kept layers, the objective's columns, the Optuna trial, and the rest of

@@ -229,22 +229,22 @@ def test_the_front_of_a_study_holds_its_best_completed_trials_with_their_masks()
             multi.tell(trial, [f1, n])
         else:
             multi.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    assert pareto_front(multi, ("dev_f1", "n_kept_layers"), 6) == [
+    assert pareto_front(multi, ("dev_f1", "n_kept_layers")) == [
         {"kept_layers": [0, 1, 2], "dev_f1": 0.9, "n_kept_layers": 3.0, "optuna_trial": 0},
         {"kept_layers": [0, 1], "dev_f1": 0.8, "n_kept_layers": 2.0, "optuna_trial": 1}]
     single = optuna.create_study(direction="maximize")
-    assert pareto_front(single, ("dev_f1",), 6) == []  # nothing completed yet
+    assert pareto_front(single, ("dev_f1",)) == []  # nothing completed yet
     single.tell(single.ask(), state=optuna.trial.TrialState.PRUNED)
-    assert pareto_front(single, ("dev_f1",), 6) == []  # a stopped mask is no result
+    assert pareto_front(single, ("dev_f1",)) == []  # a stopped mask is no result
     for f1, kept in [(0.6, [1]), (0.75, [0, 2])]:
         trial = single.ask()
         trial.set_user_attr("kept_layers", kept)
         single.tell(trial, f1)
-    assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
+    assert pareto_front(single, ("dev_f1",)) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
     tied = single.ask()  # another mask as good: a single objective still has one best, the first found
     tied.set_user_attr("kept_layers", [3])
     single.tell(tied, 0.75)
-    assert pareto_front(single, ("dev_f1",), 6) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
+    assert pareto_front(single, ("dev_f1",)) == [{"kept_layers": [0, 2], "dev_f1": 0.75, "optuna_trial": 2}]
 
 
 class _Answers:
