@@ -187,6 +187,15 @@ def test_a_study_opens_with_its_metrics_and_attributes_and_fails_trials_a_killed
     assert again.trials[0].number == left.number
 
 
+def test_a_study_in_memory_writes_no_database(tmp_path):
+    import optuna
+
+    study, _ = open_study(_config(name="s", storage="memory"), ResultsStore(tmp_path))
+    assert isinstance(study._storage, optuna.storages.InMemoryStorage) and list(tmp_path.iterdir()) == []
+    study.tell(study.ask(), 0.5)
+    assert study.best_value == 0.5
+
+
 @pytest.mark.parametrize("values,setting", [
     ({"task": "demo_ner"}, "task"), ({"model": "other"}, "model"), ({"seed": 1}, "seed"),
     ({"max_layers": 2}, "constraint"), ({"training": TrainingSettings(epochs=9)}, "training"),
