@@ -4,7 +4,6 @@ named and where they are staged, what an empty store gives each reader."""
 import logging
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -12,13 +11,7 @@ import pytest
 
 from frugalray import FrugalrayError, ResultsStore
 from frugalray.results.store import SCHEMA, STAGING
-
-
-def _row(**values):
-    row = {"config_hash": "h", "status": "ok", "task": "demo_pos", "model": "m", "strategy": "first",
-           "strategy_n": 2, "kept_layers": [0, 1], "n_kept_layers": 2, "seed": 0, "f1": 0.5,
-           "started_at": datetime.now(timezone.utc)}
-    return row | values
+from tests.results.test_store import _row
 
 
 def test_a_location_that_cannot_be_opened_or_listed_is_named_in_the_error(tmp_path):
