@@ -121,14 +121,13 @@ def run_search(config: SearchConfig, *, runner: str = DEFAULT_RUNNER, ray_init: 
                                                     part.prior_masks) if scores else [])
                 for part in parts]  # bad settings and tasks fail here, before a Ray starts
     schedulers = [halving_scheduler(s.config, s.max_steps) if s.config.halving else None for s in searches]
-    largest = [s.planned(tuple(range(s.high))) for s in searches]  # the largest mask each space allows
     if executor is None:
         ensure_ray(ray_init, connect)
         demand = trial_placer(config.resources, config.model, stream)
     else:
         demand = None
-    for search, scheduler, mask in zip(searches, schedulers, largest):
-        _run_one(search, scheduler, mask, runner, demand, stream, executor)
+    for search, scheduler in zip(searches, schedulers):
+        _run_one(search, scheduler, runner, demand, stream, executor)
     front = _front(config, searches)
     write_front(store, config.name, config.objective, front)
     told = sum(s.told_from_store for s in searches)
@@ -153,13 +152,14 @@ def _depth_searches(config: SearchConfig, low: int, high: int) -> list[SearchCon
     return parts
 
 
-def _run_one(search, scheduler, largest: Planned, runner: str, demand, stream, executor=None) -> None:
+def _run_one(search, scheduler, runner: str, demand, stream, executor=None) -> None:
     config = search.config
     if executor is not None:
         executor(search, name=config.name, results=config.results, demand=lambda planned: {"CPU": 1},
                  runner=runner, max_concurrent=config.max_concurrent, scheduler=scheduler,
                  rung_score=config.rung_score)
         return
+    largest = search.planned(tuple(range(search.high)))  # the largest mask the space allows
     demand.check([largest])
     if isinstance(demand, CpuPlacer):
         check_fit([demand(largest).resources])
