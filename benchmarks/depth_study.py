@@ -18,6 +18,10 @@ study needs first, so that a run cut short still answers the main question:
 4. seed 0: the 12 single layers (the layer profile), then the study's strategies at N = half depth (first,
    last, even, odd, drop_middle, drop_ends, best, drop_worst, drop_block).
 
+Only the rows ship, not the weights: when a full model's students are still to train and its weights are not
+in ``--results`` (another machine trained it), it trains again, and each student is paired with the copy it
+learnt from (``teacher_trial_id``).
+
 ``--threads`` caps torch's threads (the other core stays free for other work on a 2-core machine).
 """
 
@@ -31,7 +35,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from frugalray import ResultsStore  # noqa: E402
+from frugalray import FrugalrayError, ResultsStore  # noqa: E402
 from frugalray.config import RecoverySettings, TrainingSettings, TrialConfig  # noqa: E402
 from frugalray.model.importance import proxy_of  # noqa: E402
 from frugalray.results.aggregate import mean_ci  # noqa: E402
@@ -40,6 +44,7 @@ from frugalray.strategies import STRATEGIES  # noqa: E402
 from frugalray.study.scores import scores_from_rows  # noqa: E402
 from frugalray.training.identity import recorded_hash  # noqa: E402
 from frugalray.training.prepared import layer_count, prepare_trial  # noqa: E402
+from frugalray.training.recovery import find_teacher  # noqa: E402
 from frugalray.training.trial import execute_trial  # noqa: E402
 
 SWEEP = "depth-study"
@@ -57,10 +62,11 @@ def recoveries(partial_layers: int) -> dict[str, RecoverySettings]:
     }
 
 
-def run(config: TrialConfig, store: ResultsStore, done: set[str]) -> dict | None:
-    """Train ``config`` unless the store already has it (the study resumes); the row, or None when reused."""
+def run(config: TrialConfig, store: ResultsStore, done: set[str], again: bool = False) -> dict | None:
+    """Train ``config`` unless the store already has it (the study resumes) or ``again``; the row, or None when
+    reused."""
     prepared = prepare_trial(config)
-    if prepared.config_hash in done:
+    if prepared.config_hash in done and not again:
         return None
     row = execute_trial(config, store, prepared=prepared)
     done.add(prepared.config_hash)
@@ -107,18 +113,20 @@ def main(argv: list[str] | None = None) -> int:
     first = seeds[0]
     print(f"{args.task}, {args.model}: {count} layers, half = {half}; seeds {seeds}; at most {args.epochs} epochs, "
           f"patience {args.patience}", flush=True)
-    run(trial(first, "full", save_model=True), store, done)
     kept = tuple(range(half))
     options = recoveries(args.partial_layers)
-    for recovery in options.values():
-        run(trial(first, "mask", layers=kept, recovery=recovery), store, done)
+    students = [trial(first, "mask", layers=kept, recovery=recovery) for recovery in options.values()]
+    teach(trial(first, "full", save_model=True), students, store, done)
+    for student in students:
+        run(student, store, done)
     ranked = sorted(options, key=lambda name: -_dev_f1(store, kept, options[name], first))
     best_two = ranked[:2]
     print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
     for seed in seeds[1:]:
-        run(trial(seed, "full", save_model=True), store, done)
-        for name in best_two:
-            run(trial(seed, "mask", layers=kept, recovery=options[name]), store, done)
+        students = [trial(seed, "mask", layers=kept, recovery=options[name]) for name in best_two]
+        teach(trial(seed, "full", save_model=True), students, store, done)
+        for student in students:
+            run(student, store, done)
     for k in range(count):
         run(trial(first, "single", n=k), store, done)
     singles = _ok(store, strategy="single", seed=first)
@@ -133,6 +141,20 @@ def main(argv: list[str] | None = None) -> int:
             values["scores"] = proxy_of(strategy.scores_from, args.task, args.model)
         run(trial(first, name, **values), store, done)
     return report(store)
+
+
+def teach(full: TrialConfig, students: list[TrialConfig], store: ResultsStore, done: set[str]) -> None:
+    """Train the full model (the teacher) unless it has a row, and again when a student still to train needs
+    its weights and they are gone (weights stay on the machine that trained them; only the rows ship)."""
+    run(full, store, done)
+    pending = [prepare_trial(s) for s in students if prepare_trial(s).config_hash not in done]
+    if not pending:
+        return
+    try:
+        find_teacher(store, pending[0])
+    except FrugalrayError:
+        print(f"  seed {full.seed} the full model again: its saved weights are not in {store.location}", flush=True)
+        run(full, store, done, again=True)
 
 
 def _ok(store: ResultsStore, **where) -> list[dict]:
@@ -154,15 +176,21 @@ def report(store: ResultsStore) -> int:
     if not rows:
         print(f"no trials of the depth study in {store.location}")
         return 1
-    fulls = {r["seed"]: r for r in rows if r["strategy"] == "full" and not r["lora"]}
+    every_full = sorted((r for r in rows if r["strategy"] == "full" and not r["lora"]), key=lambda r: r["finished_at"])
+    teachers = {r["teacher_trial_id"] for r in rows if r["teacher_trial_id"]}
+    fulls: dict[int, dict] = {}  # per seed: the copy that taught its students, else the latest
+    for r in every_full:
+        if r["trial_id"] in teachers or fulls.get(r["seed"], {}).get("trial_id") not in teachers:
+            fulls[r["seed"]] = r
     model, task = rows[0]["model"], rows[0]["task"]
     where = store.location if "://" in str(store.location) else os.path.relpath(store.location)
     print(f"{task}, {model} ({rows[0]['num_layers']} layers); trials in {where}")
     print("\n## The full model, trained until dev F1 stops improving\n")
     print("| seed | test F1 | dev F1 | epochs trained | best epoch | train s |\n|---|---|---|---|---|---|")
-    for seed, r in sorted(fulls.items()):
-        print(f"| {seed} | {r['f1']:.4f} | {r['dev_f1']:.4f} | {r['epochs_trained']} | {r['best_epoch']} | "
-              f"{r['train_seconds']:.0f} |")
+    for r in sorted(every_full, key=lambda r: r["seed"]):
+        again = "" if fulls[r["seed"]] is r else " (trained again later: its weights were gone)"
+        print(f"| {r['seed']}{again} | {r['f1']:.4f} | {r['dev_f1']:.4f} | {r['epochs_trained']} | "
+              f"{r['best_epoch']} | {r['train_seconds']:.0f} |")
     if len(fulls) > 1:
         mean, half = mean_ci([r["f1"] for r in fulls.values()])
         print(f"\nmean test F1 {mean:.4f} ± {half:.4f} (95% CI, {len(fulls)} seeds)")
@@ -191,11 +219,17 @@ def report(store: ResultsStore) -> int:
             groups.setdefault((tuple(r["kept_layers"]), recovery_label(r)), []).append(r)
         for (kept, label), members in sorted(groups.items(), key=lambda g: -statistics.mean(r["f1"] for r in g[1])):
             f1, f1_half = mean_ci([r["f1"] for r in members])
-            shares = [100 * r["f1"] / fulls[r["seed"]]["f1"] for r in members if r["seed"] in fulls]
+            shares = [100 * r["f1"] / _teacher(r, every_full, fulls)["f1"] for r in members if r["seed"] in fulls]
             share, share_half = mean_ci(shares) if shares else (float("nan"), float("nan"))
             print(f"| {','.join(map(str, kept))} | {label} | {len(members)} | {f1:.4f} ± {_nan(f1_half)} | "
                   f"{share:.1f}% ± {_nan(share_half)} |")
     return 0
+
+
+def _teacher(student: dict, every_full: list[dict], fulls: dict[int, dict]) -> dict:
+    """The full model a student is paired with: the one it started or learnt from, else its seed's."""
+    own = [r for r in every_full if r["trial_id"] == student["teacher_trial_id"]]
+    return own[0] if own else fulls[student["seed"]]
 
 
 def _share(row: dict, base: dict | None) -> str:

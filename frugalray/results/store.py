@@ -284,10 +284,14 @@ class ResultsStore:
             return str(folder)
         return tempfile.mkdtemp(prefix="frugalray-model-")
 
+    def has_folder(self, relative: str) -> bool:
+        """Whether the folder ``relative`` (saved weights, say) is in the store."""
+        return self.fs.get_file_info(self.path(relative)).type == pafs.FileType.Directory
+
     def fetch_folder(self, relative: str, scratch: str | os.PathLike) -> str:
         """A local path to the folder ``relative`` of the store (copied into ``scratch`` when remote)."""
         source = self.path(relative)
-        if self.fs.get_file_info(source).type != pafs.FileType.Directory:
+        if not self.has_folder(relative):
             raise FrugalrayError(f"Saved weights {relative!r} are missing from {self.location!r}")
         if self.local:
             return source

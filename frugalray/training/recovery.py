@@ -64,9 +64,11 @@ def find_teacher(store, prepared, scratch: str | None = None) -> Teacher:
     candidates = store.query(sql=TEACHER_SQL, params=[prepared.config.seed], require=False).to_pylist() if store else []
     rows = [r for r in candidates if recorded_hash(r) == wanted]
     saved = sorted((r for r in rows if r["model_path"]), key=lambda r: r["finished_at"])
-    if not saved:
+    kept = [r for r in saved if store.has_folder(r["model_path"])]  # weights may be deleted, or left elsewhere
+    if not kept:
         config = prepared.config
-        state = "was trained without --save-model" if rows else "is not in the results"
+        state = ("has no saved weights left in the results (deleted, or kept on another machine)" if saved
+                 else "was trained without --save-model" if rows else "is not in the results")
         recovery = config.recovery
         own = (f" --training.epochs {recovery.teacher_epochs} --training.early-stopping-patience "
                f"{recovery.teacher_patience}" if recovery.teacher_epochs else "")
@@ -77,7 +79,7 @@ def find_teacher(store, prepared, scratch: str | None = None) -> Teacher:
             f"--model {config.model} --strategy full --seed {config.seed} --save-model{own} (and the same training "
             f"options) --results ..."
         )
-    row = saved[-1]
+    row = kept[-1]
     folder = store.fetch_folder(row["model_path"], Path(scratch or tempfile.mkdtemp(prefix="frugalray-teacher-")))
     return Teacher(row["trial_id"], folder, row["train_seconds"], store)
 

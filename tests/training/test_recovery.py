@@ -113,6 +113,22 @@ def test_a_student_without_its_teacher_is_a_clear_error(tmp_path, tiny_model, ne
                       raise_input_errors=True)
 
 
+def test_a_teacher_whose_weights_are_gone_is_a_clear_error_and_an_older_copy_still_teaches(taught, tiny_model,
+                                                                                            ner_task_file):
+    import shutil
+
+    store, teacher = taught
+    prepared = prepare_trial(_student(tiny_model, ner_task_file, init="finetuned"))
+    shutil.rmtree(store.path(teacher.model_path))
+    with pytest.raises(FrugalrayError, match=r"needs its teacher.*has no saved weights left in the results"):
+        recovery.find_teacher(store, prepared)
+    again = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, training=FAST, save_model=True), store)
+    assert recovery.find_teacher(store, prepared).trial_id == again.trial_id
+    third = execute_trial(TrialConfig(task=ner_task_file, model=tiny_model, training=FAST, save_model=True), store)
+    shutil.rmtree(store.path(third.model_path))  # the newest copy lost: the one before it teaches
+    assert recovery.find_teacher(store, prepared).trial_id == again.trial_id != third.trial_id
+
+
 @pytest.mark.parametrize("values,message", [
     (dict(lora=LoraSettings(), recovery=RecoverySettings(method="partial")), "'partial' trains whole layers"),
     (dict(strategy="full", recovery=RecoverySettings(method="distill")), "the full model itself has nothing"),
