@@ -41,6 +41,13 @@ MODULES = {
                           "tests/cluster/test_placement.py"],
     "deploy/variants.py": ["tests/deploy/test_export.py"],
 }
+# what a module needs of its own: the export tests run torch's quantized kernels and ONNX Runtime, which crash in a
+# process forked after they ran (each mutant's run then starts from a fork server that has run no test); the
+# plan's fast tests take seconds, so a mutant that makes one of its loops endless need not wait a minute
+OWN = {
+    "deploy/variants.py": {"process_isolation": "forkserver"},
+    "study/plan.py": {"timeout": 20},
+}
 # mutmut's statuses, by what they mean here: a mutant no test reaches ("no tests") counts as a survivor
 KILLED = {"killed", "timeout", "caught by type check"}
 SURVIVED = {"survived", "no tests"}
@@ -62,16 +69,18 @@ def _prepare(work: Path, module: str) -> None:
                 shutil.copy2(ROOT / name, target)
     pyproject = (ROOT / "pyproject.toml").read_text()
     tests = MODULES[module]
+    own = dict(OWN.get(module, {}))
+    timeout = str(own.pop("timeout", 60))
     settings = {
         "source_paths": ["frugalray"],
         "only_mutate": [f"frugalray/{module}"],
         # --timeout: a mutant that makes a loop endless fails its test within a minute (mutmut's own limit scales
         # with the whole selection's duration: minutes per such mutant)
         "pytest_add_cli_args": ["-q", "-x", "-m", "not slow", "-p", "no:randomly", "-p", "no:cacheprovider",
-                                "--timeout", "60"],
+                                "--timeout", timeout],
         "pytest_add_cli_args_test_selection": tests,
         "also_copy": ["frugalray", "benchmarks", "sweeps", "cluster.yaml", "README.md"],
-    }
+    } | own
     lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
     (work / "pyproject.toml").write_text(pyproject.split("\n[tool.mutmut]")[0].rstrip() + "\n" + "\n".join(lines) + "\n")
 
