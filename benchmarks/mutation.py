@@ -4,6 +4,7 @@
     python benchmarks/mutation.py                       # every module below (long: not part of CI)
     python benchmarks/mutation.py results/health.py     # some of them
     python benchmarks/mutation.py --report              # the counts so far, mutating nothing
+    python benchmarks/mutation.py deploy/variants.py --sample 120   # a random 120 of its mutants, with an interval
 
 mutmut (3.x) changes one thing at a time in a copy of a module (an operator, a constant, a comparison, a
 returned value...) and runs the tests that reach the changed function; a mutant that no test fails on
@@ -45,7 +46,8 @@ MODULES = {
 # process forked after they ran (each mutant's run then starts from a fork server that has run no test); the
 # plan's fast tests take seconds, so a mutant that makes one of its loops endless need not wait a minute
 OWN = {
-    "deploy/variants.py": {"process_isolation": "forkserver"},
+    # its ONNX and int8-choice tests are marked slow, and only they reach some of its functions
+    "deploy/variants.py": {"process_isolation": "forkserver", "marker": "slow or not slow"},
     "study/plan.py": {"timeout": 20},
 }
 # mutmut's statuses, by what they mean here: a mutant no test reaches ("no tests") counts as a survivor
@@ -71,12 +73,13 @@ def _prepare(work: Path, module: str) -> None:
     tests = MODULES[module]
     own = dict(OWN.get(module, {}))
     timeout = str(own.pop("timeout", 60))
+    marker = own.pop("marker", "not slow")
     settings = {
         "source_paths": ["frugalray"],
         "only_mutate": [f"frugalray/{module}"],
         # --timeout: a mutant that makes a loop endless fails its test within a minute (mutmut's own limit scales
         # with the whole selection's duration: minutes per such mutant)
-        "pytest_add_cli_args": ["-q", "-x", "-m", "not slow", "-p", "no:randomly", "-p", "no:cacheprovider",
+        "pytest_add_cli_args": ["-q", "-x", "-m", marker, "-p", "no:randomly", "-p", "no:cacheprovider",
                                 "--timeout", timeout],
         "pytest_add_cli_args_test_selection": tests,
         "also_copy": ["frugalray", "benchmarks", "sweeps", "cluster.yaml", "README.md"],
@@ -85,14 +88,21 @@ def _prepare(work: Path, module: str) -> None:
     (work / "pyproject.toml").write_text(pyproject.split("\n[tool.mutmut]")[0].rstrip() + "\n" + "\n".join(lines) + "\n")
 
 
-def _counts(work: Path, module: str) -> dict:
-    """Mutants, killed, survivors (names) and those not run, from mutmut's record of the module."""
+def _codes(work: Path, module: str) -> dict | None:
     meta = work / "mutants" / "frugalray" / (module + ".meta")
-    if not meta.exists():
+    return json.loads(meta.read_text()).get("exit_code_by_key", {}) if meta.exists() else None
+
+
+def _counts(work: Path, module: str, sample: list[str] | None = None) -> dict:
+    """Mutants, killed, survivors (names) and those not run, from mutmut's record of the module (of ``sample``
+    alone when given)."""
+    codes = _codes(work, module)
+    if codes is None:
         return {}
     from mutmut.stats import status_by_exit_code
 
-    codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+    if sample is not None:
+        codes = {name: codes.get(name) for name in sample}
     statuses = {name: status_by_exit_code[code] for name, code in codes.items()}
     survivors = sorted(name for name, status in statuses.items() if status in SURVIVED)
     killed = sum(status in KILLED for status in statuses.values())
@@ -110,21 +120,21 @@ def _testing_a_mutant(process) -> bool:
         return False
 
 
-def _run_mutmut(work: Path, module: str, env: dict, children: int) -> None:
-    """``mutmut run`` in ``work``, ended once every mutant has its verdict: a test that started a Ray in
-    mutmut's own process can leave it hanging at exit (Ray's shutdown after fork)."""
+def _run_mutmut(work: Path, module: str, env: dict, children: int, names: list[str] | None = None) -> None:
+    """``mutmut run`` in ``work`` (of ``names`` alone when given), ended once every mutant has its verdict: a
+    test that started a Ray in mutmut's own process can leave it hanging at exit (Ray's shutdown after fork)."""
     import time
 
     import psutil
 
-    log = open(work / "mutmut.log", "w")
-    run = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=work,
-                           env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(work / "mutmut.log", "a")
+    run = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)] + (names or []),
+                           cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     idle_since = None
     while run.poll() is None:
         time.sleep(10)
         try:
-            counts = _counts(work, module)
+            counts = _counts(work, module, names)
         except ValueError:  # mutmut is rewriting its record
             continue
         busy = any(_testing_a_mutant(p) for p in psutil.Process(run.pid).children(recursive=True))
@@ -146,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the last run's counts, mutating nothing")
     parser.add_argument("--survivors", action="store_true", help="also list the surviving mutants by name")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once")
+    parser.add_argument("--sample", type=int, help="test this many of each module's mutants, drawn at random (the "
+                                                      "share of survivors then comes with its 95%% interval)")
+    parser.add_argument("--sample-seed", type=int, default=0)
     parser.add_argument("--save", default=str(SHIPPED), help="the counts per module, as JSON (a module run replaces its "
                                                              "entry; --report reads it for modules without a scratch copy)")
     args = parser.parse_args(argv)
@@ -160,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for module in args.modules:
         work = _workdir(base, module)
+        names = kept.get(module, {}).get("sample") if args.report else None
         if not args.report:
             _prepare(work, module)
             print(f"== mutating frugalray/{module} with {' '.join(MODULES[module])}", flush=True)
-            _run_mutmut(work, module, env, args.max_children)
-        results[module] = _counts(work, module) or kept.get(module, {})
+            names = _sample(work, module, env, args) if args.sample else None
+            _run_mutmut(work, module, env, args.max_children, names)
+        results[module] = _counts(work, module, names) or kept.get(module, {})
+        if results[module] and names:
+            results[module] |= {"sample": names, "sampled_from": len(_codes(work, module) or {}) or
+                                kept[module]["sampled_from"]}
         if results[module] and not args.report:  # read again: another run may have saved a module meanwhile
             kept = json.loads(saved.read_text()) if saved.exists() else {}
             kept[module] = results[module] | {"tests": MODULES[module]}
@@ -179,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         for key in total:
             total[key] += counts[key]
         run = counts["killed"] + counts["survived"]
+        share = f"{100 * counts['survived'] / run if run else 0:.1f}%"
+        if counts.get("sample"):
+            low, high = _wilson(counts["survived"], run)
+            share += f" (a random {run} of {counts['sampled_from']}: 95% CI {100 * low:.1f}-{100 * high:.1f}%)"
         print(f"| {module} | {counts['mutants']} | {counts['killed']} | {counts['survived']} | {counts['not_run']} | "
-              f"{100 * counts['survived'] / run if run else 0:.1f}% |")
+              f"{share} |")
     run = total["killed"] + total["survived"]
     print(f"| all | {total['mutants']} | {total['killed']} | {total['survived']} | {total['not_run']} | "
           f"{100 * total['survived'] / run if run else 0:.1f}% |")
@@ -189,6 +211,25 @@ def main(argv: list[str] | None = None) -> int:
             for name in counts.get("survivors", []):
                 print(f"survived: {name}")
     return 0
+
+
+def _sample(work: Path, module: str, env: dict, args) -> list[str]:
+    """``args.sample`` of the module's mutants, drawn with ``args.sample_seed`` (mutmut generates them first)."""
+    import random
+
+    if _codes(work, module) is None:  # a name no mutant has: mutmut generates every mutant and tests none
+        _run_mutmut(work, module, env, args.max_children, ["frugalray.no-such-mutant"])
+    names = sorted(_codes(work, module) or {})
+    return sorted(random.Random(args.sample_seed).sample(names, min(args.sample, len(names))))
+
+
+def _wilson(survived: int, run: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson interval of a share of survivors among ``run`` mutants drawn at random."""
+    if not run:
+        return 0.0, 1.0
+    p = survived / run
+    centre, half = p + z * z / (2 * run), z * ((p * (1 - p) + z * z / (4 * run)) / run) ** 0.5
+    return max(0.0, (centre - half) / (1 + z * z / run)), min(1.0, (centre + half) / (1 + z * z / run))
 
 
 if __name__ == "__main__":

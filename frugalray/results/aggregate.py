@@ -37,6 +37,9 @@ SAME = ["trainable_params", "total_params", "majority_f1",  # identical across s
         "latency_batch_size", "latency_seq_len", "energy_method"]  # the same measurement across seeds
 EVERY = ["latency_isolated"]  # true when every seed's was
 STD = ["f1", "train_seconds"]  # metrics that get a std column
+# read too: to keep successful rows, the latest of each configuration, and the students' share of their teacher
+READ = ["status", "config_hash", "finished_at", "n_kept_layers", "seed", "degenerate", "teacher_trial_id",
+        "teacher_seconds", "teacher_logits_seconds"]
 BASE = ("epochs", "learning_rate", "batch_size", "max_length", *RECIPE)
 
 
@@ -44,9 +47,7 @@ def aggregate(source: ResultsStore | pa.Table, where: list[str] | None = None) -
     """One row per (task, model, settings, strategy, N, kept layers) with seeds aggregated."""
     import duckdb
 
-    columns = sorted(set(GROUP + MEAN + SAME + EVERY + ["status", "config_hash", "finished_at", "n_kept_layers",
-                                                        "seed", "degenerate", "teacher_trial_id", "teacher_seconds",
-                                                        "teacher_logits_seconds"]) - {"compute_seconds"})
+    columns = sorted(set(GROUP + MEAN + SAME + EVERY + READ) - {"compute_seconds"})
     clauses, params = where_clauses(where or [])
     filters = " AND ".join(["status = 'ok'"] + clauses)
     means = ", ".join(f'avg("{m}") AS "{m}"' for m in MEAN)
