@@ -42,13 +42,14 @@ MODULES = {
                           "tests/cluster/test_placement.py"],
     "deploy/variants.py": ["tests/deploy/test_export.py"],
 }
-# what a module needs of its own: the export tests run torch's quantized kernels and ONNX Runtime, which crash in a
-# process forked after they ran (each mutant's run then starts from a fork server that has run no test); the
-# plan's fast tests take seconds, so a mutant that makes one of its loops endless need not wait a minute
+# what a module needs of its own: the export tests run torch's quantized kernels and ONNX Runtime, and the plan's
+# tests a model's forward pass (a layer proxy), which crash or hang in a process forked after torch ran threads
+# there, so each mutant's run starts from a fork server that has run no test; the plan's fast tests take seconds,
+# so a mutant that makes one of its loops endless need not wait a minute
 OWN = {
     # its ONNX and int8-choice tests are marked slow, and only they reach some of its functions
     "deploy/variants.py": {"process_isolation": "forkserver", "marker": "slow or not slow"},
-    "study/plan.py": {"timeout": 20},
+    "study/plan.py": {"process_isolation": "forkserver", "timeout": 20},
 }
 # mutmut's statuses, by what they mean here: a mutant no test reaches ("no tests") counts as a survivor
 KILLED = {"killed", "timeout", "caught by type check"}
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> int:
             _prepare(work, module)
             print(f"== mutating frugalray/{module} with {' '.join(MODULES[module])}", flush=True)
             names = _sample(work, module, env, args) if args.sample else None
-            _run_mutmut(work, module, env, args.max_children, names)
+            codes = _codes(work, module) or {}
+            untested = [n for n in names if codes.get(n) is None] if names else None  # mutmut reruns a name given
+            if untested is None or untested:
+                _run_mutmut(work, module, env, args.max_children, untested)
         results[module] = _counts(work, module, names) or kept.get(module, {})
         if results[module] and names:
             results[module] |= {"sample": names, "sampled_from": len(_codes(work, module) or {}) or

@@ -82,6 +82,7 @@ def test_same_layer_set_trains_once_and_both_are_reported(tmp_path, tiny_model):
     assert single0["kept_layers"] == first1["kept_layers"] == [0]
     assert single0["config_hash"] == first1["config_hash"]
     assert single0["reused_from"] is None and first1["reused_from"] == single0["trial_id"]
+    assert first1["trial_id"] == single0["trial_id"] + "-first"  # the alias row's own id names its strategy
     assert first1["f1"] == single0["f1"]
     trained_rows = [r for r in rows if r["reused_from"] is None]
     assert len(trained_rows) == trained == len({r["config_hash"] for r in rows})
@@ -167,7 +168,7 @@ def test_summary_counts_configurations_whose_latest_run_failed(tmp_path, tiny_mo
     assert "failed trials: 1" in out.getvalue()
 
 
-def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, oom_task_file):
+def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, oom_task_file, capsys):
     task = oom_task_file  # layer set [1] fails
     plan = StudyPlan(_sweep(tmp_path, tiny_model, tasks=(str(task),)), ResultsStore(tmp_path / "r"))
     _run(plan)
@@ -177,6 +178,10 @@ def test_failed_trials_are_rows_and_the_plan_goes_on(tmp_path, tiny_model, oom_t
     assert "CUDA out of memory" in failed[0]["error"]
     assert any(r["stage"] == "lora" for r in rows)  # later stages still ran
     assert any("missing for layer(s) [1]" in note for note in plan.notes)  # best/drop_worst need every layer
+    assert "frugalray: note: " in capsys.readouterr().err  # said as it happened, on stderr
+    # what later stages choose from: the successful rows of the stages named, never the failed one
+    given = plan._task_rows(str(task), ("single",))
+    assert sorted(r["kept_layers"] for r in given) == [[0], [0, 1, 2, 3], [2], [3]]
 
 
 def test_as_the_clusters_planner_it_hands_out_waits_for_inputs_counts_and_says_done(tmp_path, tiny_model, oom_task_file):
@@ -330,9 +335,8 @@ def test_a_converged_full_model_is_the_baseline_and_the_teacher_of_the_students(
     assert prepare_trial(plain).config_hash != prepare_trial(student).config_hash
 
 
-@pytest.mark.slow
 def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_model):
-    from frugalray.model.importance import block_scores, importance_scores, proxy_scores
+    from frugalray.model.importance import block_scores
     from frugalray.strategies import lowest_block
 
     plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies"), drop_block=(2,)),
@@ -341,7 +345,40 @@ def test_drop_block_runs_on_the_block_the_proxy_ranks_lowest(tmp_path, tiny_mode
     [row] = [r for r in _rows(plan.store) if r["strategy"] == "drop_block"]
     start = lowest_block(block_scores("demo_pos", tiny_model), 2)
     assert row["kept_layers"] == [k for k in range(4) if not start <= k < start + 2]
+
+
+@pytest.mark.slow
+def test_both_proxies_from_one_load_of_the_model_are_the_proxies_computed_apart(tiny_model):
+    from frugalray.model.importance import block_scores, importance_scores, proxy_scores
+
     # `frugalray importance` computes both proxies from one load of the model: the same numbers
     layers, blocks = importance_scores("demo_pos", tiny_model)
     assert layers == pytest.approx(proxy_scores("demo_pos", tiny_model))
     assert [list(b) for b in blocks] == [pytest.approx(list(b)) for b in block_scores("demo_pos", tiny_model)]
+
+
+def test_a_tasks_data_folder_from_the_sweep_is_where_the_plan_reads_it(tmp_path, tiny_model):
+    import shutil
+
+    from frugalray.data import tasks
+
+    folder = tmp_path / "pos"
+    folder.mkdir()
+    demo = Path(tasks.__file__).parent / "demo"
+    for split in ("dev", "test"):
+        shutil.copy(demo / f"pos_{split}.conll", folder / f"pos_{split}.conll")
+    sentences = (demo / "pos_train.conll").read_text().strip().split("\n\n")
+    (folder / "pos_train.conll").write_text("\n\n".join(sentences + sentences[-7:]) + "\n")  # 7 more
+    shipped = StudyPlan(_sweep(tmp_path, tiny_model), ResultsStore(tmp_path / "a")).data["demo_pos"].train
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, data_dirs={"demo_pos": str(folder)}), ResultsStore(tmp_path / "r"))
+    assert len(plan.data["demo_pos"].train) == len(shipped) + 7
+
+
+def test_a_row_recorded_again_writes_nothing_more(tmp_path, tiny_model):
+    """The driver may record a trial twice (a lost worker's row, then its retry): nothing is written twice."""
+    plan = StudyPlan(_sweep(tmp_path, tiny_model, stages=("single", "strategies")), ResultsStore(tmp_path / "r"))
+    _run(plan)
+    rows = _rows(plan.store)
+    [shared] = [r for r in rows if r["reused_from"] is None and r["kept_layers"] == [0]]  # single 0 and first 1
+    assert plan.record(shared) == [] and plan.record(dict(shared, trial_id="retried")) == []
+    assert len(_rows(plan.store)) == len(rows)
