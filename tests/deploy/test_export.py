@@ -193,6 +193,8 @@ def test_an_int8_export_is_re_evaluated_and_stored_beside_its_source(tmp_path, s
     assert row["model_mib"] < source["model_mib"]  # packed int8 weights
     assert row["train_seconds"] == source["train_seconds"]  # the cost of the model is its source's training
     assert row["latency_isolated"] is True and row["latency_ms"] > 0 and row["device"] == "cpu"
+    assert 0 < row["eval_seconds"] <= row["total_seconds"] < 600  # seconds of this evaluation, not a clock reading
+    assert re.fullmatch(r"[0-9a-f]{16}", row["config_hash"])  # as long as every trial's
     strategies = compute_view(store, "strategies", where=[f"task={source['task']}"]).table
     assert set(strategies.column("strategy").to_pylist()) == {"first_2"} and strategies.num_rows == 1  # fp32 only
 
@@ -233,6 +235,49 @@ def test_an_onnx_export_is_run_by_onnx_runtime_and_re_evaluated(tmp_path, saved,
         got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         assert torch.allclose(expected, got, atol=1e-4)
         assert row["f1"] == _stored(store, trial)["f1"] and row["dev_f1"] == _stored(store, trial)["dev_f1"]
+
+
+def test_an_export_is_metered_on_the_cpu_for_its_trials_country(tmp_path, saved, monkeypatch):
+    import contextlib
+
+    from frugalray.training import energy
+
+    store, trial = saved
+    config = json.loads(_stored(store, trial)["config_json"])
+    asked = []
+    real = energy.measured_energy
+
+    @contextlib.contextmanager
+    def spy(*args, **kwargs):
+        asked.append((args, kwargs))
+        with real(*args, **kwargs) as reading:
+            yield reading
+
+    monkeypatch.setattr(energy, "measured_energy", spy)
+    export_trial(store, trial, tmp_path / "int8", int8=True, int8_fp32="none")
+    training = TrainingSettings(**config["training"])
+    assert asked == [((training.energy, training.energy_country, "cpu"), {})]
+
+
+def test_an_fp32_variants_size_is_its_parameters(tiny_model):
+    from frugalray.deploy.variants import size_mib
+    from frugalray.model.surgery import parameter_mib
+
+    model = AutoModelForTokenClassification.from_pretrained(tiny_model, num_labels=3)
+    assert size_mib(model, "fp32") == parameter_mib(model) > 0
+
+
+@pytest.mark.slow
+def test_an_onnx_variant_loads_with_the_threads_asked(tmp_path, saved):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from frugalray.deploy.variants import load_variant
+
+    store, trial = saved
+    export_trial(store, trial, tmp_path / "onnx", onnx=True)
+    for threads in (1, 2):
+        model, _ = load_variant(tmp_path / "onnx", threads=threads)
+        assert model.session.get_session_options().intra_op_num_threads == threads
 
 
 def test_onnx_export_without_the_extra_names_it_and_writes_nothing(tmp_path, saved, monkeypatch, capsys):
