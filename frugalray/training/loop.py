@@ -26,6 +26,7 @@ from frugalray.data.encoding import IGNORE, Encoded, collate, length_grouped_bat
 from frugalray.data.readers import Example
 from frugalray.data.metrics import METRICS
 from frugalray.config import TrainingSettings
+from frugalray.config.training import DTYPES
 from frugalray.training import resume
 
 __all__ = ["TrainingSettings", "TrainStats", "train", "predict", "evaluate", "measure_latency"]
@@ -37,6 +38,8 @@ DIVERGENCE_CHECK_EVERY = 16
 def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """bf16 where asked (any device), where 'auto' finds a GPU that has it, or where 'native-bf16' finds a GPU or
     a CPU that computes it natively; None: plain fp32."""
+    if setting not in DTYPES:
+        raise ValueError(f"dtype {setting!r} is not one of {', '.join(DTYPES)}")
     if setting == "fp32":
         return None
     if setting == "bf16":

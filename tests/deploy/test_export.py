@@ -237,6 +237,35 @@ def test_an_onnx_export_is_run_by_onnx_runtime_and_re_evaluated(tmp_path, saved,
         assert row["f1"] == _stored(store, trial)["f1"] and row["dev_f1"] == _stored(store, trial)["dev_f1"]
 
 
+def test_an_export_describes_its_own_run_and_its_sources_training(tmp_path, saved):
+    """Of its source the row keeps what the model is and cost (training seconds); of its own run, where it ran
+    (the CPU) and that it kept no weights of its own."""
+    store, trial = saved
+    source = _stored(store, trial)
+    # a copy of the source, trained on a GPU, whose file sorts first: the export must read the trial it is asked
+    store.append(source | {"trial_id": "0-trained-on-gpu", "config_hash": "0" * 16, "device": "cuda:0",
+                           "train_seconds": 12345.0})
+    mine = export_trial(store, trial, tmp_path / "a", int8=True, int8_fp32="none")["variant_row"]
+    theirs = export_trial(store, "0-trained-on-gpu", tmp_path / "b", int8=True, int8_fp32="none")["variant_row"]
+    assert (mine["train_seconds"], theirs["train_seconds"]) == (source["train_seconds"], 12345.0)
+    assert mine["source_trial_id"] == trial and theirs["source_trial_id"] == "0-trained-on-gpu"
+    assert (theirs["device"], theirs["model_path"]) == ("cpu", None)
+
+
+def test_an_export_whose_labels_the_task_no_longer_has_names_it(tmp_path, saved):
+    from frugalray.deploy.variants import evaluate_variant
+    from frugalray.model.saved import MANIFEST
+
+    store, trial = saved
+    out = tmp_path / "int8"
+    export_trial(store, trial, out, int8=True, int8_fp32="none")
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps(manifest | {"labels": ["O", "B-X"]}))
+    with pytest.raises(FrugalrayError, match=rf"Export '{re.escape(str(out))}' predicts labels \['O', 'B-X'\] but "
+                                             rf"task '.*' now has .*its data changed since trial {trial} ran"):
+        evaluate_variant(store, trial, out)
+
+
 def test_an_export_is_metered_on_the_cpu_for_its_trials_country(tmp_path, saved, monkeypatch):
     import contextlib
 

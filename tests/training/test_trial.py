@@ -397,6 +397,8 @@ def test_autocast_resolves_each_dtype_on_each_device(monkeypatch):
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)  # AMX alone is enough
     assert cpu_has_native_bf16() and autocast_dtype("native-bf16", cpu) == torch.bfloat16
     assert autocast_dtype("auto", cpu) is None  # the default stays fp32 on CPUs
+    with pytest.raises(ValueError, match="dtype 'fp16' is not one of auto, fp32, bf16, native-bf16"):
+        autocast_dtype("fp16", cpu)  # a caller's typo is not read as 'auto'
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype("native-bf16", cuda) is None and autocast_dtype("auto", cuda) is None
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
