@@ -244,12 +244,13 @@ def test_an_export_describes_its_own_run_and_its_sources_training(tmp_path, save
     source = _stored(store, trial)
     # a copy of the source, trained on a GPU, whose file sorts first: the export must read the trial it is asked
     store.append(source | {"trial_id": "0-trained-on-gpu", "config_hash": "0" * 16, "device": "cuda:0",
-                           "train_seconds": 12345.0})
+                           "train_seconds": 12345.0, "total_seconds": 12400.0})
     mine = export_trial(store, trial, tmp_path / "a", int8=True, int8_fp32="none")["variant_row"]
     theirs = export_trial(store, "0-trained-on-gpu", tmp_path / "b", int8=True, int8_fp32="none")["variant_row"]
     assert (mine["train_seconds"], theirs["train_seconds"]) == (source["train_seconds"], 12345.0)
     assert mine["source_trial_id"] == trial and theirs["source_trial_id"] == "0-trained-on-gpu"
     assert (theirs["device"], theirs["model_path"]) == ("cpu", None)
+    assert 0 < theirs["eval_seconds"] <= theirs["total_seconds"] < 600  # its own seconds, not its source's
 
 
 def test_an_export_whose_labels_the_task_no_longer_has_names_it(tmp_path, saved):
@@ -264,6 +265,28 @@ def test_an_export_whose_labels_the_task_no_longer_has_names_it(tmp_path, saved)
     with pytest.raises(FrugalrayError, match=rf"Export '{re.escape(str(out))}' predicts labels \['O', 'B-X'\] but "
                                              rf"task '.*' now has .*its data changed since trial {trial} ran"):
         evaluate_variant(store, trial, out)
+
+
+def test_a_variants_data_is_cut_to_the_trials_length_and_padded_with_its_tokenizers_pad(tmp_path, tiny_model,
+                                                                                         ner_task_file):
+    import shutil
+
+    from frugalray.data.tasks import load_task
+    from frugalray.deploy.variants import _Data
+
+    fixtures = Path(ner_task_file).parent
+    for name in ("ner_task.json", "ner_train.conll", "ner_dev.conll", "ner_test.conll"):
+        shutil.copy(fixtures / name, tmp_path / name)
+    with open(tmp_path / "ner_dev.conll", "a") as dev:  # a dev sentence of 12 words, longer than 8 tokens
+        dev.write("\n" + "".join(f"{word} O\n" for word in ["Paul", "habite", "à", "Paris", "."] * 2 + ["à", "."]))
+    task_file = str(tmp_path / "ner_task.json")
+    task, tokenizer = load_task(task_file), AutoTokenizer.from_pretrained(tiny_model)
+    config = TrialConfig(task=task_file, model=tiny_model, training=TrainingSettings(max_length=8))
+    assert max(len(e.input_ids) for e in _Data(task, tokenizer, config).dev) == 8
+    tokenizer.pad_token = tokenizer.eos_token  # a pad other than id 0 is the one used
+    assert _Data(task, tokenizer, config).pad_id == tokenizer.eos_token_id != 0
+    tokenizer.pad_token = None  # a tokenizer without a pad token pads with id 0
+    assert tokenizer.pad_token_id is None and _Data(task, tokenizer, config).pad_id == 0
 
 
 def test_an_export_is_metered_on_the_cpu_for_its_trials_country(tmp_path, saved, monkeypatch):
