@@ -147,7 +147,7 @@ def teach(full: TrialConfig, students: list[TrialConfig], store: ResultsStore, d
     """Train the full model (the teacher) unless it has a row, and again when a student still to train needs
     its weights and they are gone (weights stay on the machine that trained them; only the rows ship)."""
     run(full, store, done)
-    pending = [prepare_trial(s) for s in students if prepare_trial(s).config_hash not in done]
+    pending = [p for p in map(prepare_trial, students) if p.config_hash not in done]
     if not pending:
         return
     try:

@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> int:
             total[key] += counts[key]
         run = counts["killed"] + counts["survived"]
         share = f"{100 * counts['survived'] / run if run else 0:.1f}%"
-        if counts.get("sample"):
+        if counts.get("sample") and run:
+            from search_report import _wilson  # the search report's interval of a share (this folder's script)
+
             low, high = _wilson(counts["survived"], run)
             share += f" (a random {run} of {counts['sampled_from']}: 95% CI {100 * low:.1f}-{100 * high:.1f}%)"
         print(f"| {module} | {counts['mutants']} | {counts['killed']} | {counts['survived']} | {counts['not_run']} | "
@@ -225,15 +227,6 @@ def _sample(work: Path, module: str, env: dict, args) -> list[str]:
         _run_mutmut(work, module, env, args.max_children, ["frugalray.no-such-mutant"])
     names = sorted(_codes(work, module) or {})
     return sorted(random.Random(args.sample_seed).sample(names, min(args.sample, len(names))))
-
-
-def _wilson(survived: int, run: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95% Wilson interval of a share of survivors among ``run`` mutants drawn at random."""
-    if not run:
-        return 0.0, 1.0
-    p = survived / run
-    centre, half = p + z * z / (2 * run), z * ((p * (1 - p) + z * z / (4 * run)) / run) ** 0.5
-    return max(0.0, (centre - half) / (1 + z * z / run)), min(1.0, (centre + half) / (1 + z * z / run))
 
 
 if __name__ == "__main__":

@@ -169,27 +169,23 @@ def report(timings: dict, scores: dict | None, variants: tuple[str, ...], args, 
     sets = _layer_sets(first)
     if scores is None:
         print("latency only: nothing trained\n")
-        print(f"{'model':9} {'variant':10} {'x b1':>6} {'x b32':>6} {'ideal':>6}")
-        for layer_set in sets:
-            for variant in variants:
-                one, many = timings[(layer_set, variant, 1)], timings[(layer_set, variant, 32)]
-                print(f"{layer_set:9} {variant:10} {one['speedup']:6.2f} {many['speedup']:6.2f} "
-                      f"{many['ideal_speedup']:6.2f}")
-        _goal(timings, None, first, depth, args)
-        return
-    trained = ", ".join(f"{s} trained {scores[(s, 'fp32')]['epochs_trained'] or args.epochs}" for s in sets)
-    stopping = f" until dev stops improving for {args.patience} ({trained})" if args.patience else ""
-    print(f"quality: {task}, {args.epochs} epoch(s){stopping}, seed {args.seed}; F1 delta against the same trained "
-          f"model in fp32\n")
-    print(f"{'model':9} {'variant':10} {'x b1':>6} {'x b32':>6} {'ideal':>6} {'test F1':>8} {'vs fp32':>8} "
-          f"{'MiB':>7} {'train kWh':>10}")
+    else:
+        trained = ", ".join(f"{s} trained {scores[(s, 'fp32')]['epochs_trained'] or args.epochs}" for s in sets)
+        stopping = f" until dev stops improving for {args.patience} ({trained})" if args.patience else ""
+        print(f"quality: {task}, {args.epochs} epoch(s){stopping}, seed {args.seed}; F1 delta against the same "
+              f"trained model in fp32\n")
+    quality = f" {'test F1':>8} {'vs fp32':>8} {'MiB':>7} {'train kWh':>10}" if scores is not None else ""
+    print(f"{'model':9} {'variant':10} {'x b1':>6} {'x b32':>6} {'ideal':>6}{quality}")
     for layer_set in sets:
-        own = scores[(layer_set, "fp32")]["f1"]
         for variant in variants:
-            row, one, many = scores[(layer_set, variant)], timings[(layer_set, variant, 1)], timings[(layer_set, variant, 32)]
+            one, many = timings[(layer_set, variant, 1)], timings[(layer_set, variant, 32)]
+            line = f"{layer_set:9} {variant:10} {one['speedup']:6.2f} {many['speedup']:6.2f} {many['ideal_speedup']:6.2f}"
+            if scores is None:
+                print(line)
+                continue
+            row, own = scores[(layer_set, variant)], scores[(layer_set, "fp32")]["f1"]
             kwh = f"{row['train_kwh']:.2e}" if row["train_kwh"] is not None else "-"
-            print(f"{layer_set:9} {variant:10} {one['speedup']:6.2f} {many['speedup']:6.2f} {many['ideal_speedup']:6.2f} "
-                  f"{row['f1']:8.4f} {100 * (row['f1'] - own):+7.2f}p {row['model_mib']:7.1f} {kwh:>10}")
+            print(f"{line} {row['f1']:8.4f} {100 * (row['f1'] - own):+7.2f}p {row['model_mib']:7.1f} {kwh:>10}")
             if variant == "int8":
                 print(f"{'':20} kept fp32, chosen on dev: {', '.join(row['int8_fp32_groups']) or 'nothing'}")
     _goal(timings, scores, first, depth, args)
