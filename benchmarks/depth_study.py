@@ -14,7 +14,8 @@ study needs first, so that a run cut short still answers the main question:
 2. seed 0: recovery at the first half, from the fine-tuned full model: fine-tune, distillation with hidden
    states (student layer i of n mapped to teacher layer (i+1)L/n - 1, as TinyBERT), distillation from logits,
    partial fine-tuning of the last kept layers;
-3. seeds 1..4: the full model and the two recoveries with the best dev F1 on seed 0 (the paired comparison);
+3. seeds 1..4: the full model and the two recoveries with the best dev F1 on seed 0 (the paired comparison),
+   then distillation from logits where it is not one of them (distillation against fine-tuning, paired by seed);
 4. seed 0: the 12 single layers (the layer profile), then the study's strategies at N = half depth (first,
    last, even, odd, drop_middle, drop_ends, best, drop_worst, drop_block).
 
@@ -42,12 +43,14 @@ from frugalray.results.aggregate import mean_ci  # noqa: E402
 from frugalray.results.rows import recovery_label  # noqa: E402
 from frugalray.strategies import STRATEGIES  # noqa: E402
 from frugalray.study.scores import scores_from_rows  # noqa: E402
+from frugalray.training.columns import recovery_columns  # noqa: E402
 from frugalray.training.identity import recorded_hash  # noqa: E402
 from frugalray.training.prepared import layer_count, prepare_trial  # noqa: E402
 from frugalray.training.recovery import find_teacher  # noqa: E402
 from frugalray.training.trial import execute_trial  # noqa: E402
 
 SWEEP = "depth-study"
+COMPARED = ("distill", "finetune")  # distillation against fine-tuning of the same layers, on every seed
 STRATEGIES_AT_HALF = ("first", "last", "even", "odd", "drop_middle", "drop_ends", "best", "drop_worst", "drop_block")
 
 
@@ -122,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     ranked = sorted(options, key=lambda name: -_dev_f1(store, kept, options[name], first))
     best_two = ranked[:2]
     print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
+    every_seed = best_two + [name for name in COMPARED if name not in best_two]
     for seed in seeds[1:]:
-        students = [trial(seed, "mask", layers=kept, recovery=options[name]) for name in best_two]
+        students = [trial(seed, "mask", layers=kept, recovery=options[name]) for name in every_seed]
         teach(trial(seed, "full", save_model=True), students, store, done)
         for student in students:
             run(student, store, done)
@@ -163,10 +167,16 @@ def _ok(store: ResultsStore, **where) -> list[dict]:
 
 
 def _dev_f1(store: ResultsStore, kept: tuple[int, ...], recovery: RecoverySettings, seed: int) -> float:
-    label = recovery.label()
+    label = _label(recovery)
     rows = [r for r in _ok(store, seed=seed, strategy="mask") if tuple(r["kept_layers"]) == kept
-            and recovery_label(r).startswith(label)]
+            and recovery_label(r) == label]
     return rows[0]["dev_f1"] if rows else float("-inf")
+
+
+def _label(recovery: RecoverySettings) -> str:
+    """The label of a row recovered with exactly these settings (``RecoverySettings.label`` is shorter: it names
+    distillation from logits and with hidden states alike)."""
+    return recovery_label(recovery_columns(recovery) | {"lora": False})
 
 
 def report(store: ResultsStore) -> int:
@@ -223,7 +233,24 @@ def report(store: ResultsStore) -> int:
             share, share_half = mean_ci(shares) if shares else (float("nan"), float("nan"))
             print(f"| {','.join(map(str, kept))} | {label} | {len(members)} | {f1:.4f} ± {_nan(f1_half)} | "
                   f"{share:.1f}% ± {_nan(share_half)} |")
+        _compare(students, *(_label(recoveries(0)[name]) for name in COMPARED))
     return 0
+
+
+def _compare(students: list[dict], label: str, against: str) -> None:
+    """The first recovery against the second, paired by seed and teacher: the difference in test F1 points."""
+    by_pair: dict[tuple, dict[str, float]] = {}
+    for r in students:
+        for name in (label, against):
+            if recovery_label(r) == name:
+                by_pair.setdefault((r["seed"], r["teacher_trial_id"]), {})[name] = r["f1"]
+    pairs = sorted((seed, 100 * (f[label] - f[against])) for (seed, _), f in by_pair.items() if len(f) == 2)
+    if not pairs:
+        return
+    mean, half = mean_ci([d for _, d in pairs])
+    seeds = ", ".join(f"{seed}: {d:+.2f}" for seed, d in pairs)
+    print(f"\n{label} minus {against}, paired by seed and teacher: {mean:+.2f} ± {_nan(half)} test F1 points "
+          f"(95% CI, {len(pairs)} seeds; by seed {seeds})")
 
 
 def _teacher(student: dict, every_full: list[dict], fulls: dict[int, dict]) -> dict:
