@@ -19,7 +19,8 @@ study needs first, so that a run cut short still answers the main question:
 4. seed 0: the 12 single layers (the layer profile), then the study's strategies at N = half depth (first,
    last, even, odd, drop_middle, drop_ends, best, drop_worst, drop_block).
 
-Only the rows ship, not the weights: when a full model's students are still to train and its weights are not
+The full models and the half-depth students keep their weights in ``--results`` (``frugalray export`` and
+``benchmarks/payoff.py --trained`` convert them to int8 and ONNX). Only the rows ship, not the weights: when a full model's students are still to train and its weights are not
 in ``--results`` (another machine trained it), it trains again, and each student is paired with the copy it
 learnt from (``teacher_trial_id``).
 
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
           f"patience {args.patience}", flush=True)
     kept = tuple(range(half))
     options = recoveries(args.partial_layers)
-    students = [trial(first, "mask", layers=kept, recovery=recovery) for recovery in options.values()]
+    students = [trial(first, "mask", layers=kept, recovery=recovery, save_model=True) for recovery in options.values()]
     teach(trial(first, "full", save_model=True), students, store, done)
     for student in students:
         run(student, store, done)
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
     every_seed = best_two + [name for name in COMPARED if name not in best_two]
     for seed in seeds[1:]:
-        students = [trial(seed, "mask", layers=kept, recovery=options[name]) for name in every_seed]
+        students = [trial(seed, "mask", layers=kept, recovery=options[name], save_model=True)
+                    for name in every_seed]
         teach(trial(seed, "full", save_model=True), students, store, done)
         for student in students:
             run(student, store, done)
@@ -162,8 +164,9 @@ def teach(full: TrialConfig, students: list[TrialConfig], store: ResultsStore, d
 
 
 def _ok(store: ResultsStore, **where) -> list[dict]:
+    """The study's trials that ended well (not the int8/ONNX variants exported from them)."""
     return [r for r in store.table().to_pylist() if r["status"] == "ok" and r["sweep"] == SWEEP
-            and all(r[k] == v for k, v in where.items())]
+            and r["source_trial_id"] is None and all(r[k] == v for k, v in where.items())]
 
 
 def _dev_f1(store: ResultsStore, kept: tuple[int, ...], recovery: RecoverySettings, seed: int) -> float:

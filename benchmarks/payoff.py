@@ -6,6 +6,8 @@
     python benchmarks/payoff.py --epochs 1 --limit small   # a check that it runs (minutes), not a measurement
     python benchmarks/payoff.py --epochs 10 --patience 2   # each model trained until dev stops improving
     python benchmarks/payoff.py --model mpnet-base --first 6,4 --latency-only   # base size: speed alone (minutes)
+    python benchmarks/payoff.py --model mpnet-base --trained benchmarks/tables/conll2003_small-mpnet \
+        --trials full=TRIAL_ID,first_6=TRIAL_ID     # models trained elsewhere (the depth study's), weights kept
 
 Latency: the model (default MiniLM, 6 layers) in full against its first layers (``--first``, default half of
 them), each in fp32 and torch dynamic int8 (and ONNX
@@ -14,7 +16,10 @@ Runtime fp32/int8 when the 'onnx' extra is installed), at batch 1 and 32 x 128 t
 between all variants, medians, speedups against the full fp32 model. Quality: the full and the half-depth
 model are fine-tuned once (``frugalray trial``), each exported in every variant (``frugalray export
 --int8/--onnx``), and every variant is evaluated on the task's test set; its loss is against its own fp32
-version (the same trained weights), so it measures the conversion alone.
+version (the same trained weights), so it measures the conversion alone. ``--trained STORE --trials
+full=ID,first_K=ID`` takes those models from a results store instead (trials saved with their weights, of
+``--model``, keeping all its layers and its first K: a student of the depth study, say); the variants' rows join
+that store, beside their source (``source_trial_id``).
 
 int8 comes in two forms: ``int8-all`` (every Linear layer int8, ``--int8-fp32 none``) and ``int8`` (the groups
 of Linear layers kept fp32 chosen greedily on dev, ``--int8-fp32 auto``: ``frugalray.deploy.int8``), whose
@@ -32,6 +37,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -69,17 +75,23 @@ def measure_latency(model: str, first: list[int], variants: tuple[str, ...], rep
 
 
 def measure_quality(model: str, first: list[int], task: str, variants: tuple[str, ...], epochs: int,
-                    max_length: int, seed: int, folder: Path, recipe: str, patience: int = 0) -> dict:
+                    max_length: int, seed: int, folder: Path, recipe: str, patience: int = 0,
+                    reuse: tuple | None = None) -> dict:
+    """Each layer set trained (or taken from ``reuse``: a store and its rows by layer set), then exported in
+    every variant and evaluated on test; the rows by (layer set, variant)."""
     from frugalray import ResultsStore, TrainingSettings, TrialConfig, execute_trial
     from frugalray.deploy.export import export_trial
 
-    store = ResultsStore(folder / "results")
+    store = reuse[0] if reuse else ResultsStore(folder / "results")
     training = TrainingSettings(epochs=epochs, max_length=max_length, early_stopping_patience=patience,
                                 **RECIPES[recipe])
     scores = {}
     for layer_set, strategy, n in [("full", "full", None)] + [(f"first_{k}", "first", k) for k in first]:
-        trained = execute_trial(TrialConfig(task=task, model=model, strategy=strategy, n=n, training=training,
-                                            seed=seed, save_model=True), store)
+        if reuse:
+            trained = reuse[1][layer_set]
+        else:
+            trained = execute_trial(TrialConfig(task=task, model=model, strategy=strategy, n=n, training=training,
+                                                seed=seed, save_model=True), store)
         if trained["status"] != "ok":
             raise SystemExit(f"{layer_set}: the trial failed: {trained['error']}")
         scores[(layer_set, "fp32")] = trained
@@ -90,6 +102,39 @@ def measure_quality(model: str, first: list[int], task: str, variants: tuple[str
                                     int8_fp32="none" if variant == "int8-all" else "auto")
                 scores[(layer_set, variant)] = done["variant_row"]
     return scores
+
+
+def trained_rows(location: str, trials: str, model: str, depth: int) -> tuple:
+    """``--trials full=ID,first_K=ID`` read from the store at ``location``: the store, the first Ks and each
+    layer set's row, checked to be a trial of ``model`` that kept those layers and its weights."""
+    from frugalray import FrugalrayError, ResultsStore
+
+    store = ResultsStore(location)
+    wanted = dict(part.partition("=")[::2] for part in trials.split(","))
+    first = [int(name[len("first_"):]) for name in wanted if re.fullmatch(r"first_\d+", name)]
+    if sorted(wanted) != sorted(_layer_sets(first)) or not first or not all(wanted.values()):
+        raise SystemExit(f"--trials {trials}: full=TRIAL_ID and at least one first_K=TRIAL_ID, nothing else "
+                         f"(e.g. full=ab12cd34,first_{depth // 2}=ef56ab78)")
+    rows = {}
+    for layer_set, trial in wanted.items():
+        found = store.query(sql="SELECT * FROM trials WHERE trial_id = $1", params=[trial]).to_pylist()
+        kept = list(range(depth if layer_set == "full" else int(layer_set[len("first_"):])))
+        if not found:
+            raise SystemExit(f"--trials {layer_set}={trial}: no such trial in {location} (its full trial_id; list "
+                             f"them with: frugalray results {location} --columns trial_id,strategy,kept_layers,f1)")
+        row = found[0]
+        if row["model"] != model or list(row["kept_layers"]) != kept or row["status"] != "ok":
+            raise SystemExit(f"--trials {layer_set}={trial}: a {row['status']} trial of {row['model']} keeping "
+                             f"layers {row['kept_layers']}; {layer_set} needs an ok trial of {model} keeping {kept}")
+        if not row["model_path"] or not store.has_folder(row["model_path"]):
+            raise SystemExit(f"--trials {layer_set}={trial}: its weights are not in {location} (saved on another "
+                             f"machine, or not saved: train it again with --save-model)")
+        rows[layer_set] = row
+    try:
+        store.check_writable()  # the variants' rows join it
+    except FrugalrayError as error:
+        raise SystemExit(f"--trained {location}: {error}") from None
+    return store, first, rows
 
 
 def time_exports(first: list[int], folder: Path, repeats: int, threads: int | None, timings: dict) -> None:
@@ -127,12 +172,20 @@ def main() -> int:
     parser.add_argument("--no-onnx", action="store_true", help="leave ONNX Runtime out even when installed")
     parser.add_argument("--latency-only", action="store_true", help="time the variants, train nothing")
     parser.add_argument("--keep", help="folder to keep the trials, exports and results in (default: temporary)")
+    parser.add_argument("--trained", metavar="STORE", help="take the trained models from this results store "
+                        "(with --trials) instead of training them; --task, --epochs... then do not apply")
+    parser.add_argument("--trials", help="with --trained: full=TRIAL_ID,first_K=TRIAL_ID,... (trials of --model "
+                        "saved with their weights)")
     args = parser.parse_args()
+    if bool(args.trained) != bool(args.trials) or (args.trained and (args.latency_only or args.first)):
+        parser.error("--trained STORE and --trials full=ID,first_K=ID go together, without --first (the trials "
+                     "say which) or --latency-only")
 
     from frugalray.training.prepared import layer_count
 
     depth = layer_count(args.model)
-    first = [int(k) for k in args.first.split(",")] if args.first else [depth // 2]
+    reuse = trained_rows(args.trained, args.trials, args.model, depth) if args.trained else None
+    first = reuse[1] if reuse else [int(k) for k in args.first.split(",")] if args.first else [depth // 2]
     if not all(0 < k < depth for k in first):
         parser.error(f"--first {args.first}: each number of layers kept must be between 1 and {depth - 1} "
                      f"({args.model} has {depth})")
@@ -152,9 +205,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="frugalray-payoff-") as scratch:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
-        task = _task("demo_ner" if args.demo else args.task, limit["train_fraction"], folder)
+        if reuse:
+            task = reuse[2]["full"]["task"]
+        else:
+            task = _task("demo_ner" if args.demo else args.task, limit["train_fraction"], folder)
         scores = measure_quality(args.model, first, task, variants, args.epochs, limit["max_length"], args.seed,
-                                 folder, args.recipe, args.patience)
+                                 folder, args.recipe, args.patience, reuse and (reuse[0], reuse[2]))
         time_exports(first, folder, repeats, args.threads, timings)
     report(timings, scores, variants, args, task, first, depth)
     return 0
@@ -169,6 +225,12 @@ def report(timings: dict, scores: dict | None, variants: tuple[str, ...], args, 
     sets = _layer_sets(first)
     if scores is None:
         print("latency only: nothing trained\n")
+    elif args.trained:
+        trials = ", ".join(f"{s} {scores[(s, 'fp32')]['trial_id']} (seed {scores[(s, 'fp32')]['seed']}, "
+                           f"{_recovery(scores[(s, 'fp32')])}, {scores[(s, 'fp32')]['epochs_trained']} epochs)"
+                           for s in sets)
+        print(f"quality: {task}, trained models of {args.trained}: {trials}; F1 delta against the same trained "
+              f"model in fp32\n")
     else:
         trained = ", ".join(f"{s} trained {scores[(s, 'fp32')]['epochs_trained'] or args.epochs}" for s in sets)
         stopping = f" until dev stops improving for {args.patience} ({trained})" if args.patience else ""
@@ -189,6 +251,12 @@ def report(timings: dict, scores: dict | None, variants: tuple[str, ...], args, 
             if variant == "int8":
                 print(f"{'':20} kept fp32, chosen on dev: {', '.join(row['int8_fp32_groups']) or 'nothing'}")
     _goal(timings, scores, first, depth, args)
+
+
+def _recovery(row: dict) -> str:
+    from frugalray.results.rows import recovery_label
+
+    return recovery_label(row) if row["init"] or row["recovery"] else "trained from the pretrained layers"
 
 
 def _goal(timings: dict, scores: dict | None, first: list[int], depth: int, args) -> None:
