@@ -92,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--partial-layers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--recoveries", help="on the seeds after the first, only these (comma-separated, of "
+                        "finetune, distill_hidden, distill, partial; default: the two best on the first seed and "
+                        "distill); two processes with different ones train a seed's students side by side")
+    parser.add_argument("--seeds-only", action="store_true", help="stop after the seeds' models: no layer profile, "
+                        "no strategies")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "tables", "conll2003_small-mpnet"))
     parser.add_argument("--report", action="store_true", help="print the tables from --results, training nothing")
     args = parser.parse_args(argv)
@@ -102,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.recoveries and not set(args.recoveries.split(",")) <= set(recoveries(args.partial_layers)):
+        parser.error(f"--recoveries {args.recoveries}: of {', '.join(recoveries(args.partial_layers))}")
     store.check_writable()
     done = {recorded_hash(r) for r in store.table().to_pylist() if r["status"] == "ok"}
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -127,12 +134,16 @@ def main(argv: list[str] | None = None) -> int:
     best_two = ranked[:2]
     print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
     every_seed = best_two + [name for name in COMPARED if name not in best_two]
+    if args.recoveries:
+        every_seed = args.recoveries.split(",")
     for seed in seeds[1:]:
         students = [trial(seed, "mask", layers=kept, recovery=options[name], save_model=True)
                     for name in every_seed]
         teach(trial(seed, "full", save_model=True), students, store, done)
         for student in students:
             run(student, store, done)
+    if args.seeds_only:
+        return report(store)
     for k in range(count):
         run(trial(first, "single", n=k), store, done)
     singles = _ok(store, strategy="single", seed=first)
