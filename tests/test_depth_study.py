@@ -10,7 +10,7 @@ import pytest
 from frugalray import ResultsStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-depth_study = pytest.importorskip("depth_study")
+import depth_study  # noqa: E402  (benchmarks/depth_study.py)
 
 KEPT = [0, 1, 2, 3, 4, 5]
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
