@@ -20,8 +20,9 @@ study needs first, so that a run cut short still answers the main question:
    last, even, odd, drop_middle, drop_ends, best, drop_worst, drop_block).
 
 The full models and the half-depth students keep their weights in ``--results`` (``frugalray export`` and
-``benchmarks/payoff.py --trained`` convert them to int8 and ONNX). Only the rows ship, not the weights: when a full model's students are still to train and its weights are not
-in ``--results`` (another machine trained it), it trains again, and each student is paired with the copy it
+``benchmarks/payoff.py --trained`` convert them to int8 and ONNX). Only the rows ship, not the weights: when a
+full model's students are still to train and its weights are not in ``--results`` (another machine trained it),
+it trains again, and each student is paired with the copy it
 learnt from (``teacher_trial_id``).
 
 ``--threads`` caps torch's threads (the other core stays free for other work on a 2-core machine).
@@ -133,9 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     ranked = sorted(options, key=lambda name: -_dev_f1(store, kept, options[name], first))
     best_two = ranked[:2]
     print(f"best recoveries on seed {first} by dev F1: {best_two}", flush=True)
-    every_seed = best_two + [name for name in COMPARED if name not in best_two]
-    if args.recoveries:
-        every_seed = args.recoveries.split(",")
+    every_seed = (args.recoveries.split(",") if args.recoveries
+                  else best_two + [name for name in COMPARED if name not in best_two])
     for seed in seeds[1:]:
         students = [trial(seed, "mask", layers=kept, recovery=options[name], save_model=True)
                     for name in every_seed]
@@ -255,9 +255,9 @@ def _compare(students: list[dict], label: str, against: str) -> None:
     """The first recovery against the second, paired by seed and teacher: the difference in test F1 points."""
     by_pair: dict[tuple, dict[str, float]] = {}
     for r in students:
-        for name in (label, against):
-            if recovery_label(r) == name:
-                by_pair.setdefault((r["seed"], r["teacher_trial_id"]), {})[name] = r["f1"]
+        name = recovery_label(r)
+        if name in (label, against):
+            by_pair.setdefault((r["seed"], r["teacher_trial_id"]), {})[name] = r["f1"]
     pairs = sorted((seed, 100 * (f[label] - f[against])) for (seed, _), f in by_pair.items() if len(f) == 2)
     if not pairs:
         return

@@ -184,8 +184,12 @@ def main() -> int:
     from frugalray.training.prepared import layer_count
 
     depth = layer_count(args.model)
-    reuse = trained_rows(args.trained, args.trials, args.model, depth) if args.trained else None
-    first = reuse[1] if reuse else [int(k) for k in args.first.split(",")] if args.first else [depth // 2]
+    reuse = None  # (store, row by layer set) of models trained elsewhere
+    if args.trained:
+        trained_store, first, trained = trained_rows(args.trained, args.trials, args.model, depth)
+        reuse = (trained_store, trained)
+    else:
+        first = [int(k) for k in args.first.split(",")] if args.first else [depth // 2]
     if not all(0 < k < depth for k in first):
         parser.error(f"--first {args.first}: each number of layers kept must be between 1 and {depth - 1} "
                      f"({args.model} has {depth})")
@@ -206,11 +210,11 @@ def main() -> int:
         folder = Path(args.keep or scratch)
         folder.mkdir(parents=True, exist_ok=True)
         if reuse:
-            task = reuse[2]["full"]["task"]
+            task = reuse[1]["full"]["task"]
         else:
             task = _task("demo_ner" if args.demo else args.task, limit["train_fraction"], folder)
         scores = measure_quality(args.model, first, task, variants, args.epochs, limit["max_length"], args.seed,
-                                 folder, args.recipe, args.patience, reuse and (reuse[0], reuse[2]))
+                                 folder, args.recipe, args.patience, reuse)
         time_exports(first, folder, repeats, args.threads, timings)
     report(timings, scores, variants, args, task, first, depth)
     return 0
@@ -226,8 +230,10 @@ def report(timings: dict, scores: dict | None, variants: tuple[str, ...], args, 
     if scores is None:
         print("latency only: nothing trained\n")
     elif args.trained:
+        from frugalray.results.rows import recovery_label
+
         trials = ", ".join(f"{s} {scores[(s, 'fp32')]['trial_id']} (seed {scores[(s, 'fp32')]['seed']}, "
-                           f"{_recovery(scores[(s, 'fp32')])}, {scores[(s, 'fp32')]['epochs_trained']} epochs)"
+                           f"{recovery_label(scores[(s, 'fp32')])}, {scores[(s, 'fp32')]['epochs_trained']} epochs)"
                            for s in sets)
         print(f"quality: {task}, trained models of {args.trained}: {trials}; F1 delta against the same trained "
               f"model in fp32\n")
@@ -251,12 +257,6 @@ def report(timings: dict, scores: dict | None, variants: tuple[str, ...], args, 
             if variant == "int8":
                 print(f"{'':20} kept fp32, chosen on dev: {', '.join(row['int8_fp32_groups']) or 'nothing'}")
     _goal(timings, scores, first, depth, args)
-
-
-def _recovery(row: dict) -> str:
-    from frugalray.results.rows import recovery_label
-
-    return recovery_label(row) if row["init"] or row["recovery"] else "trained from the pretrained layers"
 
 
 def _goal(timings: dict, scores: dict | None, first: list[int], depth: int, args) -> None:
